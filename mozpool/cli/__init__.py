@@ -1,0 +1,1 @@
+"""Console scripts: mozpool-db, relay, pxe-config, mozpool-inventorysync, mozpool-client."""

@@ -1,0 +1,115 @@
+"""Configuration: an INI file ($MOZPOOL_CONFIG or --config, template config.ini.dist) with
+command-line overrides applied on top."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+@dataclass
+class Config:
+    fqdn: str = ""
+    ipaddress: str = ""
+    port: int = 8010
+    listen_host: str = "0.0.0.0"
+    db_url: str = "sqlite:///mozpool.sqlite"
+    log_retention_days: float = 14.0
+    request_retention_days: float = 7.0
+    tftp_port: int = 69
+    tftp_root: str = "/var/lib/tftpboot"
+    time_scale: float = 1.0
+    fakes: int = 0
+    manhole_endpoint: str = ""
+    manhole_username: str = "admin"
+    manhole_password: str = ""
+    manhole_allow_remote: bool = False
+    #: the raw parser, for sections later capabilities add (inventory, fakes faults, ...)
+    extra: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, repr=False)
+
+    @property
+    def server_fqdn(self) -> str:
+        """This server's name: configured, or derived from the host and port."""
+        if self.fqdn:
+            return self.fqdn
+        if self.fakes:
+            host = self.listen_host if self.listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        else:
+            host = socket.gethostname()
+        return host if self.port == 80 else f"{host}:{self.port}"
+
+
+#: INI (section, key) -> Config attribute
+_KEYS = {
+    ("server", "fqdn"): "fqdn",
+    ("server", "ipaddress"): "ipaddress",
+    ("server", "port"): "port",
+    ("server", "listen_host"): "listen_host",
+    ("database", "url"): "db_url",
+    ("database", "log_retention_days"): "log_retention_days",
+    ("database", "request_retention_days"): "request_retention_days",
+    ("tftp", "port"): "tftp_port",
+    ("tftp", "root"): "tftp_root",
+    ("paths", "tftp_root"): "tftp_root",
+    ("testing", "time_scale"): "time_scale",
+    ("testing", "fakes"): "fakes",
+    ("manhole", "endpoint"): "manhole_endpoint",
+    ("manhole", "username"): "manhole_username",
+    ("manhole", "password"): "manhole_password",
+    ("manhole", "allow_remote"): "manhole_allow_remote",
+}
+
+
+def _convert(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    try:
+        if kind == "int":
+            value = int(raw)
+            if value < 0:
+                raise ValueError("negative")
+            return value
+        if kind == "float":
+            value = float(raw)
+            if not value >= 0:
+                raise ValueError("negative")
+            return value
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value for {name}: {raw!r}") from None
+    return str(raw)
+
+
+def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read ``path`` (default ``$MOZPOOL_CONFIG``; none is fine), then apply ``overrides``
+    (Config attribute -> value, None meaning 'not given')."""
+    path = path or os.environ.get("MOZPOOL_CONFIG") or None
+    parser = configparser.ConfigParser()
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"configuration file {path} does not exist")
+        parser.read(path)
+    config = Config(extra=parser)
+    for (section, key), attr in _KEYS.items():
+        if parser.has_option(section, key):
+            setattr(config, attr, _convert(attr, parser.get(section, key)))
+    for attr, value in (overrides or {}).items():
+        if value is not None:
+            setattr(config, attr, _convert(attr, value))
+    if config.manhole_endpoint and not config.manhole_password:
+        raise ConfigError("[manhole] password is required when the manhole is enabled")
+    return config

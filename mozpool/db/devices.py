@@ -1,0 +1,100 @@
+"""Device rows: lists, details, states, owners and operator fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mozpool.db.pool import Cursor, Database
+
+_DETAIL_SQL = (
+    "SELECT d.id, d.name, d.fqdn, d.inventory_id, d.mac_address, s.fqdn, d.relay_info, d.state,"
+    " d.comments, d.environment, i.name, d.boot_config, dr.request_id"
+    " FROM devices d"
+    " JOIN imaging_servers s ON s.id = d.imaging_server_id"
+    " LEFT JOIN images i ON i.id = d.image_id"
+    " LEFT JOIN device_requests dr ON dr.device_id = d.id"
+)
+_DETAIL_KEYS = (
+    "id", "name", "fqdn", "inventory_id", "mac_address", "imaging_server", "relay_info", "state",
+    "comments", "environment", "image", "boot_config", "request_id",
+)
+
+
+def _detail(row: tuple) -> dict[str, Any]:
+    d = dict(zip(_DETAIL_KEYS, row))
+    d["id"] = int(d["id"])
+    d["inventory_id"] = int(d["inventory_id"])
+    if d["request_id"] is not None:
+        d["request_id"] = int(d["request_id"])
+    return d
+
+
+def list_names(db: Database) -> Any:
+    def q(c: Cursor) -> list[str]:
+        return [r[0] for r in c.execute("SELECT name FROM devices ORDER BY name").fetchall()]
+
+    return db.runInteraction(q)
+
+
+def list_details(db: Database) -> Any:
+    def q(c: Cursor) -> list[dict[str, Any]]:
+        return [_detail(r) for r in c.execute(_DETAIL_SQL + " ORDER BY d.name").fetchall()]
+
+    return db.runInteraction(q)
+
+
+def get_details(c: Cursor, name: str) -> dict[str, Any] | None:
+    row = c.execute(_DETAIL_SQL + " WHERE d.name = ?", (name,)).fetchone()
+    return None if row is None else _detail(row)
+
+
+def owner(c: Cursor, name: str) -> tuple[int, str] | None:
+    """(device id, owning server's fqdn), or None for an unknown device."""
+    row = c.execute(
+        "SELECT d.id, s.fqdn FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id"
+        " WHERE d.name = ?",
+        (name,),
+    ).fetchone()
+    return None if row is None else (int(row[0]), row[1])
+
+
+def device_id(c: Cursor, name: str) -> int | None:
+    found = c.scalar("SELECT id FROM devices WHERE name = ?", (name,))
+    return None if found is None else int(found)
+
+
+def get_state(c: Cursor, name: str) -> str | None:
+    return c.scalar("SELECT state FROM devices WHERE name = ?", (name,))
+
+
+def all_states(db: Database) -> Any:
+    """{name: state} for every device: the snapshot behind ``state/?cache=1``."""
+
+    def q(c: Cursor) -> dict[str, str]:
+        return dict(c.execute("SELECT name, state FROM devices").fetchall())
+
+    return db.runInteraction(q)
+
+
+def get_next_boot_config(c: Cursor, name: str) -> tuple[bool, str | None]:
+    """(exists, next_boot_config text)."""
+    row = c.execute("SELECT next_boot_config FROM devices WHERE name = ?", (name,)).fetchone()
+    return (False, None) if row is None else (True, row[0])
+
+
+def set_comments(c: Cursor, name: str, comments: str | None) -> None:
+    c.execute("UPDATE devices SET comments = ? WHERE name = ?", (comments, name))
+
+
+def set_environment(c: Cursor, name: str, environment: str) -> None:
+    c.execute("UPDATE devices SET environment = ? WHERE name = ?", (environment, name))
+
+
+def relay_board_owner(c: Cursor, name: str) -> tuple[str, str] | None:
+    """(board fqdn, owning server fqdn) of a relay board, or None."""
+    row = c.execute(
+        "SELECT b.fqdn, s.fqdn FROM relay_boards b JOIN imaging_servers s ON s.id = b.imaging_server_id"
+        " WHERE b.name = ?",
+        (name,),
+    ).fetchone()
+    return None if row is None else (row[0], row[1])

@@ -1,0 +1,114 @@
+"""A seeded pool: images, PXE configs, environments and N panda devices on relay boards.
+
+Used by ``mozpool-db load-fixture`` and by ``--fakes N`` on first start.  Shared rows (images,
+PXE configs, hardware type) are inserted unless present, so several servers on one database can
+each load their own devices."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mozpool.db.catalog import server_id
+from mozpool.db.errors import Conflict
+from mozpool.db.pool import Cursor, Database
+
+DEVICES_PER_BOARD = 32
+DEFAULT_RELAY_BASE_PORT = 40001
+ENVIRONMENTS = ("prod", "staging")
+
+#: name -> (boot_config_keys, can_reuse, hidden, has_sut_agent, pxe config, second stage)
+IMAGES = {
+    "android": ([], False, False, True, "android-install", "android-second-stage"),
+    "b2g": (["b2gbase"], False, False, False, "b2g-install", "b2g-second-stage"),
+    "self-test": ([], False, True, False, "self-test", "selftest-second-stage"),
+    "maintenance": ([], False, True, False, "maintenance", "maintenance-second-stage"),
+}
+
+_PXE_TEMPLATE = (
+    "default linux\n"
+    "label linux\n"
+    "  kernel http://%IPADDRESS%/live/uImage\n"
+    "  initrd http://%IPADDRESS%/live/uInitrd\n"
+    "  append console=ttyO2,115200n8 rootwait ro mobile-imaging-url=http://%IPADDRESS%/scripts/{stage}.sh\n"
+)
+
+
+def _ensure(c: Cursor, select: str, key: tuple, insert: str, values: tuple) -> int:
+    found = c.scalar(select, key)
+    if found is not None:
+        return int(found)
+    try:
+        c.execute(insert, values)
+        return c.lastrowid
+    except Conflict:
+        return int(c.scalar(select, key))
+
+
+def seed_catalog(c: Cursor) -> int:
+    """Images, PXE configs and the panda hardware type; returns the hardware type id."""
+    hw = _ensure(c, "SELECT id FROM hardware_types WHERE type = ? AND model = ?", ("panda", ""),
+                 "INSERT INTO hardware_types (type, model) VALUES (?, ?)", ("panda", ""))
+    for name, (keys, reuse, hidden, sut, pxe, stage) in IMAGES.items():
+        image_id = _ensure(
+            c, "SELECT id FROM images WHERE name = ?", (name,),
+            "INSERT INTO images (name, boot_config_keys, can_reuse, hidden, has_sut_agent) VALUES (?, ?, ?, ?, ?)",
+            (name, json.dumps(keys), int(reuse), int(hidden), int(sut)),
+        )
+        pxe_id = _ensure(
+            c, "SELECT id FROM pxe_configs WHERE name = ?", (pxe,),
+            "INSERT INTO pxe_configs (name, description, contents, active) VALUES (?, ?, ?, 1)",
+            (pxe, f"boot the live image and run {stage}", _PXE_TEMPLATE.format(stage=stage)),
+        )
+        _ensure(
+            c, "SELECT image_id FROM image_pxe_configs WHERE image_id = ? AND hardware_type_id = ?", (image_id, hw),
+            "INSERT INTO image_pxe_configs (image_id, hardware_type_id, pxe_config_id) VALUES (?, ?, ?)",
+            (image_id, hw, pxe_id),
+        )
+    return hw
+
+
+def fake_device_rows(
+    count: int, server: int, hw: int, now: str, prefix: str = "panda", relay_base_port: int = DEFAULT_RELAY_BASE_PORT,
+    first: int = 0,
+) -> list[tuple[Any, ...]]:
+    """Rows for devices ``first`` .. ``first+count-1``: device i sits on board i div 32,
+    bank (i mod 32) div 8 + 1, relay i mod 8 + 1, on ``localhost:<base+board>``."""
+    rows = []
+    for i in range(first, first + count):
+        board, slot = divmod(i, DEVICES_PER_BOARD)
+        name = f"{prefix}-{i + 1:04d}"
+        relay = f"localhost:{relay_base_port + board}:bank{slot // 8 + 1}:relay{slot % 8 + 1}"
+        mac = f"02{server % 256:02x}{i:08x}"
+        rows.append((name, f"{name}.fakes.mozpool.invalid", i + 1, "new", "{}", now, mac, server, relay,
+                     ENVIRONMENTS[i % len(ENVIRONMENTS)], hw))
+    return rows
+
+
+def load_fixture(
+    db: Database, fqdn: str, devices: int, now: str, prefix: str = "panda",
+    relay_base_port: int = DEFAULT_RELAY_BASE_PORT,
+) -> Any:
+    """Seed the catalog and add ``devices`` new pandas owned by ``fqdn``."""
+
+    def load(c: Cursor) -> int:
+        server = server_id(c, fqdn)
+        hw = seed_catalog(c)
+        rows = fake_device_rows(devices, server, hw, now, prefix, relay_base_port)
+        c.executemany(
+            "INSERT INTO devices (name, fqdn, inventory_id, state, state_counters, state_timeout, mac_address,"
+            " imaging_server_id, relay_info, environment, hardware_type_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        boards = sorted({r[8].rsplit(":", 2)[0] for r in rows})
+        for board in boards:
+            host, port = board.split(":")
+            _ensure(
+                c, "SELECT id FROM relay_boards WHERE fqdn = ?", (board,),
+                "INSERT INTO relay_boards (name, fqdn, imaging_server_id, state, state_counters, state_timeout)"
+                " VALUES (?, ?, ?, 'ready', '{}', ?)",
+                (f"{host}-{port}", board, server, now),
+            )
+        return len(rows)
+
+    return db.runInteraction(load)

@@ -1,0 +1,53 @@
+"""Device and request logs: insertion, queries with ``timeperiod``/``limit``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from mozpool.db.pool import Cursor
+from mozpool.timeutil import DB_FORMAT, parse_dbtime
+
+_TABLES = {"device": ("device_logs", "device_id"), "request": ("request_logs", "request_id")}
+
+
+def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> None:
+    """Append one line to the device or request log; leading whitespace is trimmed."""
+    table, column = _TABLES[kind]
+    c.execute(
+        f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)",
+        (owner_id, ts, source[:32], message.lstrip()),
+    )
+
+
+def add_device_log_by_name(c: Cursor, name: str, source: str, message: str, ts: str) -> bool:
+    """Log against a device by name; lines for unknown names are dropped (False)."""
+    device_id = c.scalar("SELECT id FROM devices WHERE name = ?", (name,))
+    if device_id is None:
+        return False
+    add_log(c, "device", int(device_id), source, message, ts)
+    return True
+
+
+def get_log(
+    c: Cursor, kind: str, owner_id: int, now: str, timeperiod: int = 0, limit: int = 0
+) -> list[dict[str, Any]]:
+    """Entries oldest first; ``timeperiod`` seconds back from ``now`` and the ``limit`` most
+    recent, 0 meaning no restriction for either."""
+    table, column = _TABLES[kind]
+    sql = f"SELECT id, ts, source, message FROM {table} WHERE {column} = ?"
+    params: list[Any] = [owner_id]
+    if timeperiod:
+        start = parse_dbtime(now)
+        assert start is not None
+        sql += " AND ts >= ?"
+        params.append((start - timedelta(seconds=timeperiod)).strftime(DB_FORMAT))
+    sql += " ORDER BY ts DESC, id DESC"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    rows = c.execute(sql, params).fetchall()
+    rows.reverse()
+    return [
+        {"id": int(r[0]), "timestamp": r[1][:19].replace(" ", "T"), "source": r[2], "message": r[3]}
+        for r in rows
+    ]

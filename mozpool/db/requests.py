@@ -1,0 +1,89 @@
+"""Request rows: lists, details and owners (the read side; the machine writes them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mozpool.db.pool import Cursor, Database
+from mozpool.timeutil import apitime
+
+#: Request ids are BIGINT: anything larger names no request.
+MAX_REQUEST_ID = 2**63 - 1
+
+
+def list_requests(db: Database, include_closed: bool = False) -> Any:
+    def q(c: Cursor) -> list[dict[str, Any]]:
+        where = "" if include_closed else " WHERE r.state <> 'closed'"
+        rows = c.execute(
+            "SELECT r.id, s.fqdn, r.assignee, r.boot_config, r.state, r.expires, r.requested_device,"
+            " r.environment, d.name, d.state"
+            " FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
+            " LEFT JOIN device_requests dr ON dr.request_id = r.id"
+            " LEFT JOIN devices d ON d.id = dr.device_id" + where + " ORDER BY r.id"
+        ).fetchall()
+        return [
+            {
+                "id": int(r[0]),
+                "imaging_server": r[1],
+                "assignee": r[2],
+                "boot_config": r[3] or "{}",
+                "state": r[4],
+                "expires": apitime(r[5]),
+                "requested_device": r[6],
+                "environment": r[7],
+                "assigned_device": r[8] or "",
+                "device_state": r[9] or "",
+                "device_status": r[9] or "",
+            }
+            for r in rows
+        ]
+
+    return db.runInteraction(q)
+
+
+def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
+    """The request object of the API (with ``url``) plus ``state`` and ``imaging_server``."""
+    if request_id > MAX_REQUEST_ID:
+        return None
+    row = c.execute(
+        "SELECT r.id, r.requested_device, r.assignee, r.expires, r.environment, i.name, r.boot_config,"
+        " d.name, s.fqdn, r.state"
+        " FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
+        " JOIN images i ON i.id = r.image_id"
+        " LEFT JOIN device_requests dr ON dr.request_id = r.id"
+        " LEFT JOIN devices d ON d.id = dr.device_id"
+        " WHERE r.id = ?",
+        (request_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "id": int(row[0]),
+        "requested_device": row[1],
+        "assignee": row[2],
+        "expires": apitime(row[3]),
+        "environment": row[4],
+        "image": row[5],
+        "boot_config": row[6] or "{}",
+        "assigned_device": row[7] or "",
+        "url": f"http://{row[8]}/api/request/{int(row[0])}/",
+        "imaging_server": row[8],
+        "state": row[9],
+    }
+
+
+def public_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The request object exactly as the API shows it (3.4)."""
+    keys = ("id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",
+            "assigned_device", "url")
+    return {k: request[k] for k in keys}
+
+
+def owner(c: Cursor, request_id: int) -> str | None:
+    """The owning server's fqdn, or None for an unknown request."""
+    if request_id > MAX_REQUEST_ID:
+        return None
+    return c.scalar(
+        "SELECT s.fqdn FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id WHERE r.id = ?",
+        (request_id,),
+    )
