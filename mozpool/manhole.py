@@ -62,6 +62,16 @@ def check_endpoint(endpoint: str, allow_remote: bool) -> None:
         )
 
 
+class _TelnetLogin(telnet.AuthenticatingTelnetProtocol):
+    """Telnet clients end lines with CR LF; the credentials are what comes before."""
+
+    def telnet_User(self, line: bytes) -> Any:
+        return super().telnet_User(line.rstrip(b"\r"))
+
+    def telnet_Password(self, line: bytes) -> Any:
+        return super().telnet_Password(line.rstrip(b"\r"))
+
+
 @implementer(portal.IRealm)
 class _TelnetRealm:
     def __init__(self, namespace: dict[str, Any]) -> None:
@@ -74,20 +84,16 @@ class _TelnetRealm:
         raise NotImplementedError()
 
 
-def makeManholeService(
-    endpoint: str, username: str, password: str, namespace: dict[str, Any], reactor: Any, allow_remote: bool = False
-) -> IService:
-    """A service listening on ``endpoint`` with a console over ``namespace``."""
+def makeManholeFactory(kind: str, username: str, password: str, namespace: dict[str, Any]) -> protocol.Factory:
+    """An SSH (``kind='ssh'``) or telnet console factory behind one username and password."""
     if not password:
         raise ConfigError("the manhole needs [manhole] password")
-    check_endpoint(endpoint, allow_remote)
-    kind, description = _split_kind(endpoint)
     checker = checkers.InMemoryUsernamePasswordDatabaseDontUse(**{username: password.encode()})
     factory: protocol.Factory
     if kind == "telnet":
         tportal = portal.Portal(_TelnetRealm(namespace), [checker])
         factory = protocol.ServerFactory()
-        factory.protocol = lambda: telnet.TelnetTransport(telnet.AuthenticatingTelnetProtocol, tportal)  # type: ignore[assignment]
+        factory.protocol = lambda: telnet.TelnetTransport(_TelnetLogin, tportal)  # type: ignore[assignment]
     else:
         realm = manhole_ssh.TerminalRealm()
         realm.chainedProtocolFactory = lambda: insults.ServerProtocol(manhole.ColoredManhole, namespace)
@@ -96,4 +102,14 @@ def makeManholeService(
         key = keys.Key(ed25519.Ed25519PrivateKey.generate())
         factory.publicKeys = {b"ssh-ed25519": key.public()}
         factory.privateKeys = {b"ssh-ed25519": key}
+    return factory
+
+
+def makeManholeService(
+    endpoint: str, username: str, password: str, namespace: dict[str, Any], reactor: Any, allow_remote: bool = False
+) -> IService:
+    """A service listening on ``endpoint`` with a console over ``namespace``."""
+    check_endpoint(endpoint, allow_remote)
+    kind, description = _split_kind(endpoint)
+    factory = makeManholeFactory(kind, username, password, namespace)
     return StreamServerEndpointService(serverFromString(reactor, description), factory)
