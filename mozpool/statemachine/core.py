@@ -1,0 +1,345 @@
+"""The machinery both layers' machines run on: persisted rows, per-machine serialization,
+counters, logging, and the timeout driver.
+
+A layer describes its machine with a :class:`MachineKind` (its table, its timeouts, and three
+async hooks: ``event``, ``timeout`` and ``enter``).  :class:`MachineRunner` does the rest::
+
+    runner = MachineRunner(db, clock, DeviceKind(...), server_fqdn, time_scale)
+    await runner.handle_event("panda-0001", "please_power_cycle", {})
+    runner.post("panda-0001", "power_cycle_ok")   # from a side effect: queued, never awaited
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Mapping, Protocol
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mozpool.db import logs
+from mozpool.db.jsontext import loads_object
+from mozpool.db.pool import Cursor, Database
+from mozpool.timeutil import dbnow, dbtime
+
+log = Logger()
+
+#: The original polled every 10 s; the interval is scaled like every timeout.
+POLL_INTERVAL = 10.0
+#: Timeouts handled at once per tick, so a burst of due machines does not flood the pool.
+TIMEOUT_CONCURRENCY = 32
+
+
+@dataclass
+class Row:
+    """A machine's persisted part."""
+
+    id: int
+    key: str
+    state: str
+    counters: dict[str, int] = field(default_factory=dict)
+    timeout: str | None = None
+
+
+class MachineKind(Protocol):
+    """What a layer tells the runner about its machine."""
+
+    #: 'devices' or 'requests'
+    table: str
+    #: 'device' or 'request': which log table lines go to
+    log_kind: str
+    #: the column a machine is addressed by: 'name' for devices, 'id' for requests
+    key_column: str
+    #: what an unrecognised stored state is read as
+    unknown_state: str
+    #: state -> nominal timeout in seconds (None: no timer); a state missing here is unknown
+    timeouts: Mapping[str, float | None]
+
+    async def event(self, m: "Machine", event: str, args: dict[str, Any]) -> bool:
+        """Apply ``event``; False if the current state does not accept it."""
+
+    async def timeout(self, m: "Machine") -> bool:
+        """Apply the current state's timeout rule; False if it has none."""
+
+    async def enter(self, m: "Machine", state: str) -> None:
+        """Run ``state``'s entry action (after the row was written)."""
+
+
+class Machine:
+    """One machine during one operation (an event, a timeout or a state change), under its lock."""
+
+    def __init__(self, runner: "MachineRunner", row: Row) -> None:
+        self.runner = runner
+        self.row = row
+        #: increases with every goto: an entry action that sees it change has been superseded
+        self.generation = 0
+
+    @property
+    def id(self) -> int:
+        return self.row.id
+
+    @property
+    def key(self) -> str:
+        return self.row.key
+
+    @property
+    def state(self) -> str:
+        """The current state, an unrecognised stored name reading as the kind's unknown state."""
+        s = self.row.state
+        return s if s in self.runner.kind.timeouts else self.runner.kind.unknown_state
+
+    @property
+    def db(self) -> Database:
+        return self.runner.db
+
+    def counter(self, name: str) -> int:
+        return int(self.row.counters.get(name, 0))
+
+    async def incr(self, name: str) -> int:
+        """Add one to a counter, persisted at once; return the new value."""
+        self.row.counters[name] = self.counter(name) + 1
+        await self.runner.write_counters(self.row)
+        return self.row.counters[name]
+
+    async def clear(self, name: str | None = None) -> None:
+        """Clear one counter, or all of them."""
+        if name is None:
+            self.row.counters = {}
+        else:
+            self.row.counters.pop(name, None)
+        await self.runner.write_counters(self.row)
+
+    async def goto(self, state: str) -> None:
+        """Persist ``state`` with its deadline, log the change, then run its entry action.
+
+        Callers return right after a goto: once a transition is made, nothing more starts (R-4).
+        """
+        self.generation += 1
+        old = self.row.state
+        self.row.state = state
+        self.row.timeout = self.runner.deadline(state)
+        await self.runner.write_state(self.row)
+        if state != old:
+            await self.log(f"entering state {state}")
+        if state in self.runner.kind.timeouts:
+            await self.runner.kind.enter(self, state)
+
+    async def log(self, message: str, level: str = "info", source: str = "statemachine") -> None:
+        await self.runner.log(self.row, message, level, source)
+
+    def post(self, event: str, args: dict[str, Any] | None = None) -> None:
+        """Queue an event for this machine (from a side effect's outcome)."""
+        self.runner.post(self.key, event, args)
+
+
+class MachineRunner:
+    """Loads, serializes, persists and logs the machines of one kind."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        kind: MachineKind,
+        server_fqdn: str,
+        time_scale: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.kind = kind
+        self.server_fqdn = server_fqdn
+        self.time_scale = time_scale
+        self._locks: dict[str, defer.DeferredLock] = {}
+        self._log = Logger(namespace=f"mozpool.{kind.log_kind}")
+
+    # -- time -------------------------------------------------------------------------------
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.time_scale
+
+    def deadline(self, state: str) -> str | None:
+        nominal = self.kind.timeouts.get(state)
+        if nominal is None:
+            return None
+        # Stored times have whole seconds: round up, so a scaled timeout never fires early.
+        when = math.ceil(self.clock.seconds() + self.scaled(nominal))
+        return dbtime(datetime.fromtimestamp(when, tz=timezone.utc).replace(tzinfo=None))
+
+    def now(self) -> str:
+        return dbnow(self.clock)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    async def load(self, key: str) -> Row | None:
+        table, column = self.kind.table, self.kind.key_column
+
+        def q(c: Cursor) -> tuple | None:
+            return c.execute(
+                f"SELECT id, {column}, state, state_counters, state_timeout FROM {table} WHERE {column} = ?", (key,)
+            ).fetchone()
+
+        row = await self.db.runInteraction(q)
+        if row is None:
+            return None
+        counters = {k: v for k, v in loads_object(row[3]).items() if isinstance(v, int)}
+        return Row(int(row[0]), str(row[1]), row[2], counters, row[4])
+
+    async def write_state(self, row: Row) -> None:
+        await self.db.runInteraction(
+            lambda c: c.execute(
+                f"UPDATE {self.kind.table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
+                (row.state, row.timeout, json.dumps(row.counters), row.id),
+            )
+            and None
+        )
+
+    async def write_counters(self, row: Row) -> None:
+        await self.db.runInteraction(
+            lambda c: c.execute(
+                f"UPDATE {self.kind.table} SET state_counters = ? WHERE id = ?", (json.dumps(row.counters), row.id)
+            )
+            and None
+        )
+
+    async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> None:
+        """To the twisted log and to the machine's log table; a failed write is only logged."""
+        getattr(self._log, level)("{kind} {key}: {message}", kind=self.kind.log_kind, key=row.key, message=message)
+        try:
+            await self.db.runInteraction(logs.add_log, self.kind.log_kind, row.id, source, message, self.now())
+        except Exception as e:
+            self._log.warn("could not write log line for {key}: {error}", key=row.key, error=e)
+
+    # -- serialization ----------------------------------------------------------------------
+
+    async def _locked(self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None) -> Any:
+        key = str(key)
+        lock = self._locks.setdefault(key, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            row = await self.load(key)
+            if row is None:
+                return missing
+            return await work(Machine(self, row))
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
+
+    async def handle_event(self, key: str, event: str, args: dict[str, Any] | None = None) -> bool:
+        """Feed ``event``; False (and nothing else) when the machine does not exist."""
+
+        async def work(m: Machine) -> bool:
+            if not await self.kind.event(m, event, dict(args or {})):
+                await m.log(f"ignored event {event} in state {m.state}", "warn")
+            return True
+
+        return bool(await self._locked(key, work, False))
+
+    async def handle_timeout(self, key: str) -> None:
+        """Apply the timeout rule, if the deadline has really passed (re-checked under the lock)."""
+
+        async def work(m: Machine) -> None:
+            if m.row.timeout is None or m.row.timeout > self.now():
+                return
+            await m.log(f"handling timeout on {m.state}", "debug")
+            if not await self.kind.timeout(m):
+                await m.log(f"no timeout rule in state {m.state}", "warn")
+                m.row.timeout = None
+                await self.write_state(m.row)
+
+        await self._locked(key, work)
+
+    async def state_change(self, key: str, old: str, new: str) -> bool | None:
+        """Go to ``new`` if the state is ``old`` (or unknown); None for a missing machine,
+        False on mismatch."""
+
+        async def work(m: Machine) -> bool:
+            if m.state != self.kind.unknown_state and m.row.state != old:
+                return False
+            await m.log(f"state change from {m.row.state} to {new}")
+            await m.goto(new)
+            return True
+
+        return await self._locked(key, work, None)
+
+    async def current_state(self, key: str) -> str | None:
+        return await self._locked(key, lambda m: defer.succeed(m.state))
+
+    def post(self, key: str, event: str, args: dict[str, Any] | None = None) -> "defer.Deferred[Any]":
+        """Queue an event without waiting for it; failures are logged, never raised."""
+        d = defer.Deferred.fromCoroutine(self.handle_event(key, event, args))
+        d.addErrback(lambda f: log.failure("event {event} for {key} failed", f, event=event, key=key))
+        return d
+
+    async def due(self) -> list[str]:
+        """Keys of this server's machines whose deadline has passed."""
+        table, column = self.kind.table, self.kind.key_column
+        rows = await self.db.query(
+            f"SELECT t.{column} FROM {table} t JOIN imaging_servers s ON s.id = t.imaging_server_id"
+            " WHERE s.fqdn = ? AND t.state_timeout IS NOT NULL AND t.state_timeout <= ?",
+            (self.server_fqdn, self.now()),
+        )
+        return [str(r[0]) for r in rows]
+
+
+class TimeoutDriver(Service):
+    """Every ``POLL_INTERVAL * time_scale`` seconds: feed ``timeout`` to due machines, then run
+    ``extra`` (the request layer's expiry poll).  A failing step is logged; the loop goes on."""
+
+    def __init__(
+        self, runner: MachineRunner, extra: Callable[[], Awaitable[None]] | None = None, interval: float | None = None
+    ) -> None:
+        self.runner = runner
+        self.extra = extra
+        self.interval = interval if interval is not None else runner.scaled(POLL_INTERVAL)
+        self._loop: task.LoopingCall | None = None
+        self._tick: defer.Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self._start_tick)
+        self._loop.clock = self.runner.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> "defer.Deferred[None] | None":
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._tick
+
+    def _start_tick(self) -> None:
+        if self._tick is not None:
+            log.warn("{kind} timeout tick still running; skipping one", kind=self.runner.kind.log_kind)
+            return
+        self._tick = defer.Deferred.fromCoroutine(self.tick())
+        self._tick.addBoth(self._tick_done)
+
+    def _tick_done(self, result: Any) -> None:
+        self._tick = None
+
+    async def tick(self) -> None:
+        try:
+            keys = await self.runner.due()
+        except Exception:
+            log.failure("listing due {kind} machines failed", kind=self.runner.kind.log_kind)
+            keys = []
+        sem = defer.DeferredSemaphore(TIMEOUT_CONCURRENCY)
+
+        async def one(key: str) -> None:
+            try:
+                await self.runner.handle_timeout(key)
+            except Exception:
+                log.failure("timeout for {kind} {key} failed", kind=self.runner.kind.log_kind, key=key)
+
+        await defer.gatherResults(
+            [sem.run(lambda k=k: defer.Deferred.fromCoroutine(one(k))) for k in keys], consumeErrors=True
+        )
+        if self.extra is not None:
+            try:
+                await self.extra()
+            except Exception:
+                log.failure("{kind} periodic step failed", kind=self.runner.kind.log_kind)

@@ -1,0 +1,138 @@
+"""The shared machinery, with a toy machine on the devices table, on both back-ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+
+from mozpool.db import fixtures, logs
+from mozpool.statemachine.core import Machine, MachineRunner, TimeoutDriver
+from tests.support.dbtest import DatabaseTest, on_both_backends
+
+T0 = 1795694400.0  # 2026-11-26 12:00:00 UTC
+
+
+class Toy:
+    """idle --go--> waiting (10 s; 3 timeouts -> failed) --done--> idle."""
+
+    table, log_kind, key_column, unknown_state = "devices", "device", "name", "unknown"
+    timeouts = {"idle": None, "waiting": 10, "failed": None, "unknown": None}
+
+    def __init__(self) -> None:
+        self.trace: list[tuple[str, str]] = []
+        self.gate: defer.Deferred[None] | None = None
+
+    async def event(self, m: Machine, event: str, args: dict[str, Any]) -> bool:
+        self.trace.append(("event-start", event))
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            await gate
+        self.trace.append(("event-end", event))
+        if m.state == "idle" and event == "go":
+            await m.goto("waiting")
+            return True
+        if m.state == "waiting" and event == "done":
+            await m.clear()
+            await m.goto("idle")
+            return True
+        return False
+
+    async def timeout(self, m: Machine) -> bool:
+        if m.state != "waiting":
+            return False
+        if await m.incr("tries") > 2:
+            await m.goto("failed")
+        else:
+            await m.goto("waiting")
+        return True
+
+    async def enter(self, m: Machine, state: str) -> None:
+        self.trace.append(("enter", state))
+
+
+class Core(DatabaseTest):
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+        await fixtures.load_fixture(self.db, "a.example.com", 2, "2026-11-26 12:00:00")
+        await self.db.query("UPDATE devices SET state = 'idle', state_timeout = NULL")
+        self.toy = Toy()
+        self.runner = MachineRunner(self.db, self.clock, self.toy, "a.example.com", time_scale=0.5)
+
+    async def row(self, name: str = "panda-0001") -> tuple:
+        return (await self.db.query("SELECT state, state_timeout, state_counters FROM devices WHERE name = ?", (name,)))[0]
+
+    async def messages(self, device_id: int = 1) -> list[str]:
+        return [e["message"] for e in await self.db.runInteraction(logs.get_log, "device", device_id, self.runner.now())]
+
+    async def test_event_persists_state_and_scaled_deadline(self) -> None:
+        self.assertTrue(await self.runner.handle_event("panda-0001", "go"))
+        self.assertEqual(await self.row(), ("waiting", "2026-11-26 12:00:05", "{}"))
+        self.assertEqual(self.toy.trace[-1], ("enter", "waiting"))
+        self.assertIn("entering state waiting", await self.messages())
+
+    async def test_missing_machine(self) -> None:
+        self.assertFalse(await self.runner.handle_event("nope", "go"))
+        self.assertIsNone(await self.runner.state_change("nope", "idle", "waiting"))
+
+    async def test_ignored_event_logged_and_nothing_changes(self) -> None:
+        await self.runner.handle_event("panda-0001", "done")
+        self.assertEqual(await self.row(), ("idle", None, "{}"))
+        self.assertIn("ignored event done in state idle", await self.messages())
+
+    async def test_timeouts_counters_and_limit(self) -> None:
+        await self.runner.handle_event("panda-0001", "go")
+        driver = TimeoutDriver(self.runner, interval=1)
+        await driver.tick()
+        self.assertEqual((await self.row())[0:1], ("waiting",))
+        self.assertEqual(self.toy.trace.count(("enter", "waiting")), 1, "not due yet")
+        for expected_tries in (1, 2):
+            self.clock.advance(5)
+            await driver.tick()
+            state, _, counters = await self.row()
+            self.assertEqual((state, counters), ("waiting", f'{{"tries": {expected_tries}}}'))
+        self.clock.advance(5)
+        await driver.tick()
+        self.assertEqual(await self.row(), ("failed", None, '{"tries": 3}'))
+
+    async def test_due_only_for_this_server(self) -> None:
+        await self.runner.handle_event("panda-0001", "go")
+        await fixtures.load_fixture(self.db, "b.example.com", 1, "2026-11-26 12:00:00", prefix="b")
+        await self.db.query("UPDATE devices SET state = 'waiting', state_timeout = '2026-11-26 11:00:00' WHERE name = 'b-0001'")
+        self.clock.advance(5)
+        self.assertEqual(await self.runner.due(), ["panda-0001"])
+
+    async def test_state_change(self) -> None:
+        self.assertFalse(await self.runner.state_change("panda-0001", "waiting", "failed"))
+        self.assertEqual((await self.row())[0], "idle")
+        self.assertTrue(await self.runner.state_change("panda-0001", "idle", "waiting"))
+        self.assertEqual((await self.row())[:2], ("waiting", "2026-11-26 12:00:05"))
+        # An unrecognised stored state reads as unknown, and then any change is allowed.
+        await self.db.query("UPDATE devices SET state = 'bogus' WHERE name = 'panda-0001'")
+        self.assertEqual(await self.runner.current_state("panda-0001"), "unknown")
+        self.assertTrue(await self.runner.state_change("panda-0001", "whatever", "idle"))
+        self.assertEqual((await self.row())[0], "idle")
+
+    async def test_events_for_one_machine_never_interleave(self) -> None:
+        self.toy.gate = gate = defer.Deferred()
+        first = self.runner.post("panda-0001", "go")
+        second = self.runner.post("panda-0001", "done")
+        other = self.runner.post("panda-0002", "go")
+        await other  # another machine is not held up
+        self.assertNotIn(("event-start", "done"), self.toy.trace)
+        gate.callback(None)
+        await first
+        await second
+        starts = [e for e in self.toy.trace if e[0] in ("event-start", "event-end")]
+        self.assertEqual(
+            starts,
+            [("event-start", "go"), ("event-start", "go"), ("event-end", "go"), ("event-end", "go"),
+             ("event-start", "done"), ("event-end", "done")],
+        )
+        self.assertEqual((await self.row())[0], "idle")
+        self.assertEqual(self.runner._locks, {})
+
+
+CoreSQLite, CoreMariaDB = on_both_backends(Core)
