@@ -1,0 +1,231 @@
+"""The real SUT client against the simulated agent over loopback TCP, every fault mode of 2.6.
+
+Deadlines are shrunk (SUTTimings) so each bound is asserted in well under a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from mozpool.bmm.sut import SUTClient, SUTResult, SUTTimings
+from mozpool.fakes.sutagent import SimulatedSUTAgent
+
+reactor: Any = _reactor
+
+TIMINGS = SUTTimings(connect=0.8, idle=0.5, verify=1.5, sdcard=2.0, reboot=1.5)
+SLACK = 0.75  # scheduling slack allowed past a bound on a busy machine
+AT_ONCE = 0.4  # "fails at once": well inside the smallest bound (idle)
+
+ROOT_STEPS = ["testroot", "isdir /mnt/sdcard/tests", "mkdr /mnt/sdcard/tests", "ver"]
+D = "/mnt/sdcard/tests/sdcardtest"
+
+
+class SUTAgentSystemTests(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.reboots: list[int] = []
+        self.agent = SimulatedSUTAgent(reactor, rebootDownTime=0.5, onReboot=lambda: self.reboots.append(1))
+        self.agent.start()
+        self.client = SUTClient(reactor, TIMINGS, addressFor=lambda fqdn: self.agent.address)
+        self.addCleanup(self.agent.stop, True)
+
+    async def settle(self) -> None:
+        """Wait until both ends have closed, so trial finds a clean reactor."""
+        for _ in range(200):
+            if not self.agent.openConnections:
+                break
+            await deferLater(reactor, 0.01)
+        await deferLater(reactor, 0.02)
+        self.assertEqual(self.agent.openConnections, 0)
+
+    async def timed(self, d: "Deferred[SUTResult]") -> tuple[SUTResult, float]:
+        start = reactor.seconds()
+        result = await d
+        elapsed = reactor.seconds() - start
+        await self.settle()
+        return result, elapsed
+
+    async def assertFails(self, d: "Deferred[SUTResult]", reason: str, bound: float | None = None) -> SUTResult:
+        """Fails with REASON in its text: at BOUND if given, else at once (well before any bound)."""
+        result, elapsed = await self.timed(d)
+        self.assertFalse(result.ok, result)
+        self.assertIn(reason, result.reason)
+        if bound is None:
+            self.assertLess(elapsed, AT_ONCE, f"should fail at once, took {elapsed:.2f} s")
+        else:
+            self.assertGreaterEqual(elapsed, bound - 0.05)
+            self.assertLess(elapsed, bound + SLACK)
+        return result
+
+    # -- normal behaviour ----------------------------------------------------------------------
+
+    async def test_verify(self) -> None:
+        result, _ = await self.timed(self.client.verify("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+        await deferLater(reactor, 0.05)
+        self.assertEqual(self.agent.commands, ROOT_STEPS + ["quit"])
+        # Second verify: the tests directory now exists, so no mkdr.
+        self.agent.commands.clear()
+        result, _ = await self.timed(self.client.verify("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+        self.assertEqual(self.agent.commands[:3], ["testroot", "isdir /mnt/sdcard/tests", "ver"])
+
+    async def test_sdcard(self) -> None:
+        result, _ = await self.timed(self.client.checkSDCard("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+        self.assertEqual(
+            self.agent.commands,
+            ROOT_STEPS
+            + [f"isdir {D}", f"isdir {D}", f"mkdr {D}", f"isdir {D}", f"push {D}/sdcard_check 15", f"isdir {D}",
+               f"rmdr {D}", "quit"],
+        )
+        self.assertNotIn(D, self.agent.tree.dirs, "test directory removed afterwards")
+
+    async def test_reboot(self) -> None:
+        result, _ = await self.timed(self.client.reboot("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+        self.assertEqual(self.agent.commands, ROOT_STEPS + ["rebt"])
+        self.assertEqual(self.reboots, [1])
+        self.assertFalse(self.agent.listening)
+        await self.assertFails(self.client.verify("panda-0001"), "connection refused")
+        await deferLater(reactor, 0.6)
+        self.assertTrue(self.agent.listening, "agent back after its down time")
+        result, _ = await self.timed(self.client.verify("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+
+    # -- fault modes ---------------------------------------------------------------------------
+
+    async def test_refuse(self) -> None:
+        await self.agent.stop()
+        await self.assertFails(self.client.verify("panda-0001"), "connection refused")
+
+    async def test_noPrompt(self) -> None:
+        self.agent.faults.noPrompt = True
+        await self.assertFails(self.client.verify("panda-0001"), "no prompt from agent within 0.8 s", TIMINGS.connect)
+
+    async def test_hangAt(self) -> None:
+        self.agent.faults.hangAt = 2
+        result = await self.assertFails(self.client.verify("panda-0001"), "no data from agent for 0.5 s", TIMINGS.idle)
+        self.assertIn("'isdir'", result.reason)
+        self.assertEqual(self.agent.commands, ["testroot", "isdir /mnt/sdcard/tests"])
+
+    async def test_drip(self) -> None:
+        self.agent.faults.drip = 0.1
+        await self.assertFails(self.client.verify("panda-0001"), "verify did not finish within 1.5 s", TIMINGS.verify)
+
+    async def test_slowWithinBounds(self) -> None:
+        self.agent.faults.slow = 0.1
+        result, elapsed = await self.timed(self.client.verify("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+        self.assertGreaterEqual(elapsed, 0.39, "4 delayed replies")
+
+    async def test_slowPastIdle(self) -> None:
+        self.agent.faults.slow = 0.7
+        await self.assertFails(self.client.verify("panda-0001"), "no data from agent for 0.5 s", TIMINGS.idle)
+
+    async def test_slowPastTotal(self) -> None:
+        # Each reply inside the idle bound, the sum (13 x 0.25 s) past the SD-card total.
+        self.agent.faults.slow = 0.25
+        await self.assertFails(self.client.checkSDCard("panda-0001"), "did not finish within 2 s", TIMINGS.sdcard)
+
+    async def test_warnOn(self) -> None:
+        self.agent.faults.warnOn["ver"] = "Something went wrong"
+        await self.assertFails(self.client.verify("panda-0001"), "agent warning: Something went wrong")
+
+    async def test_emptyTestroot(self) -> None:
+        self.agent.faults.emptyTestroot = True
+        await self.assertFails(self.client.verify("panda-0001"), "invalid device root")
+
+    async def test_badVer(self) -> None:
+        self.agent.faults.badVer = True
+        await self.assertFails(self.client.verify("panda-0001"), "unrecognised ver reply")
+
+    async def test_badMd5(self) -> None:
+        self.agent.faults.badMd5 = True
+        await self.assertFails(self.client.checkSDCard("panda-0001"), "push md5 mismatch")
+
+    async def test_readOnly(self) -> None:
+        self.agent.faults.readOnly = True
+        result, _ = await self.timed(self.client.verify("panda-0001"))
+        self.assertTrue(result.ok, "verify does not write")
+        await self.assertFails(self.client.checkSDCard("panda-0001"), "failed to create directory under device root")
+
+    async def test_dropMidPush(self) -> None:
+        self.agent.faults.dropMidPush = 5
+        await self.assertFails(self.client.checkSDCard("panda-0001"), "closed by agent while waiting for reply to 'push'")
+
+    async def test_dropAfterCommand(self) -> None:
+        self.agent.faults.dropAfter.add("isdir")
+        await self.assertFails(self.client.verify("panda-0001"), "closed by agent while waiting for reply to 'isdir'")
+
+    async def test_splitPrompt(self) -> None:
+        self.agent.faults.splitPrompt = True
+        result, _ = await self.timed(self.client.checkSDCard("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+
+    async def test_trailingGarbage(self) -> None:
+        self.agent.faults.trailingGarbage = b"junk"
+        await self.assertFails(self.client.verify("panda-0001"), "bytes after prompt")
+
+    async def test_stopDropsConnections(self) -> None:
+        """Power off mid-operation: the open connection dies and the client fails at once."""
+        self.agent.faults.hangAt = 1
+        d = self.client.verify("panda-0001")
+        await deferLater(reactor, 0.1)
+        port = self.agent.port
+        await self.agent.stop(dropConnections=True)
+        await self.assertFails(d, "closed by agent")
+        # Power back on: the agent comes back on the same port.
+        self.agent.faults.hangAt = None
+        self.assertEqual(self.agent.start(), port)
+        result, _ = await self.timed(self.client.verify("panda-0001"))
+        self.assertTrue(result.ok, result.reason)
+
+
+class RawAgentTests(TestCase):
+    """The simulated agent's framing, seen by a raw client."""
+
+    timeout = 10
+
+    async def test_framing(self) -> None:
+        agent = SimulatedSUTAgent(reactor)
+        port = agent.start()
+        self.addCleanup(agent.stop, True)
+        received: list[bytes] = []
+        gone: Deferred[None] = Deferred()
+
+        class Raw(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+            def connectionLost(self, reason: Any) -> None:
+                gone.callback(None)
+
+        proto = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Raw))
+        await deferLater(reactor, 0.05)
+        self.assertEqual(b"".join(received), b"$>\x00")
+        received.clear()
+        # Upper-case command; CR and LF arriving apart count as one line end.
+        proto.transport.write(b"VER\r")
+        await deferLater(reactor, 0.05)
+        proto.transport.write(b"\nmkdr /mnt/sdcard\r\nfoo bar\r\nisdir\r\n")
+        await deferLater(reactor, 0.05)
+        proto.transport.write(b"quit\n")
+        await gone
+        self.assertEqual(
+            b"".join(received),
+            b"SUTAgentAndroid Version 1.16\n$>\x00"
+            b"##AGENT-WARNING## Could not create the directory /mnt/sdcard\n$>\x00"
+            b"##AGENT-WARNING## [foo] command with arg(s) = ['bar'] is currently not implemented.\n$>\x00"
+            b"##AGENT-WARNING## Wrong number of arguments for isdir command!\n$>\x00"
+            b"quit\n$>\x00",
+        )
+        self.assertEqual(agent.commands, ["VER", "mkdr /mnt/sdcard", "foo bar", "isdir", "quit"])
