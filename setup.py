@@ -36,6 +36,8 @@ setup(
     entry_points={
         "console_scripts": [
             "mozpool-db = mozpool.cli.db:main",
+            "pxe-config = mozpool.cli.pxe_config:main",
+            "relay = mozpool.cli.relay:main",
         ],
     },
     include_package_data=False,

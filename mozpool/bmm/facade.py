@@ -1,0 +1,179 @@
+"""BMM as the layers above see it: hardware operations on devices, by name or by row.
+
+:class:`Hardware` implements :class:`IDeviceHardware` for LifeGuard over the wire-level clients
+(relay, ping, SUT agent) and the PXE files, and logs every outcome against the device (source
+``bmm`` or ``sut``).  :class:`BMMActions` implements the HTTP API's ``IBMM`` (the BMM endpoints)
+on top of it.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Any, Callable, Coroutine
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mozpool.bmm import pxe
+from mozpool.bmm.interfaces import DeviceInfo, IDeviceHardware
+from mozpool.db import catalog, devices, logs
+from mozpool.db.pool import Cursor, Database
+from mozpool.timeutil import dbnow
+from mozpool.web.interfaces import IBMM
+
+log = Logger()
+
+#: (device name, source, message) -> fire-and-forget log write
+DeviceLogger = Callable[[str, str, str], Any]
+
+
+def database_logger(db: Database, clock: Any) -> DeviceLogger:
+    """Log lines into ``device_logs`` by device name; a failed write is only logged."""
+
+    def write(name: str, source: str, message: str) -> "defer.Deferred[Any]":
+        d = db.runInteraction(logs.add_device_log_by_name, name, source, message, dbnow(clock))
+        d.addErrback(lambda f: log.warn("device log for {name} not written: {f}", name=name, f=f.getErrorMessage()))
+        return d
+
+    return write
+
+
+@implementer(IDeviceHardware)
+class Hardware:
+    def __init__(
+        self, power: Any, pinger: Any, sut: Any, tftp_root: str, ipaddress: str, device_log: DeviceLogger
+    ) -> None:
+        self.power = power
+        self.pinger = pinger
+        self.sut = sut
+        self.tftp_root = tftp_root
+        self.ipaddress = ipaddress
+        self.device_log = device_log
+
+    async def _relay(self, device: DeviceInfo, what: str, op: Callable[[Any], Any]) -> bool:
+        await self.device_log(device.name, "bmm", f"{what} started")
+        result = await op(device.relay_info)
+        if result:
+            await self.device_log(device.name, "bmm", f"{what} succeeded")
+        else:
+            reason = getattr(result, "reason", "") or "unknown error"
+            await self.device_log(device.name, "bmm", f"{what} failed: {reason}")
+        return bool(result)
+
+    def power_cycle(self, device: DeviceInfo) -> "defer.Deferred[bool]":
+        return defer.Deferred.fromCoroutine(self._relay(device, "power-cycle", self.power.power_cycle))
+
+    def power_off(self, device: DeviceInfo) -> "defer.Deferred[bool]":
+        return defer.Deferred.fromCoroutine(self._relay(device, "power-off", self.power.power_off))
+
+    def ping(self, device: DeviceInfo) -> "defer.Deferred[bool]":
+        async def go() -> bool:
+            ok = bool(await self.pinger.ping(device.fqdn))
+            await self.device_log(device.name, "bmm", "ping " + ("ok" if ok else "failed"))
+            return ok
+
+        return defer.Deferred.fromCoroutine(go())
+
+    def _sut(self, device: DeviceInfo, what: str, op: Callable[..., Any]) -> "defer.Deferred[bool]":
+        async def go() -> bool:
+            result = await op(device.fqdn, lambda line: self.device_log(device.name, "sut", line))
+            if result:
+                await self.device_log(device.name, "sut", f"{what} ok")
+            else:
+                await self.device_log(device.name, "sut", f"{what} failed: {getattr(result, 'reason', '')}")
+            return bool(result)
+
+        return defer.Deferred.fromCoroutine(go())
+
+    def sut_verify(self, device: DeviceInfo) -> "defer.Deferred[bool]":
+        return self._sut(device, "SUT verify", self.sut.verify)
+
+    def sut_sdcard_check(self, device: DeviceInfo) -> "defer.Deferred[bool]":
+        return self._sut(device, "SD card check", self.sut.checkSDCard)
+
+    def set_pxe(self, device: DeviceInfo, contents: str) -> None:
+        pxe.set_pxe_config(self.tftp_root, device.mac_address, contents, self.ipaddress)
+        self.device_log(device.name, "bmm", "PXE config set")
+
+    def clear_pxe(self, device: DeviceInfo) -> None:
+        pxe.clear_pxe_config(self.tftp_root, device.mac_address)
+        self.device_log(device.name, "bmm", "PXE config cleared")
+
+
+def device_info(c: Cursor, name: str) -> DeviceInfo | None:
+    row = c.execute("SELECT name, fqdn, mac_address, relay_info FROM devices WHERE name = ?", (name,)).fetchone()
+    return None if row is None else DeviceInfo(*row)
+
+
+def deferred(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., "defer.Deferred[Any]"]:
+    """An ``async def`` method whose callers get a Deferred."""
+
+    @wraps(fn)
+    def call(*args: Any, **kw: Any) -> "defer.Deferred[Any]":
+        return defer.Deferred.fromCoroutine(fn(*args, **kw))
+
+    return call
+
+
+@implementer(IBMM)
+class BMMActions:
+    """The BMM endpoints: the API has checked existence, ownership and input already."""
+
+    def __init__(self, db: Database, hardware: Hardware) -> None:
+        self.db = db
+        self.hardware = hardware
+        #: operations started and not finished (the API answers before they end)
+        self.in_flight: set[defer.Deferred[Any]] = set()
+
+    def _start(self, what: str, d: "defer.Deferred[Any]", name: str) -> None:
+        self.in_flight.add(d)
+        d.addErrback(lambda f: log.failure("{what} of {name} failed", f, what=what, name=name))
+        d.addBoth(lambda _: self.in_flight.discard(d))
+
+    def settle(self) -> "defer.Deferred[Any]":
+        """Fires when every operation started so far has ended."""
+        return defer.gatherResults(list(self.in_flight))
+
+    async def _device(self, name: str) -> DeviceInfo:
+        info = await self.db.runInteraction(device_info, name)
+        if info is None:
+            raise KeyError(name)
+        return info
+
+    @deferred
+    async def power_cycle(self, name: str, pxe_config: str | None, boot_config: str | None) -> None:
+        device = await self._device(name)
+        if pxe_config is not None:
+
+            def prepare(c: Cursor) -> str | None:
+                cfg = catalog.get_pxe_config(c, pxe_config)
+                c.execute("UPDATE devices SET next_boot_config = ? WHERE name = ?", (boot_config or None, name))
+                return None if cfg is None else cfg["contents"]
+
+            contents = await self.db.runInteraction(prepare)
+            if contents is None:
+                raise KeyError(pxe_config)
+            self.hardware.set_pxe(device, contents)
+        else:
+            self.hardware.clear_pxe(device)
+        self._start("power-cycle", self.hardware.power_cycle(device), name)
+
+    @deferred
+    async def power_off(self, name: str) -> None:
+        self._start("power-off", self.hardware.power_off(await self._device(name)), name)
+
+    @deferred
+    async def clear_pxe(self, name: str) -> None:
+        self.hardware.clear_pxe(await self._device(name))
+
+    @deferred
+    async def ping(self, name: str) -> bool:
+        return bool(await self.hardware.ping(await self._device(name)))
+
+    @deferred
+    async def relay_test(self, relay: str) -> bool:
+        found = await self.db.runInteraction(devices.relay_board_owner, relay)
+        if found is None:
+            raise KeyError(relay)
+        return bool(await self.hardware.power.test_two_way_comms(found[0]))
