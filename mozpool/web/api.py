@@ -1,0 +1,477 @@
+"""The HTTP API of spec/http-api.md as one Klein application class.
+
+Routes are thin: they parse the call in the order of spec 1.5 (``validate``), check ownership
+(``owner``), read the database (``queries`` and mozpool.db) and hand actions to the broker,
+LifeGuard or BMM collaborator.  They raise domain exceptions (``errors``); :meth:`_errors`
+writes every failure as JSON, so no input produces a 500 or an HTML page.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from typing import Any, Awaitable, Callable
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource, getChildForRequest
+from werkzeug import exceptions as wz
+
+from mozpool import __version__
+from mozpool.db import catalog, devices, requests, summary
+from mozpool.db.errors import DatabaseUnavailable
+from mozpool.db.pool import Database
+from mozpool.timeutil import apitime, dbnow
+from mozpool.web import metrics, openapi, queries, validate
+from mozpool.web.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    NotAvailable,
+    NotFound,
+    ServiceUnavailable,
+)
+from mozpool.web.interfaces import DeviceHeld, StateMismatch
+from mozpool.web.owner import OwnerCheck
+from mozpool.web.statecache import StateSnapshot
+
+log = Logger()
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+class Raw:
+    """A body written as is: the stored boot config, the metrics text."""
+
+    def __init__(self, body: bytes, content_type: bytes = JSON_TYPE) -> None:
+        self.body = body
+        self.content_type = content_type
+
+
+NO_CONTENT = object()
+
+_app = Klein()
+# Both /x and /x/ are registered explicitly; never redirect, never merge slashes.
+_app.url_map.merge_slashes = False
+_app.url_map.strict_slashes = True
+
+#: (template, methods) of every route, for the OpenAPI consistency test.
+ROUTES: list[tuple[str, tuple[str, ...]]] = []
+#: Templates of the redirecting endpoints, which also answer OPTIONS.
+REDIRECTING: list[str] = []
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _rule(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"<\1>", template)
+
+
+def _register(template: str, methods: tuple[str, ...], name: str, handler: Handler) -> None:
+    path = _rule(template)
+    other = path[:-1] if path.endswith("/") else path + "/"
+    _app.route(path, methods=list(methods), endpoint=name)(handler)
+    _app.route(other, methods=list(methods), endpoint=name + "__alt")(handler)
+
+
+def endpoint(template: str, *methods: str, redirecting: bool = False) -> Callable[[Handler], Handler]:
+    """Route ``template`` (spec spelling, ``{name}`` placeholders) with or without its trailing
+    slash; the handler returns a dict (JSON 200), :class:`Raw` or ``NO_CONTENT`` (204)."""
+
+    def deco(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(self: "MozpoolAPI", request: IRequest, **kw: str) -> Any:
+            return await self._serve(request, template, fn, kw)
+
+        _register(template, tuple(methods), fn.__name__, handler)
+        ROUTES.append((template, tuple(methods)))
+        if redirecting:
+            REDIRECTING.append(template)
+            _register(template, ("OPTIONS",), fn.__name__ + "__options", _preflight(template))
+        return handler
+
+    return deco
+
+
+def _preflight(template: str) -> Handler:
+    async def preflight(self: "MozpoolAPI", request: IRequest, **kw: str) -> Any:
+        async def answer(api: "MozpoolAPI", request: IRequest, **kw: str) -> Any:
+            if "id" in kw:
+                validate.request_id(kw["id"])
+            await api.owners.preflight(request)
+            return NO_CONTENT
+
+        return await self._serve(request, template, answer, kw)
+
+    return preflight
+
+
+class _Front(Resource):
+    """Site root: percent-decoded path segments that are not UTF-8 become U+FFFD (so they
+    route like any unknown name instead of Klein's plain-text 400), every call is timed for
+    /metrics, and paths outside /api/ and /metrics go to the UI resource when there is one."""
+
+    isLeaf = True
+
+    def __init__(self, api: "MozpoolAPI", inner: IResource, ui: IResource | None) -> None:
+        super().__init__()
+        self.api = api
+        self.inner = inner
+        self.ui = ui
+
+    def render(self, request: IRequest) -> Any:
+        for path in (request.prepath, request.postpath):
+            for i, segment in enumerate(path):
+                try:
+                    segment.decode("utf-8")
+                except UnicodeDecodeError:
+                    path[i] = segment.decode("utf-8", "replace").encode("utf-8")
+        first = request.postpath[0] if request.postpath else b""
+        if self.ui is not None and first not in (b"api", b"metrics"):
+            return getChildForRequest(self.ui, request).render(request)
+        start = self.api.clock.seconds()
+        request.notifyFinish().addBoth(lambda _: self.api._observe(request, start))
+        return self.inner.render(request)
+
+
+class MozpoolAPI:
+    """The whole /api/ of one imaging server (``fqdn``) over the shared database."""
+
+    app = _app
+
+    def __init__(
+        self,
+        db: Database,
+        fqdn: str,
+        clock: IReactorTime,
+        *,
+        broker: Any = None,
+        lifeguard: Any = None,
+        bmm: Any = None,
+    ) -> None:
+        self.db = db
+        self.fqdn = fqdn
+        self.clock = clock
+        self.broker = broker
+        self.lifeguard = lifeguard
+        self.bmm = bmm
+        self.owners = OwnerCheck(db, fqdn)
+        self.snapshot = StateSnapshot(db, clock)
+        self.http_metrics = metrics.HTTPMetrics()
+        self._openapi = json.dumps(openapi.document(__version__)).encode("utf-8")
+
+    def resource(self, ui: IResource | None = None) -> IResource:
+        """The resource to use as the Site root; ``ui`` serves everything outside /api/."""
+        return _Front(self, self.app.resource(), ui)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _serve(self, request: IRequest, template: str, fn: Handler, kw: dict[str, str]) -> Any:
+        request.mozpool_route = template  # type: ignore[attr-defined]
+        validate.read_body(request)  # 413 comes right after routing
+        result = await fn(self, request, **kw)
+        if result is NO_CONTENT:
+            request.setResponseCode(204)
+            return b""
+        if isinstance(result, Raw):
+            request.setHeader(b"Content-Type", result.content_type)
+            return result.body
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return json.dumps(result).encode("utf-8")
+
+    def _observe(self, request: IRequest, start: float) -> None:
+        route = getattr(request, "mozpool_route", "(unmatched)")
+        method = request.method.decode("latin-1")
+        self.http_metrics.observe(method, route, request.code, self.clock.seconds() - start)
+
+    @_app.handle_errors(Exception)
+    def _errors(self, request: IRequest, failure: Failure) -> bytes:
+        exc = failure.value
+        err: ApiError
+        if isinstance(exc, ApiError):
+            err = exc
+        elif isinstance(exc, wz.MethodNotAllowed):
+            err = MethodNotAllowed("method not allowed here", sorted(exc.valid_methods or []))
+        elif isinstance(exc, wz.HTTPException):
+            err = NotFound("no such endpoint")
+        elif isinstance(exc, DatabaseUnavailable):
+            err = ServiceUnavailable(str(exc) or "database unavailable")
+        elif isinstance(exc, DeviceHeld):
+            err = ApiError(exc.message, request=exc.request)
+            err.status = 409
+        elif isinstance(exc, StateMismatch):
+            err = ApiError(str(exc))
+            err.status = 409
+        elif isinstance(exc, defer.CancelledError):
+            return b""  # the client went away
+        else:
+            log.failure(
+                "bug answering {method} {uri}",
+                failure,
+                method=request.method.decode("latin-1"),
+                uri=request.uri.decode("latin-1"),
+            )
+            err = ApiError("internal error")
+        request.setResponseCode(err.status)
+        for name, value in err.headers.items():
+            request.setHeader(name.encode("ascii"), value if isinstance(value, bytes) else value.encode("utf-8"))
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return json.dumps(err.body()).encode("utf-8")
+
+    def body(self, request: IRequest) -> dict[str, Any]:
+        return validate.json_object(validate.read_body(request))
+
+    def _need(self, collaborator: Any, what: str) -> Any:
+        if collaborator is None:
+            raise NotAvailable(f"{what} is not available in this version")
+        return collaborator
+
+    def now(self) -> str:
+        return dbnow(self.clock)
+
+    # --- MozPool layer ----------------------------------------------------------------------
+
+    @endpoint("/api/version/", "GET")
+    async def version(self, request: IRequest) -> Any:
+        return {"version": __version__}
+
+    @endpoint("/api/device/list/", "GET")
+    async def device_list(self, request: IRequest) -> Any:
+        if validate.flag(request, "details"):
+            return {"devices": await devices.list_details(self.db)}
+        return {"devices": await devices.list_names(self.db)}
+
+    @endpoint("/api/device/{device}/request/", "POST")
+    async def request_device(self, request: IRequest, device: str) -> Any:
+        if device != "any" and await self.db.runInteraction(queries.device_id, device) is None:
+            raise NotFound(f"unknown device {device}")
+        body = self.body(request)
+        fields = validate.request_creation(body)
+        image = await self.db.runInteraction(queries.image, fields["image"])
+        if image is None:
+            raise NotFound(f"unknown image {fields['image']}")
+        boot_config = validate.boot_config_from(body, image["boot_config_keys"])
+        broker = self._need(self.broker, "request creation")
+        created = await broker.create_request(
+            device, fields["assignee"], fields["duration"], fields["image"], fields["environment"], boot_config
+        )
+        return {"request": created}
+
+    @endpoint("/api/request/list/", "GET")
+    async def request_list(self, request: IRequest) -> Any:
+        include_closed = validate.flag(request, "include_closed")
+        return {"requests": await requests.list_requests(self.db, include_closed)}
+
+    @endpoint("/api/request/{id}/details/", "GET")
+    async def request_details(self, request: IRequest, id: str) -> Any:
+        request_id = validate.request_id(id)
+        found = await self.db.runInteraction(queries.request_details, request_id)
+        if found is None:
+            raise NotFound(f"unknown request {request_id}")
+        return requests.public_request(found)
+
+    @endpoint("/api/request/{id}/status/", "GET")
+    async def request_status(self, request: IRequest, id: str) -> Any:
+        request_id = validate.request_id(id)
+        found = await self.db.runInteraction(queries.request_status, request_id, self.now())
+        if found is None:
+            raise NotFound(f"unknown request {request_id}")
+        return found
+
+    @endpoint("/api/request/{id}/log/", "GET")
+    async def request_log(self, request: IRequest, id: str) -> Any:
+        request_id = validate.request_id(id)
+        timeperiod, limit, bad = self._log_params(request)
+        found = await self.db.runInteraction(queries.request_log, request_id, self.now(), timeperiod, limit)
+        if found is None:
+            raise NotFound(f"unknown request {request_id}")
+        if bad is not None:
+            raise bad
+        return {"log": found}
+
+    @endpoint("/api/request/{id}/renew/", "POST", redirecting=True)
+    async def request_renew(self, request: IRequest, id: str) -> Any:
+        request_id = validate.request_id(id)
+        await self.owners.require(request, "request", request_id)
+        duration = validate.duration(self.body(request))
+        await self._need(self.broker, "renewing requests").renew(request_id, duration)
+        return NO_CONTENT
+
+    @endpoint("/api/request/{id}/return/", "POST", redirecting=True)
+    async def request_return(self, request: IRequest, id: str) -> Any:
+        request_id = validate.request_id(id)
+        await self.owners.require(request, "request", request_id)
+        await self._need(self.broker, "returning requests").return_request(request_id)
+        return NO_CONTENT
+
+    @endpoint("/api/request/{id}/event/{event}/", "GET", "POST", redirecting=True)
+    async def request_event(self, request: IRequest, id: str, event: str) -> Any:
+        request_id = validate.request_id(id)
+        await self.owners.require(request, "request", request_id)
+        body = self.body(request) if request.method == b"POST" else {}
+        checked = validate.request_event_body(event, body)
+        await self._need(self.broker, "request events").request_event(request_id, event, checked)
+        return {}
+
+    @endpoint("/api/image/list/", "GET")
+    async def image_list(self, request: IRequest) -> Any:
+        return {"images": await catalog.list_images(self.db)}
+
+    # --- LifeGuard layer --------------------------------------------------------------------
+
+    @endpoint("/api/device/{device}/event/{event}/", "GET", "POST", redirecting=True)
+    async def device_event(self, request: IRequest, device: str, event: str) -> Any:
+        await self.owners.require(request, "device", device)
+        body = self.body(request) if request.method == b"POST" else {}
+        checked = validate.device_event_body(event, body)
+        await self._need(self.lifeguard, "device events").device_event(device, event, checked)
+        return {}
+
+    @endpoint("/api/device/{device}/state-change/{old}/to/{new}/", "POST", redirecting=True)
+    async def state_change(self, request: IRequest, device: str, old: str, new: str) -> Any:
+        await self.owners.require(request, "device", device)
+        validate.state_name(new)
+        await self._need(self.lifeguard, "state changes").state_change(device, old, new)
+        return {}
+
+    @endpoint("/api/device/{device}/status/", "GET")
+    async def device_status(self, request: IRequest, device: str) -> Any:
+        found = await self.db.runInteraction(queries.device_status, device, self.now())
+        if found is None:
+            raise NotFound(f"unknown device {device}")
+        return found
+
+    @endpoint("/api/device/{device}/state/", "GET")
+    async def device_state(self, request: IRequest, device: str) -> Any:
+        if not validate.flag(request, "cache"):
+            state = await self.db.runInteraction(queries.device_state, device)
+        else:
+            states, expires = await self.snapshot.states()
+            state = states.get(device)
+            if state is None:
+                state = await self.db.runInteraction(queries.device_state, device)
+            if state is not None:
+                max_age = max(int(expires - self.clock.seconds()), 0) + 1
+                request.setHeader(b"Cache-Control", b"public, max-age=%d" % max_age)
+                request.setHeader(b"Expires", http.datetimeToString(int(expires)))
+        if state is None:
+            raise NotFound(f"unknown device {device}")
+        return {"state": state}
+
+    # --- BMM layer --------------------------------------------------------------------------
+
+    @endpoint("/api/device/{device}/power-cycle/", "POST", redirecting=True)
+    async def power_cycle(self, request: IRequest, device: str) -> Any:
+        await self.owners.require(request, "device", device)
+        pxe, boot_config = validate.power_cycle_body(self.body(request))
+        if pxe is not None and await self.db.runInteraction(queries.pxe_config, pxe) is None:
+            raise NotFound(f"unknown PXE config {pxe}")
+        await self._need(self.bmm, "power control").power_cycle(device, pxe, boot_config)
+        return {}
+
+    @endpoint("/api/device/{device}/power-off/", "GET", "POST", redirecting=True)
+    async def power_off(self, request: IRequest, device: str) -> Any:
+        await self.owners.require(request, "device", device)
+        await self._need(self.bmm, "power control").power_off(device)
+        return {}
+
+    @endpoint("/api/device/{device}/clear-pxe/", "POST", redirecting=True)
+    async def clear_pxe(self, request: IRequest, device: str) -> Any:
+        await self.owners.require(request, "device", device)
+        await self._need(self.bmm, "PXE control").clear_pxe(device)
+        return {}
+
+    @endpoint("/api/device/{device}/ping/", "GET", redirecting=True)
+    async def ping(self, request: IRequest, device: str) -> Any:
+        await self.owners.require(request, "device", device)
+        result = await self._need(self.bmm, "ping").ping(device)
+        return {"success": bool(result)}
+
+    @endpoint("/api/relay/{relay}/test/", "GET", redirecting=True)
+    async def relay_test(self, request: IRequest, relay: str) -> Any:
+        await self.owners.require(request, "relay", relay)
+        result = await self._need(self.bmm, "relay tests").relay_test(relay)
+        return {"success": bool(result)}
+
+    @endpoint("/api/device/{device}/log/", "GET")
+    async def device_log(self, request: IRequest, device: str) -> Any:
+        timeperiod, limit, bad = self._log_params(request)
+        found = await self.db.runInteraction(queries.device_log, device, self.now(), timeperiod, limit)
+        if found is None:
+            raise NotFound(f"unknown device {device}")
+        if bad is not None:
+            raise bad
+        return {"log": found}
+
+    @endpoint("/api/device/{device}/bootconfig/", "GET")
+    async def bootconfig(self, request: IRequest, device: str) -> Any:
+        exists, text = await self.db.runInteraction(queries.next_boot_config, device)
+        if not exists:
+            raise NotFound(f"unknown device {device}")
+        return Raw((text or "{}").encode("utf-8"))
+
+    @endpoint("/api/device/{device}/set-comments/", "POST", redirecting=True)
+    async def set_comments(self, request: IRequest, device: str) -> Any:
+        device_id = await self.owners.require(request, "device", device)
+        comments = validate.comments(self.body(request))
+        await self.db.runInteraction(queries.set_comments, device_id, comments)
+        return {}
+
+    @endpoint("/api/device/{device}/set-environment/", "POST", redirecting=True)
+    async def set_environment(self, request: IRequest, device: str) -> Any:
+        device_id = await self.owners.require(request, "device", device)
+        environment = validate.environment(self.body(request))
+        await self.db.runInteraction(queries.set_environment, device_id, environment)
+        return {}
+
+    @endpoint("/api/environment/list/", "GET")
+    async def environment_list(self, request: IRequest) -> Any:
+        return {"environments": await catalog.list_environments(self.db)}
+
+    @endpoint("/api/bmm/pxe_config/list/", "GET")
+    async def pxe_config_list(self, request: IRequest) -> Any:
+        configs = await catalog.list_pxe_configs(self.db, validate.flag(request, "active_only"))
+        return {"pxe_configs": [c["name"] for c in configs]}
+
+    @endpoint("/api/bmm/pxe_config/{pxe}/details/", "GET")
+    async def pxe_config_details(self, request: IRequest, pxe: str) -> Any:
+        found = await self.db.runInteraction(queries.pxe_config, pxe)
+        if found is None:
+            raise NotFound(f"unknown PXE config {pxe}")
+        return {"details": found}
+
+    # --- additions (section 7) --------------------------------------------------------------
+
+    @endpoint("/api/openapi.json", "GET")
+    async def openapi_document(self, request: IRequest) -> Any:
+        return Raw(self._openapi)
+
+    @endpoint("/api/pool/summary/", "GET")
+    async def pool_summary(self, request: IRequest) -> Any:
+        generated_at = apitime(self.now())
+        report = await summary.pool_summary(self.db)
+        return {"generated_at": generated_at, **report}
+
+    @endpoint("/metrics", "GET")
+    async def metrics_text(self, request: IRequest) -> Any:
+        try:
+            pool = await self.db.runInteraction(queries.metrics)
+        except DatabaseUnavailable as e:
+            log.warn("metrics scrape without the database: {error}", error=e)
+            pool = None
+        return Raw(metrics.render(__version__, pool, self.http_metrics), metrics.CONTENT_TYPE)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _log_params(self, request: IRequest) -> tuple[int, int, BadRequest | None]:
+        """timeperiod and limit, or the error to raise once the object is known to exist."""
+        try:
+            return validate.int_param(request, "timeperiod"), validate.int_param(request, "limit"), None
+        except BadRequest as e:
+            return 0, 0, e

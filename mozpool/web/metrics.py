@@ -1,0 +1,82 @@
+"""Prometheus text exposition for ``/metrics`` (spec 7.3): HTTP counters kept in memory, pool
+gauges read from the database with a few aggregate queries per scrape."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: str) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
+
+
+class HTTPMetrics:
+    """Counts and durations of the calls this process served, by route template."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.durations.setdefault((method, route), [0.0] * (len(BUCKETS) + 2))
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                hist[i] += 1
+        hist[len(BUCKETS)] += 1  # count (the +Inf bucket)
+        hist[len(BUCKETS) + 1] += max(seconds, 0.0)  # sum
+
+    def lines(self) -> Iterable[str]:
+        yield "# HELP mozpool_http_requests_total HTTP calls served by this process."
+        yield "# TYPE mozpool_http_requests_total counter"
+        for (method, route, status), n in sorted(self.requests.items()):
+            yield f"mozpool_http_requests_total{_labels(method=method, route=route, status=status)} {n}"
+        yield "# HELP mozpool_http_request_duration_seconds Time to answer, this process."
+        yield "# TYPE mozpool_http_request_duration_seconds histogram"
+        for (method, route), hist in sorted(self.durations.items()):
+            for i, bound in enumerate(BUCKETS):
+                lab = _labels(method=method, route=route, le=repr(bound))
+                yield f"mozpool_http_request_duration_seconds_bucket{lab} {int(hist[i])}"
+            lab = _labels(method=method, route=route, le="+Inf")
+            yield f"mozpool_http_request_duration_seconds_bucket{lab} {int(hist[len(BUCKETS)])}"
+            lab = _labels(method=method, route=route)
+            yield f"mozpool_http_request_duration_seconds_sum{lab} {hist[len(BUCKETS) + 1]!r}"
+            yield f"mozpool_http_request_duration_seconds_count{lab} {int(hist[len(BUCKETS)])}"
+
+
+def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics) -> bytes:
+    """The whole scrape; ``pool`` is None when the database did not answer."""
+    out = [
+        "# HELP mozpool_build_info Version of this daemon.",
+        "# TYPE mozpool_build_info gauge",
+        f"mozpool_build_info{_labels(version=version)} 1",
+        "# HELP mozpool_db_up 1 if the database answered this scrape.",
+        "# TYPE mozpool_db_up gauge",
+        f"mozpool_db_up {0 if pool is None else 1}",
+    ]
+    if pool is not None:
+        out += ["# HELP mozpool_devices Devices in each state, pool-wide.", "# TYPE mozpool_devices gauge"]
+        for state, n in sorted(pool["devices"].items()):
+            out.append(f"mozpool_devices{_labels(state=state)} {n}")
+        out += [
+            "# HELP mozpool_devices_by_category Devices by hardware type and category (see /api/pool/summary/).",
+            "# TYPE mozpool_devices_by_category gauge",
+        ]
+        for hwtype, cats in sorted(pool["by_category"].items()):
+            for cat, n in cats.items():
+                out.append(f"mozpool_devices_by_category{_labels(hardware_type=hwtype, category=cat)} {n}")
+        out += ["# HELP mozpool_requests Requests in each state, closed excluded.", "# TYPE mozpool_requests gauge"]
+        for state, n in sorted(pool["requests"].items()):
+            out.append(f"mozpool_requests{_labels(state=state)} {n}")
+    out.extend(http.lines())
+    return ("\n".join(out) + "\n").encode("utf-8")

@@ -1,0 +1,318 @@
+"""The OpenAPI 3 description of the whole API (spec 7.1), built once and served from memory.
+
+One table row per operation keeps it reviewable against spec section 9; the test suite checks
+it against the routes actually registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json; charset=utf-8"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _closed(**props: Any) -> dict[str, Any]:
+    """An object with exactly these keys."""
+    return {**_obj(list(props), **props), "additionalProperties": False}
+
+
+S = {"type": "string"}
+NS = {"type": ["string", "null"]}
+I = {"type": "integer"}
+NI = {"type": ["integer", "null"]}
+B = {"type": "boolean"}
+TIME = {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?$", "description": "UTC"}
+DURATION = {
+    "oneOf": [{"type": "integer", "minimum": 1, "maximum": 2147483647}, {"type": "string", "pattern": "^[0-9]+$"}],
+    "description": "seconds; an integral number or a string of decimal digits",
+}
+
+_REQUEST_OBJECT = _closed(
+    id=I, requested_device=S, assignee=S, expires=TIME, environment=S, image=S, boot_config=S,
+    assigned_device=S, url=S,
+)
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj(["error"], error={"type": "string", "minLength": 1}),
+    "RequestConflict": _obj(["error", "request"], error=S, request=_ref("Request")),
+    "Redirect": _closed(redirect=S),
+    "Empty": {"type": "object", "additionalProperties": False},
+    "Version": _closed(version={"type": "string", "minLength": 1}),
+    "LogEntry": _closed(id=I, timestamp=TIME, source=S, message=S),
+    "Log": _closed(log={"type": "array", "items": _ref("LogEntry")}),
+    "Status": _closed(state=S, log={"type": "array", "items": _ref("LogEntry"), "maxItems": 100}),
+    "State": _closed(state=S),
+    "Success": _closed(success=B),
+    "Device": _closed(
+        id=I, name=S, fqdn=S, inventory_id=I, mac_address={"type": "string", "pattern": "^[0-9a-f]{12}$"},
+        imaging_server=S, relay_info=NS, state=S, comments=NS, environment=NS, image=NS, boot_config=NS,
+        request_id=NI,
+    ),
+    "DeviceList": _closed(
+        devices={"oneOf": [{"type": "array", "items": S}, {"type": "array", "items": _ref("Device")}]}
+    ),
+    "Image": _closed(
+        id=I, name=S, boot_config_keys={"type": "array", "items": S}, can_reuse=B, hidden=B, has_sut_agent=B
+    ),
+    "ImageList": _closed(images={"type": "array", "items": _ref("Image")}),
+    "Request": _REQUEST_OBJECT,
+    "RequestEnvelope": _closed(request=_ref("Request")),
+    "RequestListEntry": _closed(
+        id=I, imaging_server=S, assignee=S, boot_config=S, state=S, expires=TIME, requested_device=S,
+        environment=S, assigned_device=S, device_state=S, device_status=S,
+    ),
+    "RequestList": _closed(requests={"type": "array", "items": _ref("RequestListEntry")}),
+    "BootConfig": {"type": "object", "description": "the device's next boot config, as stored"},
+    "EnvironmentList": _closed(environments={"type": "array", "items": S}),
+    "PxeConfigList": _closed(pxe_configs={"type": "array", "items": S}),
+    "PxeConfigDetails": _closed(details=_closed(name=S, description=S, contents=S, active=B)),
+    "CategoryCounts": _closed(in_use=I, idle=I, processing=I, failed=I),
+    "PoolSummary": _closed(
+        generated_at=TIME,
+        total=I,
+        by_category=_ref("CategoryCounts"),
+        by_hardware_type={
+            "type": "object",
+            "additionalProperties": _closed(total=I, in_use=I, idle=I, processing=I, failed=I),
+        },
+        failed_devices={
+            "type": "array",
+            "items": _closed(name=S, state=S, hardware_type=S, imaging_server=S, environment=NS, comments=NS),
+        },
+    ),
+    "OpenAPI": _obj(["openapi", "info", "paths"], openapi=S, info={"type": "object"}, paths={"type": "object"}),
+    # request bodies
+    "RequestCreationBody": {
+        **_obj(
+            ["duration", "image"],
+            assignee={"type": "string", "maxLength": 256},
+            requester={"type": "string", "maxLength": 256, "description": "used only without assignee"},
+            duration=DURATION,
+            image=S,
+            environment={"type": ["string", "null"], "maxLength": 32},
+        ),
+        "additionalProperties": {"type": "string", "description": "the image's boot_config_keys"},
+    },
+    "RenewBody": _obj(["duration"], duration=DURATION),
+    "RequestEventBody": _obj(
+        imaging_result={"type": "string", "enum": ["complete", "failed-bad-image", "failed-bad-device"]}
+    ),
+    "DeviceEventBody": _obj(
+        image={"type": "string", "description": "required for please_image"},
+        boot_config={"type": "string", "description": "JSON text or empty"},
+    ),
+    "PowerCycleBody": _obj(pxe_config=S, boot_config={"type": "string", "description": "JSON text or empty"}),
+    "CommentsBody": _obj(["comments"], comments={"type": ["string", "null"], "description": "at most 65535 bytes"}),
+    "EnvironmentBody": _obj(["environment"], environment={"type": "string", "minLength": 1, "maxLength": 32}),
+}
+
+_WHY = {
+    "204": "done",
+    "302": "another imaging server owns the object; repeat the call at Location",
+    "400": "malformed id, query parameter or body",
+    "403": "the Origin is not a known imaging server",
+    "404": "unknown object",
+    "405": "method not supported on this path",
+    "409": "conflict",
+    "413": "body larger than 1 MiB",
+    "503": "the database could not be reached",
+}
+
+PARAMS = {
+    "device": "a device name",
+    "id": "a request id (ASCII decimal digits)",
+    "event": "an event name",
+    "old": "the state the device must be in",
+    "new": "a device state name (section 6.2)",
+    "relay": "a relay-board name",
+    "pxe": "a PXE-config name",
+}
+
+QUERY = {
+    "details": ("flag", "on when present, whatever the value"),
+    "include_closed": ("flag", "on when present, whatever the value"),
+    "cache": ("flag", "answer from the 5-second snapshot"),
+    "active_only": ("flag", "only active configs"),
+    "timeperiod": ("int", "entries from the last N seconds; 0 = no restriction"),
+    "limit": ("int", "the N most recent entries; 0 = no restriction"),
+}
+
+# (path, methods, summary, query params, request body schema, success status, success schema,
+#  error statuses, redirecting)
+R = True
+_OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, str | None, tuple[str, ...], bool]] = [
+    ("/api/version/", ("get",), "Daemon version", (), None, "200", "Version", (), False),
+    ("/api/device/list/", ("get",), "Device names, or details", ("details",), None, "200", "DeviceList",
+     ("503",), False),
+    ("/api/device/{device}/request/", ("post",), "Request a device (or `any`)", (), "RequestCreationBody", "200",
+     "RequestEnvelope", ("400", "404", "409", "413", "503"), False),
+    ("/api/request/list/", ("get",), "Requests", ("include_closed",), None, "200", "RequestList", ("503",), False),
+    ("/api/request/{id}/details/", ("get",), "Request details", (), None, "200", "Request",
+     ("400", "404", "503"), False),
+    ("/api/request/{id}/status/", ("get",), "Request state and recent log", (), None, "200", "Status",
+     ("400", "404", "503"), False),
+    ("/api/request/{id}/log/", ("get",), "Request log", ("timeperiod", "limit"), None, "200", "Log",
+     ("400", "404", "503"), False),
+    ("/api/request/{id}/renew/", ("post",), "Renew a request", (), "RenewBody", "204", None,
+     ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/request/{id}/return/", ("post",), "Return a request (body ignored)", (), None, "204", None,
+     ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/request/{id}/event/{event}/", ("get", "post"), "Feed an event to a request", (), "RequestEventBody",
+     "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/image/list/", ("get",), "Images that are not hidden", (), None, "200", "ImageList", ("503",), False),
+    ("/api/device/{device}/event/{event}/", ("get", "post"), "Feed an event to a device", (), "DeviceEventBody",
+     "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/state-change/{old}/to/{new}/", ("post",), "Conditional state change (body ignored)",
+     (), None, "200", "Empty", ("302", "400", "403", "404", "409", "413", "503"), R),
+    ("/api/device/{device}/status/", ("get",), "Device state and recent log", (), None, "200", "Status",
+     ("404", "503"), False),
+    ("/api/device/{device}/state/", ("get",), "Device state", ("cache",), None, "200", "State", ("404", "503"),
+     False),
+    ("/api/device/{device}/power-cycle/", ("post",), "Start a power-cycle", (), "PowerCycleBody", "200", "Empty",
+     ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/power-off/", ("get", "post"), "Start a power-off (POST body ignored)", (), None, "200",
+     "Empty", ("302", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/clear-pxe/", ("post",), "Remove the PXE config file (body ignored)", (), None, "200",
+     "Empty", ("302", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/ping/", ("get",), "Ping the device", (), None, "200", "Success",
+     ("302", "403", "404", "503"), R),
+    ("/api/relay/{relay}/test/", ("get",), "Test a relay board", (), None, "200", "Success",
+     ("302", "403", "404", "503"), R),
+    ("/api/device/{device}/log/", ("get",), "Device log", ("timeperiod", "limit"), None, "200", "Log",
+     ("400", "404", "503"), False),
+    ("/api/device/{device}/bootconfig/", ("get",), "The device's next boot config", (), None, "200", "BootConfig",
+     ("404", "503"), False),
+    ("/api/device/{device}/set-comments/", ("post",), "Set operator comments", (), "CommentsBody", "200", "Empty",
+     ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/set-environment/", ("post",), "Set the environment", (), "EnvironmentBody", "200",
+     "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/environment/list/", ("get",), "Environments in use", (), None, "200", "EnvironmentList", ("503",),
+     False),
+    ("/api/bmm/pxe_config/list/", ("get",), "PXE config names", ("active_only",), None, "200", "PxeConfigList",
+     ("503",), False),
+    ("/api/bmm/pxe_config/{pxe}/details/", ("get",), "PXE config details", (), None, "200", "PxeConfigDetails",
+     ("404", "503"), False),
+    ("/api/openapi.json", ("get",), "This document", (), None, "200", "OpenAPI", (), False),
+    ("/api/pool/summary/", ("get",), "Pool summary by category and hardware type", (), None, "200",
+     "PoolSummary", ("503",), False),
+    ("/metrics", ("get",), "Prometheus metrics", (), None, "200", None, (), False),
+]
+
+
+def _path_params(path: str) -> list[dict[str, Any]]:
+    names = [p[1:-1] for p in path.split("/") if p.startswith("{")]
+    return [
+        {"name": n, "in": "path", "required": True, "description": PARAMS[n],
+         "schema": {"type": "string", "pattern": "^[0-9]+$"} if n == "id" else S}
+        for n in names
+    ]
+
+
+def _query_params(names: tuple[str, ...]) -> list[dict[str, Any]]:
+    out = []
+    for n in names:
+        kind, why = QUERY[n]
+        schema = {"type": "integer", "minimum": 0, "maximum": 2147483647} if kind == "int" else S
+        out.append({"name": n, "in": "query", "required": False, "description": why, "schema": schema,
+                    "allowEmptyValue": kind == "flag"})
+    return out
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _responses(status: str, schema: str | None, errors: tuple[str, ...], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if status == "204":
+        out["204"] = {"description": _WHY["204"]}
+    elif path == "/metrics":
+        out["200"] = {"description": "Prometheus text exposition format 0.0.4",
+                      "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": S}}}
+    else:
+        assert schema is not None
+        ok: dict[str, Any] = {"description": "success", "content": _json(_ref(schema))}
+        if path.endswith("/state/"):
+            ok["headers"] = {
+                "Cache-Control": {"description": "with ?cache: public, max-age=N", "schema": S},
+                "Expires": {"description": "with ?cache: when the snapshot expires", "schema": S},
+            }
+        out["200"] = ok
+    for code in errors:
+        if code == "302":
+            out["302"] = {"description": _WHY["302"], "headers": {"Location": {"schema": S}},
+                          "content": _json(_ref("Redirect"))}
+        elif code == "409" and path.endswith("/request/"):
+            out["409"] = {"description": "the named device is held by another open request",
+                          "content": _json(_ref("RequestConflict"))}
+        else:
+            out[code] = {"description": _WHY[code], "content": _json(_ref("Error"))}
+    if path.startswith("/api/"):
+        out["404"] = out.get("404") or {"description": "unknown path", "content": _json(_ref("Error"))}
+    out["405"] = {"description": _WHY["405"], "headers": {"Allow": {"schema": S}}, "content": _json(_ref("Error"))}
+    return dict(sorted(out.items()))
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "summary": "CORS preflight, answered locally",
+        "responses": {
+            "204": {"description": "preflight accepted",
+                    "headers": {h: {"schema": S} for h in ("Access-Control-Allow-Origin",
+                                                           "Access-Control-Allow-Methods",
+                                                           "Access-Control-Allow-Headers")}},
+            "400": {"description": _WHY["400"], "content": _json(_ref("Error"))},
+            "403": {"description": _WHY["403"], "content": _json(_ref("Error"))},
+            "503": {"description": _WHY["503"], "content": _json(_ref("Error"))},
+        },
+    }
+
+
+def document(version: str) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for path, methods, summary, query, body, status, schema, errors, redirecting in _OPS:
+        item: dict[str, Any] = {}
+        params = _path_params(path)
+        if params:
+            item["parameters"] = params
+        for method in methods:
+            op: dict[str, Any] = {
+                "operationId": method + "_" + path.strip("/").replace("/", "_").replace("{", "").replace("}", ""),
+                "summary": summary,
+                "responses": _responses(status, schema, errors, path),
+            }
+            if query:
+                op["parameters"] = _query_params(query)
+            if body is not None and method == "post":
+                op["requestBody"] = {
+                    "required": False,
+                    "description": "read as UTF-8 JSON whatever the Content-Type; empty means {}",
+                    "content": {"application/json": {"schema": _ref(body)}},
+                }
+            if method == "get" and body is not None:
+                op["description"] = "acts as a POST with an empty body"
+            item[method] = op
+        if redirecting:
+            item["options"] = _options()
+        paths[path] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MozPool on Twisted",
+            "version": version,
+            "description": "Device pool manager: MozPool (requests), LifeGuard (device states), BMM (hardware).",
+        },
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
