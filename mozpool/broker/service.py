@@ -1,0 +1,232 @@
+"""The Broker: MozPool's request layer behind :class:`mozpool.web.interfaces.IBroker`, and the
+service that drives its timeouts and expiry.
+
+The HTTP API has validated input and resolved ownership before it calls here; the Broker owns
+the request rows of this server and feeds their machine.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet import defer
+from twisted.internet import error as ierror
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web import client as webclient
+from zope.interface import implementer
+
+from mozpool.broker import lifeguard, selection
+from mozpool.broker.machine import RequestKind
+from mozpool.db import requests as request_rows
+from mozpool.db.catalog import server_id
+from mozpool.db.pool import Cursor, Database
+from mozpool.statemachine.core import Machine, MachineRunner, Row, TimeoutDriver
+from mozpool.timeutil import dbnow
+from mozpool.web.interfaces import DeviceHeld, IBroker
+
+log = Logger()
+
+#: Expired requests handled at once per tick.
+EXPIRY_CONCURRENCY = 16
+
+
+@implementer(IBroker)
+class Broker:
+    """Creates, renews, returns and drives the requests owned by ``server_fqdn``."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        server_fqdn: str,
+        time_scale: float = 1.0,
+        http_client: lifeguard.TreqLike | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.server_fqdn = server_fqdn
+        self.time_scale = time_scale
+        self.http = http_client
+        self.kind = RequestKind(contact=self._start_contact, rng=rng or random.Random())
+        self.runner = MachineRunner(db, clock, self.kind, server_fqdn, time_scale)
+        #: posts to LifeGuard and queued events still running (waited for by :meth:`idle`)
+        self._background: set[defer.Deferred[Any]] = set()
+        #: the posts alone (cancelled by :meth:`stop`)
+        self._contacts: set[defer.Deferred[Any]] = set()
+
+    # --- IBroker ----------------------------------------------------------------------------
+
+    async def _create(
+        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str
+    ) -> dict[str, Any]:
+        now = dbnow(self.clock)
+        expires = dbnow(self.clock, duration)
+
+        def insert(c: Cursor) -> int:
+            image_id = c.scalar("SELECT id FROM images WHERE name = ?", (image,))
+            if image_id is None:
+                raise ValueError(f"unknown image {image}")
+            c.execute(
+                "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id,"
+                " boot_config, state, state_counters, state_timeout, environment)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?)",
+                (server_id(c, self.server_fqdn), device, assignee, expires, image_id, boot_config,
+                 environment or "any"),
+            )
+            return c.lastrowid
+
+        request_id = await self.db.runInteraction(insert)
+        await self.runner.log(
+            Row(request_id, str(request_id), "new"),
+            f"Request created by {assignee} for {device} with image {image} in environment "
+            f"{environment or 'any'}, for {duration} s (until {expires}; created {now})",
+        )
+        await self.runner.handle_event(str(request_id), "find_device")
+        public = await self._public(request_id)
+        holder = self.kind.held.pop(request_id, None)
+        if holder is not None:
+            raise DeviceHeld(f"device {device} is held by request {holder}", public)
+        return public
+
+    def create_request(
+        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str
+    ) -> "defer.Deferred[dict[str, Any]]":
+        return defer.Deferred.fromCoroutine(
+            self._create(device, assignee, duration, image, environment, boot_config)
+        )
+
+    async def _public(self, request_id: int) -> dict[str, Any]:
+        found = await self.db.runInteraction(request_rows.get_request, request_id)
+        assert found is not None
+        return request_rows.public_request(found)
+
+    def renew(self, request_id: int, duration: int) -> "defer.Deferred[None]":
+        """``expires`` = now + duration; nothing else changes, whatever the state (3.9)."""
+        expires = dbnow(self.clock, duration)
+
+        def update(c: Cursor) -> None:
+            c.execute("UPDATE requests SET expires = ? WHERE id = ?", (expires, request_id))
+
+        return self.db.runInteraction(update)
+
+    def return_request(self, request_id: int) -> "defer.Deferred[None]":
+        return self.request_event(request_id, "close", {})
+
+    def request_event(self, request_id: int, event: str, body: dict[str, Any]) -> "defer.Deferred[None]":
+        d = defer.Deferred.fromCoroutine(self.runner.handle_event(str(request_id), event, body))
+        return d.addCallback(lambda _: None)
+
+    # --- driving ----------------------------------------------------------------------------
+
+    async def expire_due(self) -> None:
+        """The expiry poll (2.6): this server's requests past ``expires`` that are neither
+        closed nor failed get ``expire``."""
+        rows = await self.db.query(
+            "SELECT r.id FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
+            " WHERE s.fqdn = ? AND r.expires < ? AND r.state <> 'closed'"
+            " AND SUBSTR(r.state, 1, 7) <> 'failed_' ORDER BY r.id",
+            (self.server_fqdn, dbnow(self.clock)),
+        )
+        sem = defer.DeferredSemaphore(EXPIRY_CONCURRENCY)
+
+        async def one(request_id: str) -> None:
+            try:
+                await self.runner.handle_event(request_id, "expire")
+            except Exception:
+                log.failure("expiring request {id} failed", id=request_id)
+
+        await defer.gatherResults(
+            [sem.run(lambda k=str(r[0]): defer.Deferred.fromCoroutine(one(k))) for r in rows], consumeErrors=True
+        )
+
+    def contact_bound(self) -> float:
+        """The POST's bound: 20 s, but always shorter than contacting_lifeguard's scaled 30 s."""
+        return min(lifeguard.CONTACT_TIMEOUT, self.runner.scaled(30) * 2 / 3)
+
+    def _track(self, d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
+        self._background.add(d)
+
+        def done(result: Any) -> Any:
+            self._background.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def _start_contact(self, m: Machine, device: selection.Assignment, event: str, body: dict[str, Any]) -> None:
+        """Start the please_* POST without waiting for it (the machine's lock is held)."""
+        row = m.row
+        if self.http is None:
+            self._track(defer.Deferred.fromCoroutine(self.runner.log(row, "no HTTP client to reach LifeGuard", "error")))
+            return
+        d = lifeguard.send_event(self.http, self.clock, self.contact_bound(), device.server, device.name, event, body)
+
+        def accepted(_: int) -> None:
+            self._track(self.runner.post(row.key, "lifeguard_contacted"))
+
+        def refused(f: Failure) -> "defer.Deferred[None]":
+            if f.check(defer.CancelledError) and not f.check(defer.TimeoutError):
+                return defer.succeed(None)  # stopping
+            reason = f.getErrorMessage() or f.type.__name__
+            if not _expected(f):
+                log.failure("contacting LifeGuard for request {id}", f, id=row.key, level=LogLevel.warn)
+            return defer.Deferred.fromCoroutine(
+                self.runner.log(row, f"LifeGuard did not accept {event} for {device.name}: {reason}; will retry", "warn")
+            )
+
+        d.addCallbacks(accepted, refused)
+        self._contacts.add(d)
+        d.addBoth(lambda r: (self._contacts.discard(d), r)[1])
+        self._track(d)
+
+    def idle(self) -> "defer.Deferred[None]":
+        """Fires when no POST to LifeGuard and no queued event is still running."""
+
+        async def wait() -> None:
+            while self._background:
+                await defer.DeferredList(list(self._background), consumeErrors=True)
+
+        return defer.Deferred.fromCoroutine(wait())
+
+    def stop(self) -> "defer.Deferred[None]":
+        """Cancel POSTs in flight; wait for queued events to finish."""
+        for d in list(self._contacts):
+            d.cancel()
+        return self.idle()
+
+
+def _expected(f: Failure) -> bool:
+    """Refusals and connection-level failures: expected, logged without a traceback."""
+    return bool(f.check(
+        lifeguard.ContactFailed, defer.TimeoutError, ConnectionError, OSError,
+        ierror.ConnectError, ierror.ConnectionLost, ierror.DNSLookupError,
+        webclient.ResponseFailed, webclient.RequestTransmissionFailed, webclient.ResponseNeverReceived,
+    ))
+
+
+class BrokerService(MultiService):
+    """The request layer's driver: timeouts, then the expiry poll, every tick."""
+
+    def __init__(self, broker: Broker, interval: float | None = None) -> None:
+        super().__init__()
+        self.broker = broker
+        self.driver = TimeoutDriver(broker.runner, extra=broker.expire_due, interval=interval)
+        self.driver.setServiceParent(self)
+
+    def stopService(self) -> "defer.Deferred[None]":
+        stopped = super().stopService()
+
+        async def both() -> None:
+            await stopped
+            await self.broker.stop()
+
+        return defer.Deferred.fromCoroutine(both())
+
+
+def makeBrokerService(broker: Broker, interval: float | None = None) -> IService:
+    """The service running ``broker``'s TimeoutDriver with its expiry poll as the extra step."""
+    return BrokerService(broker, interval)
