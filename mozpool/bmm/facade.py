@@ -16,11 +16,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mozpool.bmm import pxe
-from mozpool.bmm.interfaces import DeviceInfo, IDeviceHardware
+from mozpool.bmm.interfaces import IBMM, DeviceInfo, IDeviceHardware
 from mozpool.db import catalog, devices, logs
 from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import dbnow
-from mozpool.web.interfaces import IBMM
 
 log = Logger()
 

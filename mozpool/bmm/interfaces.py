@@ -47,3 +47,24 @@ class IDeviceHardware(Interface):
 
     def clear_pxe(device: DeviceInfo) -> None:
         """Remove the device's PXE config file; a missing file is fine."""
+
+
+class IBMM(Interface):
+    """Hardware actions on devices and relay boards of this server."""
+
+    def power_cycle(name: str, pxe_config: str | None, boot_config: str | None) -> Any:
+        """Set up the PXE config (or remove it when ``pxe_config`` is None), store
+        ``boot_config`` (None or "" clears it) as the next boot config when ``pxe_config`` is
+        given, then *start* a relay power-cycle.  Fires when started."""
+
+    def power_off(name: str) -> Any:
+        """Start turning the device's relay off.  Fires when started."""
+
+    def clear_pxe(name: str) -> Any:
+        """Remove the device's PXE config file."""
+
+    def ping(name: str) -> Any:
+        """Ping the device; fires with a bool within 10 s."""
+
+    def relay_test(relay: str) -> Any:
+        """Check the relay board answers; fires with a bool within about 11 s."""

@@ -1,4 +1,4 @@
-"""The Broker: MozPool's request layer behind :class:`mozpool.web.interfaces.IBroker`, and the
+"""The Broker: MozPool's request layer behind :class:`mozpool.broker.interfaces.IBroker`, and the
 service that drives its timeouts and expiry.
 
 The HTTP API has validated input and resolved ownership before it calls here; the Broker owns
@@ -26,7 +26,7 @@ from mozpool.db.catalog import server_id
 from mozpool.db.pool import Cursor, Database
 from mozpool.statemachine.core import Machine, MachineRunner, Row, TimeoutDriver
 from mozpool.timeutil import dbnow
-from mozpool.web.interfaces import DeviceHeld, IBroker
+from mozpool.broker.interfaces import DeviceHeld, IBroker
 
 log = Logger()
 
