@@ -1,0 +1,309 @@
+"""A simulated pool over the real wires: relay boards (ProXR over TCP), SUT agents (TCP) and
+devices that read their PXE configs from our TFTP server and post events to our HTTP API.
+
+``--fakes N`` builds one :class:`FakePool` from this server's device rows (DESIGN.md, "Simulated
+devices"; bmm-protocols.md 1.8).  Only the far end of each wire is simulated: the daemon's relay
+client, SUT client, TFTP server and API are the production code.  Ping has no wire here: the
+pinger's ``simulated`` hook asks :meth:`FakePool.simulated_ping` (bmm-protocols.md 3).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mozpool.bmm.sut import defaultAddress
+from mozpool.fakes import tftpclient
+from mozpool.fakes.device import DEFAULT_SUT_IMAGES, EVENT_TIMEOUT, FailureSettings, SimulatedDevice
+from mozpool.fakes.relayboard import FakeRelayBoard
+from mozpool.fakes.sutagent import SimulatedSUTAgent
+
+log = Logger()
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "localhost"}
+
+
+@dataclass
+class DeviceRow:
+    """What the simulator needs of a ``devices`` row."""
+
+    name: str
+    fqdn: str
+    mac: str
+    relay_info: Optional[str]
+    state: Optional[str] = None
+    image: Optional[str] = None
+
+    @classmethod
+    def of(cls, row: Union["DeviceRow", Mapping[str, Any]]) -> "DeviceRow":
+        """Accepts this class or a mapping such as ``mozpool.db.devices.list_details`` gives."""
+        if isinstance(row, DeviceRow):
+            return row
+        return cls(
+            name=row["name"],
+            fqdn=row.get("fqdn") or row["name"],
+            mac=row.get("mac") or row["mac_address"],
+            relay_info=row.get("relay_info"),
+            state=row.get("state"),
+            image=row.get("image"),
+        )
+
+
+def rows_for_server(details: Iterable[Mapping[str, Any]], server_fqdn: str) -> list[DeviceRow]:
+    """The rows of the devices ``server_fqdn`` owns (``list_details`` shape), as in the original."""
+    return [DeviceRow.of(d) for d in details if d.get("imaging_server") == server_fqdn]
+
+
+def loopback_location(relay_info: Optional[str]) -> Optional[tuple[str, int, int, int]]:
+    """``(host, port, bank, relay)`` for a loopback ``relay_info`` with a port, else None.
+
+    Only such boards can be simulated here; anything else is a real board (or no board).
+    """
+    if not relay_info:
+        return None
+    try:
+        board, bank, relay = relay_info.rsplit(":", 2)
+        host, port = board.rsplit(":", 1)
+        if not (bank.startswith("bank") and relay.startswith("relay")):
+            return None
+        location = host, int(port), int(bank[4:]), int(relay[5:])
+    except ValueError:
+        return None
+    if host != "localhost" and not host.startswith("127."):
+        return None
+    return location
+
+
+def default_http_client(reactor: Any) -> Any:
+    """treq over a non-persistent Agent: events are rare, and shutdown leaves no sockets."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+class FakePool:
+    """Boards, agents and devices for ``devices``; :meth:`start` / :meth:`stop` return Deferreds.
+
+    - ``api_url``: the daemon's base URL, e.g. ``http://127.0.0.1:8010``.
+    - ``tftp_address``: ``(host, port)`` of the daemon's TFTP server; a wildcard or ``localhost``
+      host means ``127.0.0.1``.
+    - ``http``: a treq-like client (``get``/``post`` returning treq responses); default real treq.
+    - ``failures``: a :class:`FailureSettings` shared by every device (default: none injected).
+    - ``rng``: seeds one generator per device, in row order, so a seeded pool replays exactly.
+    - ``board_options``: extra keywords for every :class:`FakeRelayBoard`.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        devices: Iterable[Union[DeviceRow, Mapping[str, Any]]],
+        *,
+        api_url: str,
+        tftp_address: tuple[str, int],
+        http: Any = None,
+        time_scale: float = 1.0,
+        failures: Optional[FailureSettings] = None,
+        rng: Optional[random.Random] = None,
+        sut_images: Iterable[str] = DEFAULT_SUT_IMAGES,
+        interface: str = "127.0.0.1",
+        board_options: Optional[Mapping[str, Any]] = None,
+        event_timeout: float = EVENT_TIMEOUT,
+        tftp_deadline: float = tftpclient.DEFAULT_DEADLINE,
+    ) -> None:
+        self._reactor = reactor
+        self.api_url = api_url
+        host, port = tftp_address
+        self.tftp_address = ("127.0.0.1" if host in _WILDCARD_HOSTS else host, port)
+        self._http = http if http is not None else default_http_client(reactor)
+        self.time_scale = time_scale
+        self.failures = failures if failures is not None else FailureSettings()
+        self.interface = interface
+        self._board_options = dict(board_options or {})
+        self._tftp_deadline = tftp_deadline
+        rng = rng if rng is not None else random.Random()
+
+        #: port -> board (created at start); "localhost:P" and "127.0.0.1:P" are one board
+        self.boards: dict[int, FakeRelayBoard] = {}
+        self.devices: dict[str, SimulatedDevice] = {}
+        self.agents: dict[str, SimulatedSUTAgent] = {}
+        #: names of rows that cannot be simulated (no loopback relay with a port)
+        self.skipped: list[str] = []
+        self._by_fqdn: dict[str, SimulatedDevice] = {}
+        self._locations: dict[str, tuple[int, int, int]] = {}
+        self._by_relay: dict[tuple[int, int, int], SimulatedDevice] = {}
+        self._board_ports: set[int] = set()
+        self.running = False
+
+        for raw in devices:
+            row = DeviceRow.of(raw)
+            location = loopback_location(row.relay_info)
+            if location is None:
+                log.warn("fakes: {device} has no loopback relay ({relay!r}); not simulated",
+                         device=row.name, relay=row.relay_info)
+                self.skipped.append(row.name)
+                continue
+            _, key, bank, relay = location
+            self._board_ports.add(key)
+            agent = SimulatedSUTAgent(reactor, interface=interface)
+            device = SimulatedDevice(
+                row.name,
+                clock=reactor,
+                http=self._http,
+                api_url=api_url,
+                fetch_pxe=self._fetch,
+                mac=row.mac,
+                fqdn=row.fqdn,
+                rng=random.Random(rng.getrandbits(64)),
+                failures=self.failures,
+                time_scale=time_scale,
+                sdcard_image=row.image,
+                stored_state=row.state,
+                agent=agent,
+                sut_images=sut_images,
+                event_timeout=event_timeout,
+            )
+            self.devices[row.name] = device
+            self.agents[row.name] = agent
+            self._by_fqdn[row.fqdn] = device
+            self._locations[row.name] = (key, bank, relay)
+            self._by_relay[(key, bank, relay)] = device
+
+    # ------------------------------------------------------------------ hooks for BMM
+
+    def simulated_ping(self, fqdn: str) -> Optional[bool]:
+        """The pinger's override: True/False for our devices, None for everyone else."""
+        device = self._by_fqdn.get(fqdn)
+        return None if device is None else device.ping()
+
+    def sut_address(self, fqdn: str) -> tuple[str, int]:
+        """Where the SUT client reaches this device's agent (the usual address for others)."""
+        device = self._by_fqdn.get(fqdn)
+        if device is None:
+            return defaultAddress(fqdn)
+        return self.interface, self.agents[device.name].port
+
+    def device(self, name: str) -> SimulatedDevice:
+        return self.devices[name]
+
+    def board_for(self, name: str) -> tuple[FakeRelayBoard, int, int]:
+        key, bank, relay = self._locations[name]
+        return self.boards[key], bank, relay
+
+    # ------------------------------------------------------------------ life cycle
+
+    def _fetch(self, path: str) -> "Deferred[bytes]":
+        host, port = self.tftp_address
+        return tftpclient.fetch(self._reactor, host, port, path, deadline=self._tftp_deadline)
+
+    def start(self) -> "Deferred[None]":
+        """Listen on every board's own port and give each agent a port; then power the devices."""
+        if self.running:
+            return succeed(None)
+        try:
+            for port in sorted(self._board_ports):
+                board = FakeRelayBoard(self._reactor, port=port, interface=self.interface,
+                                       **self._board_options)
+                board.start()
+                board.add_listener(self._power_listener(port))
+                self.boards[port] = board
+            # Each agent takes a free port once and keeps it, so sut_address is stable.
+            releasing = []
+            for agent in self.agents.values():
+                agent.start()
+                releasing.append(maybeDeferred(agent.stop))
+        except Exception:
+            failure = Failure()
+            log.failure("fakes: cannot start the simulated pool", failure)
+            return self._stop_parts().addCallback(lambda _: failure)  # type: ignore[return-value]
+        self.running = True
+
+        def power_up(_: Any) -> None:
+            for name, device in self.devices.items():
+                board, bank, relay = self.board_for(name)
+                device.start(board.device_on(bank, relay))
+            log.info("fakes: {n} simulated devices on {b} relay boards", n=len(self.devices),
+                     b=len(self.boards))
+
+        return DeferredList(releasing).addCallback(power_up)
+
+    def _power_listener(self, key: int) -> Callable[[int, int, bool], None]:
+        def changed(bank: int, relay: int, on: bool) -> None:
+            device = self._by_relay.get((key, bank, relay))
+            if device is not None:
+                device.set_power(on)
+
+        return changed
+
+    def stop(self) -> "Deferred[None]":
+        self.running = False
+        for device in self.devices.values():
+            device.stop()
+        return self._stop_parts()
+
+    def _stop_parts(self) -> "Deferred[None]":
+        stopping = [maybeDeferred(agent.stop, dropConnections=True) for agent in self.agents.values()]
+        stopping += [board.stop() for board in self.boards.values()]
+        self.boards = {}
+        return DeferredList(stopping).addCallback(lambda _: None)
+
+
+PoolSource = Union[FakePool, Callable[[], Union[FakePool, "Deferred[FakePool]"]]]
+
+
+class FakePoolService(Service):
+    """The pool as a child service of the daemon.
+
+    ``source`` is a pool or a callable giving one (or a Deferred of one), so the tap can read the
+    device rows once the database is ready.  The hooks answer "not simulated" until it runs.
+    """
+
+    name = "fakes"
+
+    def __init__(self, source: PoolSource) -> None:
+        self._source = source
+        self.pool: Optional[FakePool] = None
+        self.ready: Deferred[FakePool] = Deferred()
+        self._starting: Optional[Deferred[Any]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        source = self._source
+        d = succeed(source) if isinstance(source, FakePool) else maybeDeferred(source)
+
+        def start(pool: FakePool) -> Deferred[Any]:
+            self.pool = pool
+            return pool.start().addCallback(lambda _: pool)
+
+        def started(pool: FakePool) -> None:
+            self._starting = None
+            if not self.ready.called:
+                self.ready.callback(pool)
+
+        def failed(f: Failure) -> None:
+            self._starting = None
+            log.failure("fakes: the simulated pool did not start", f)
+
+        d.addCallback(start)
+        d.addCallbacks(started, failed)
+        self._starting = d
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        if self._starting is not None:
+            self._starting.cancel()
+        if self.pool is None:
+            return succeed(None)
+        return self.pool.stop()
+
+    def simulated_ping(self, fqdn: str) -> Optional[bool]:
+        return None if self.pool is None else self.pool.simulated_ping(fqdn)
+
+    def sut_address(self, fqdn: str) -> tuple[str, int]:
+        return defaultAddress(fqdn) if self.pool is None else self.pool.sut_address(fqdn)
