@@ -31,6 +31,8 @@ class Config:
     manhole_username: str = "admin"
     manhole_password: str = ""
     manhole_allow_remote: bool = False
+    #: simulated-device failures from --fail: (device or None for all, phase, probability)
+    fail: list[tuple[str | None, str, float]] = field(default_factory=list)
     #: the raw parser, for sections later capabilities add (inventory, fakes faults, ...)
     extra: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, repr=False)
 
@@ -69,6 +71,8 @@ _KEYS = {
 
 def _convert(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in fields(Config)}[name]
+    if name == "fail":
+        return list(raw)
     try:
         if kind == "int":
             value = int(raw)

@@ -62,8 +62,24 @@ class Options(usage.Options):
         ["manhole", None, None, "Endpoint of the Python console, e.g. tcp:2222:interface=127.0.0.1."],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: list[tuple[str | None, str, float]] = []
+
+    def opt_fail(self, value: str) -> None:
+        """Make a simulated device fail: DEVICE:PHASE[:P] (P defaults to 1; DEVICE * means every
+        device), e.g. --fail panda-0003:android_extracting. Repeatable."""
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise usage.UsageError(f"--fail wants DEVICE:PHASE[:P], not {value!r}")
+        try:
+            p = float(parts[2]) if len(parts) == 3 else 1.0
+        except ValueError:
+            raise usage.UsageError(f"--fail: bad probability in {value!r}") from None
+        self.fail.append((None if parts[0] == "*" else parts[0], parts[1], p))
+
     def postOptions(self) -> None:
-        overrides: dict[str, Any] = {}
+        overrides: dict[str, Any] = {"fail": self.fail or None}
         for option, (attr, convert) in _OVERRIDES.items():
             if self[option] is not None:
                 try:
@@ -86,6 +102,13 @@ class Options(usage.Options):
                 check_endpoint(config.manhole_endpoint, config.manhole_allow_remote)
             except ConfigError as e:
                 raise usage.UsageError(str(e)) from None
+        if config.fakes:
+            try:
+                fake_failures(config)
+            except ValueError as e:
+                raise usage.UsageError(f"fault injection: {e}") from None
+        elif config.fail:
+            raise usage.UsageError("--fail applies to simulated devices: add --fakes N")
         self.config = config
 
 
@@ -136,6 +159,8 @@ class MozpoolService(MultiService):
         self.reactor = reactor
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._children_running = False
+        #: the BMM facade, whose PXE address is resolved at start-up when not configured
+        self.hardware: Any = None
 
     def startService(self) -> None:
         Service.startService(self)
@@ -153,6 +178,17 @@ class MozpoolService(MultiService):
                 await task.deferLater(self.reactor, RETRY_START_INTERVAL, lambda: None)
         if not self.running:
             return
+        if self.hardware is not None and not self.hardware.ipaddress:
+            host = self.config.server_fqdn.rsplit(":", 1)[0]
+            try:
+                self.hardware.ipaddress = await self.reactor.resolve(host)
+            except Exception as e:
+                log.critical(
+                    "cannot resolve {host} for %IPADDRESS% in PXE configs ({error}); set [server] ipaddress",
+                    host=host, error=e,
+                )
+                self.reactor.stop()
+                return
         for child in self:
             child.startService()
         self._children_running = True
@@ -171,23 +207,87 @@ class MozpoolService(MultiService):
         return d
 
 
+def _loopback_or(host: str) -> str:
+    return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+
+
 def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
+    """The whole daemon: HTTP API, TFTP, LifeGuard and MozPool drivers, purge, fakes, manhole."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    import random
+
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from mozpool.bmm.facade import BMMActions, Hardware, database_logger
+    from mozpool.bmm.ping import FpingPinger
+    from mozpool.bmm.relay import RelayClient, RelayTiming
+    from mozpool.bmm.sut import SUTClient, defaultAddress
+    from mozpool.broker.service import Broker, BrokerService
+    from mozpool.lifeguard.service import LifeGuard
+    from mozpool.web.api import MozpoolAPI
+    from mozpool.web.site import makeSite
+
     config: Config = options.config if isinstance(options, Options) else options["config"]
+    fqdn = config.server_fqdn
     db = Database.fromURL(config.db_url, reactor)
     top = MozpoolService(config, db, reactor)
 
-    from mozpool.web.api import MozpoolAPI
+    http_client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
 
-    api = MozpoolAPI(db, config.server_fqdn, reactor)
-    site = Site(api.resource())
-    site.displayTracebacks = False
-    http = StreamServerEndpointService(serverFromString(reactor, _listen(config.port, config.listen_host)), site)
+    fakes = None
+    if config.fakes:
+        from mozpool.fakes.pool import FakePool, FakePoolService, rows_for_server
+
+        def build_pool() -> Any:
+            return devices.list_details(db).addCallback(
+                lambda rows: FakePool(
+                    reactor,
+                    rows_for_server(rows, fqdn),
+                    api_url=f"http://{_loopback_or(config.listen_host)}:{config.port}",
+                    tftp_address=(_loopback_or(config.listen_host), config.tftp_port),
+                    time_scale=config.time_scale,
+                    failures=fake_failures(config),
+                    rng=random.Random(config.extra.getint("fakes", "seed", fallback=None) if config.extra.has_section("fakes") else None),
+                    board_options={"recovery_pause": 0.9 * config.time_scale},
+                )
+            )
+
+        fakes = FakePoolService(build_pool)
+
+    pinger = FpingPinger(reactor, simulated=fakes.simulated_ping if fakes else None)
+    sut = SUTClient(reactor, addressFor=fakes.sut_address if fakes else defaultAddress)
+    ipaddress = config.ipaddress or ("127.0.0.1" if config.fakes else "")
+    timing = RelayTiming()
+    if config.fakes:
+        # Simulated boards pause as real ones do, scaled like every simulated delay; real boards
+        # keep the hardware's pauses whatever the time scale.
+        timing = RelayTiming(cycle_pause=config.time_scale, recovery_pause=config.time_scale)
+    hardware = Hardware(RelayClient(reactor, timing), pinger, sut, config.tftp_root, ipaddress, database_logger(db, reactor))
+    top.hardware = hardware
+
+    broker = Broker(db, reactor, fqdn, config.time_scale, http_client, random.Random())
+    lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, http_client, broker.request_event)
+    api = MozpoolAPI(db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware))
+
+    http = StreamServerEndpointService(serverFromString(reactor, _listen(config.port, config.listen_host)), makeSite(api))
     http.setName("http")
     http.setServiceParent(top)
+
+    if config.tftp_port:
+        from mozpool.bmm.tftp import makeTFTPService
+
+        tftp = makeTFTPService(config.tftp_root, config.tftp_port, config.listen_host, reactor)
+        tftp.setName("tftp")
+        tftp.setServiceParent(top)
+
+    lifeguard.makeService().setServiceParent(top)
+    brokers = BrokerService(broker)
+    brokers.setName("broker")
+    brokers.setServiceParent(top)
 
     async def purge_step() -> None:
         try:
@@ -202,17 +302,16 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     purger.setName("purge")
     purger.setServiceParent(top)
 
-    if config.tftp_port:
-        from mozpool.bmm.tftp import makeTFTPService
-
-        tftp = makeTFTPService(config.tftp_root, config.tftp_port, config.listen_host, reactor)
-        tftp.setName("tftp")
-        tftp.setServiceParent(top)
+    if fakes is not None:
+        fakes.setServiceParent(top)
 
     if config.manhole_endpoint:
         from mozpool.manhole import makeManholeService
 
-        namespace = {"config": config, "db": db, "services": top, "api": api, "reactor": reactor}
+        namespace = {
+            "config": config, "db": db, "services": top, "api": api, "reactor": reactor,
+            "broker": broker, "lifeguard": lifeguard, "hardware": hardware, "fakes": fakes,
+        }
         console = makeManholeService(
             config.manhole_endpoint, config.manhole_username, config.manhole_password, namespace, reactor,
             allow_remote=config.manhole_allow_remote,
@@ -220,3 +319,20 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         console.setName("manhole")
         console.setServiceParent(top)
     return top
+
+
+def fake_failures(config: Config) -> Any:
+    """Failure probabilities for simulated devices from ``[fakes]``: ``PHASE = P`` for every
+    device, ``DEVICE.PHASE = P`` for one (e.g. ``panda-0003.android_extracting = 1``)."""
+    from mozpool.fakes.device import FailureSettings
+
+    failures = FailureSettings()
+    if config.extra.has_section("fakes"):
+        for key, value in config.extra.items("fakes"):
+            if key == "seed":
+                continue
+            device, _, phase = key.rpartition(".")
+            failures.set(phase, float(value), device=device or None)
+    for device, phase, p in config.fail:
+        failures.set(phase, p, device=device)
+    return failures
