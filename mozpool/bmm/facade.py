@@ -19,6 +19,7 @@ from mozpool.bmm import pxe
 from mozpool.bmm.interfaces import IBMM, DeviceInfo, IDeviceHardware
 from mozpool.db import catalog, devices, logs
 from mozpool.db.pool import Cursor, Database
+from mozpool.errors import UnknownObject
 from mozpool.timeutil import dbnow
 
 log = Logger()
@@ -137,7 +138,7 @@ class BMMActions:
     async def _device(self, name: str) -> DeviceInfo:
         info = await self.db.runInteraction(device_info, name)
         if info is None:
-            raise KeyError(name)
+            raise UnknownObject(f"no such device {name}")
         return info
 
     @deferred
@@ -152,7 +153,7 @@ class BMMActions:
 
             contents = await self.db.runInteraction(prepare)
             if contents is None:
-                raise KeyError(pxe_config)
+                raise UnknownObject(f"no such PXE config {pxe_config}")
             self.hardware.set_pxe(device, contents)
         else:
             self.hardware.clear_pxe(device)
@@ -174,5 +175,5 @@ class BMMActions:
     async def relay_test(self, relay: str) -> bool:
         found = await self.db.runInteraction(devices.relay_board_owner, relay)
         if found is None:
-            raise KeyError(relay)
+            raise UnknownObject(f"no such relay board {relay}")
         return bool(await self.hardware.power.test_two_way_comms(found[0]))

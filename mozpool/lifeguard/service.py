@@ -25,8 +25,8 @@ from mozpool.lifeguard import queries
 from mozpool.lifeguard.machine import TRANSIENT, DeviceKind
 from mozpool.lifeguard.results import NOTIFY_TIMEOUT, ImagingResults, RequestEvents
 from mozpool.statemachine.core import MachineRunner, TimeoutDriver
-from mozpool.web.errors import NotFound
-from mozpool.web.interfaces import ILifeGuard, StateMismatch
+from mozpool.errors import UnknownObject
+from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
 
 log = Logger()
 
@@ -68,7 +68,7 @@ class LifeGuard:
 
     async def _device_event(self, name: str, event: str, body: dict[str, Any]) -> None:
         if not await self.runner.handle_event(name, event, dict(body or {})):
-            raise NotFound(f"no such device {name}")
+            raise UnknownObject(f"no such device {name}")
 
     def state_change(self, name: str, old: str, new: str) -> "defer.Deferred[None]":
         return defer.Deferred.fromCoroutine(self._state_change(name, old, new))
@@ -76,7 +76,7 @@ class LifeGuard:
     async def _state_change(self, name: str, old: str, new: str) -> None:
         changed = await self.runner.state_change(name, old, new)
         if changed is None:
-            raise NotFound(f"no such device {name}")
+            raise UnknownObject(f"no such device {name}")
         if not changed:
             current = await self.runner.current_state(name)
             raise StateMismatch(name, current or "unknown", old)

@@ -27,6 +27,7 @@ from mozpool import __version__
 from mozpool.db import catalog, devices, requests, summary
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import Database
+from mozpool.errors import UnknownObject
 from mozpool.timeutil import apitime, dbnow
 from mozpool.web import metrics, openapi, queries, validate
 from mozpool.web.errors import (
@@ -202,6 +203,8 @@ class MozpoolAPI:
             err = NotFound("no such endpoint")
         elif isinstance(exc, DatabaseUnavailable):
             err = ServiceUnavailable(str(exc) or "database unavailable")
+        elif isinstance(exc, UnknownObject):
+            err = NotFound(str(exc))
         elif isinstance(exc, DeviceHeld):
             err = ApiError(exc.message, request=exc.request)
             err.status = 409

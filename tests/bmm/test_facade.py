@@ -84,7 +84,7 @@ class Facade(DatabaseTest):
         self.assertFalse(await self.bmm.ping("panda-0002"))
         self.assertTrue(await self.bmm.relay_test("localhost-40001"))
         self.assertEqual(self.power.calls, [("test", "localhost:40001")])
-        with self.assertRaises(KeyError):
+        with self.assertRaises(LookupError):
             await self.bmm.relay_test("nope")
         from mozpool.bmm.interfaces import DeviceInfo
 

@@ -7,7 +7,7 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from mozpool.lifeguard.service import LifeGuard, makeLifeGuardService
-from mozpool.web.errors import NotFound
+from mozpool.errors import UnknownObject
 from mozpool.web.interfaces import ILifeGuard, StateMismatch
 from tests.lifeguard.support import DEV, FQDN, LifeGuardTest
 from tests.support.dbtest import on_both_backends
@@ -47,9 +47,9 @@ class Api(LifeGuardTest):
         self.assertEqual(await self.state(), "pc_power_cycling")
 
     async def test_unknown_device(self) -> None:
-        with self.assertRaises(NotFound):
+        with self.assertRaises(UnknownObject):
             await self.lg.device_event("nope", "please_power_cycle", {})
-        with self.assertRaises(NotFound):
+        with self.assertRaises(UnknownObject):
             await self.lg.state_change("nope", "ready", "ready")
 
     async def test_ignored_event_still_succeeds(self) -> None:
