@@ -1,0 +1,29 @@
+"""Our embedded read-only TFTP server (spec bmm-protocols.md section 5).
+
+`TFTPServer` is the main-socket protocol, `makeTFTPService` the service the tap starts; packets,
+netascii conversion, path confinement and the per-transfer protocol live in the submodules.
+"""
+
+from .server import (
+    DEFAULT_MAX_BLKSIZE,
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_WINDOWSIZE,
+    DEFAULT_PORT,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    TFTPServer,
+    makeTFTPService,
+)
+from .transfer import ReadTransfer
+
+__all__ = [
+    "DEFAULT_MAX_BLKSIZE",
+    "DEFAULT_MAX_SESSIONS",
+    "DEFAULT_MAX_WINDOWSIZE",
+    "DEFAULT_PORT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "ReadTransfer",
+    "TFTPServer",
+    "makeTFTPService",
+]

@@ -1,0 +1,40 @@
+"""Mapping a TFTP filename to a file inside the root, and nothing outside it."""
+
+from __future__ import annotations
+
+import os
+
+from .packets import ERR_ACCESS, ERR_NOT_FOUND
+
+
+class PathRefused(Exception):
+    """The name cannot be served; carries the TFTP error code and message to send."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+def _hasControl(name: bytes) -> bool:
+    return any(b < 32 or b == 127 for b in name)
+
+
+def resolve(root: bytes, filename: bytes) -> bytes:
+    """The real path that filename names under root; raise PathRefused when it must not be served.
+
+    The check is made on the fully resolved path so a symlink (anywhere in the path) can never lead
+    out of the root, while links that stay inside are still served.
+    """
+    name = filename.lstrip(b"/")
+    if not name or b"\\" in name or _hasControl(name):
+        raise PathRefused(ERR_ACCESS, "illegal filename")
+    if b".." in name.split(b"/"):
+        raise PathRefused(ERR_ACCESS, "access violation")
+    realRoot = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(realRoot, name))
+    if real != realRoot and not real.startswith(realRoot.rstrip(b"/") + b"/"):
+        raise PathRefused(ERR_ACCESS, "access violation")
+    if not os.path.lexists(real):
+        raise PathRefused(ERR_NOT_FOUND, "file not found")
+    return real

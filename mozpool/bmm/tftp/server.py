@@ -1,0 +1,256 @@
+"""The TFTP server's main socket: parses requests, refuses what it must, starts read transfers.
+
+Read-only by design (spec section 5): PXE ROMs, pxelinux and U-Boot fetch configs, kernels and
+ramdisks; nothing is ever written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, cast
+
+from twisted.application import internet
+from twisted.application.service import IService
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from .netascii import BlockSource, NetasciiSource, OctetSource
+from .packets import (
+    ACK,
+    DATA,
+    ERR_ACCESS,
+    ERR_ILLEGAL,
+    ERR_NOT_FOUND,
+    ERR_UNDEFINED,
+    ERROR,
+    OACK,
+    RRQ,
+    WRQ,
+    MalformedPacket,
+    Request,
+    encodeError,
+    encodeOack,
+    opcodeOf,
+    parseRequest,
+)
+from .paths import PathRefused, resolve
+from .transfer import ReadTransfer
+
+log = Logger()
+
+DEFAULT_PORT = 69
+DEFAULT_TIMEOUT = 1.0
+DEFAULT_MAX_TIMEOUT = 8.0
+DEFAULT_RETRIES = 5
+DEFAULT_MAX_BLKSIZE = 65464
+DEFAULT_MAX_WINDOWSIZE = 64
+DEFAULT_MAX_SESSIONS = 128
+
+MODES = ("octet", "netascii")
+
+
+def _decimal(value: str) -> int | None:
+    """A plain decimal option value; anything else (signs, spaces, hex) makes the option invalid."""
+    if not value or not value.isascii() or not value.isdigit() or len(value) > 20:
+        return None
+    return int(value)
+
+
+def _openRegular(path: bytes) -> tuple[Any, int]:
+    """Open a regular file for reading without following a last-moment symlink or blocking on a FIFO."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise PathRefused(ERR_NOT_FOUND, "file not found") from None
+    except OSError:
+        raise PathRefused(ERR_ACCESS, "access violation") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PathRefused(ERR_ACCESS, "not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise PathRefused(ERR_NOT_FOUND, "file not found") from None
+    except OSError:
+        raise PathRefused(ERR_ACCESS, "access violation") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PathRefused(ERR_ACCESS, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering=0), st.st_size
+
+
+class TFTPServer(DatagramProtocol):
+    """Listen with `reactor.listenUDP(port, TFTPServer(root, reactor), interface=...)`.
+
+    Each accepted RRQ gets its own socket from `reactor.listenUDP(0, ...)` on the same interface
+    (its transfer ID); the main socket only ever answers with ERROR packets.
+    """
+
+    def __init__(
+        self,
+        root: FilePath[Any] | str | bytes,
+        reactor: Any,
+        *,
+        interface: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        maxTimeout: float = DEFAULT_MAX_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        maxBlksize: int = DEFAULT_MAX_BLKSIZE,
+        maxWindowsize: int = DEFAULT_MAX_WINDOWSIZE,
+        maxSessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
+        rootPath: str | bytes = root.path if isinstance(root, FilePath) else root
+        self.root: bytes = os.fsencode(rootPath)
+        self._reactor = reactor
+        self._interface = interface
+        self.timeout = timeout
+        self.maxTimeout = maxTimeout
+        self.retries = retries
+        self.maxBlksize = max(8, min(maxBlksize, 65464))
+        # Above 32768 blocks in flight, ACK numbers modulo 2^16 would become ambiguous.
+        self.maxWindowsize = max(1, min(maxWindowsize, 32768))
+        self.maxSessions = maxSessions
+        self.sessions: dict[tuple[str, int, bytes], ReadTransfer] = {}
+
+    # -- lifecycle
+
+    def startProtocol(self) -> None:
+        if self._interface is None:
+            self._interface = self.transport.getHost().host
+
+    def stopProtocol(self) -> None:
+        for transfer in list(self.sessions.values()):
+            transfer.abort()
+
+    # -- requests
+
+    def _error(self, code: int, message: str, addr: Any) -> None:
+        try:
+            self.transport.write(encodeError(code, message), addr)
+        except OSError as e:
+            log.debug("tftp error reply to {addr} failed: {error}", addr=addr, error=e)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        opcode = opcodeOf(datagram)
+        if opcode == RRQ:
+            self._readRequest(datagram, addr)
+        elif opcode == WRQ:
+            log.info("tftp refused write request from {addr}", addr=addr)
+            self._error(ERR_ACCESS, "writes not permitted", addr)
+        elif opcode in (DATA, ACK, OACK, ERROR):
+            return  # never answer stray transfer packets, and never answer an ERROR
+        else:
+            self._error(ERR_ILLEGAL, "illegal TFTP operation", addr)
+
+    def _readRequest(self, datagram: bytes, addr: Any, recheck: bool = True) -> None:
+        if self.transport is None:
+            return  # stopped while a re-check was pending
+        try:
+            request = parseRequest(datagram)
+        except MalformedPacket as e:
+            log.debug("tftp malformed request from {addr}: {why}", addr=addr, why=str(e))
+            self._error(ERR_ILLEGAL, "malformed request", addr)
+            return
+        if request.mode not in MODES:
+            self._error(ERR_ILLEGAL, "unsupported mode", addr)
+            return
+        key = (addr[0], addr[1], request.filename)
+        if key in self.sessions:
+            # A retransmitted RRQ: its transfer already answers it. But PXE ROMs abort a transfer
+            # with an ERROR and repeat the RRQ at once from the same port, and the poller may hand
+            # us that RRQ before the ERROR waiting on the transfer's own socket; so look again
+            # after the current batch of events, when that ERROR has ended the old transfer.
+            if recheck:
+                self._reactor.callLater(0, self._readRequest, datagram, addr, False)
+            return
+        if len(self.sessions) >= self.maxSessions:
+            self._error(ERR_UNDEFINED, "server busy", addr)
+            return
+        name = request.filename.decode("ascii", "backslashreplace")
+        try:
+            path = resolve(self.root, request.filename)
+            f, size = _openRegular(path)
+        except PathRefused as e:
+            # Boot loaders probe a series of names and stop at the first that exists, so a missing
+            # file is routine; anything else is worth an operator's eye.
+            emit = log.debug if e.code == ERR_NOT_FOUND else log.info
+            emit("tftp refused {name} to {addr}: {why}", name=name, addr=addr, why=e.message)
+            self._error(e.code, e.message, addr)
+            return
+        transfer = self._negotiate(request, f, size, addr, name)
+        try:
+            self._reactor.listenUDP(0, transfer, interface=self._interface or "")
+        except CannotListenError as e:
+            f.close()
+            log.error("tftp cannot open a transfer socket: {error}", error=e)
+            self._error(ERR_UNDEFINED, "no transfer socket", addr)
+            return
+        self.sessions[key] = transfer
+        log.debug("tftp sending {name} to {addr}", name=name, addr=addr)
+        transfer.start()
+
+    def _negotiate(self, request: Request, f: Any, size: int, addr: Any, name: str) -> ReadTransfer:
+        """Accept the valid options we know (RFC 2347/2348/2349/7440) and build the transfer."""
+        accepted: dict[str, str] = {}
+        blksize, windowsize, fixed = 512, 1, None
+        for option, raw in request.options.items():
+            if option == "tsize":
+                # In an RRQ the value carries nothing (RFC 2349 says 0); atftp sends "enable" and
+                # tftpd-hpa answers it, so any value is accepted.
+                if request.mode == "octet":
+                    accepted[option] = str(size)
+                continue
+            value = _decimal(raw)
+            if value is None:
+                continue
+            if option == "blksize" and value >= 8:
+                blksize = min(value, self.maxBlksize)
+                accepted[option] = str(blksize)
+            elif option == "timeout" and 1 <= value <= 255:
+                fixed = float(value)
+                accepted[option] = str(value)
+            elif option == "windowsize" and 1 <= value <= 65535:
+                windowsize = min(value, self.maxWindowsize)
+                accepted[option] = str(windowsize)
+        source: BlockSource = OctetSource(f) if request.mode == "octet" else NetasciiSource(f)
+        key = (addr[0], addr[1], request.filename)
+
+        def onDone(transfer: ReadTransfer, reason: str) -> None:
+            if self.sessions.get(key) is transfer:
+                del self.sessions[key]
+
+        return ReadTransfer(
+            clock=self._reactor,
+            peer=(addr[0], addr[1]),
+            source=source,
+            name=name,
+            blksize=blksize,
+            windowsize=windowsize,
+            oack=encodeOack(accepted) if accepted else None,
+            fixedTimeout=fixed,
+            timeout=self.timeout,
+            maxTimeout=self.maxTimeout,
+            retries=self.retries,
+            onDone=onDone,
+        )
+
+
+def makeTFTPService(
+    root: FilePath[Any] | str | bytes,
+    port: int,
+    interface: str,
+    reactor: Any,
+    **options: Any,
+) -> IService:
+    """The service the tap adds for `--tftp-port`/`--tftp-root`; options are TFTPServer's keywords."""
+    server = TFTPServer(root, reactor, interface=interface or None, **options)
+    service = internet.UDPServer(port, server, interface=interface, reactor=reactor)
+    service.tftpServer = server  # type: ignore[attr-defined]
+    return cast(IService, service)
