@@ -42,6 +42,9 @@ _OVERRIDES = {
 #: In fakes mode, unless given: an unprivileged TFTP port, a local TFTP root and database.
 FAKES_DEFAULTS = {"tftp_port": 6969, "tftp_root": "tftproot", "db_url": "sqlite:///mozpool.sqlite"}
 
+#: [fakes] keys that are settings, not failure probabilities
+FAKES_SETTINGS = ("seed", "relay_base_port")
+
 PURGE_INTERVAL = 3600.0
 RETRY_START_INTERVAL = 5.0
 
@@ -143,7 +146,8 @@ async def prepare_database(db: Database, config: Config, clock: Any) -> None:
         if not owned:
             taken = set(await devices.list_names(db))
             prefix = "panda" if not taken else fqdn.split(".")[0].replace(":", "-") + "-panda"
-            n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix)
+            base = config.extra.getint("fakes", "relay_base_port", fallback=fixtures.DEFAULT_RELAY_BASE_PORT)
+            n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix, relay_base_port=base)
             log.info("seeded {n} simulated devices for {fqdn}", n=n, fqdn=fqdn)
 
 
@@ -329,7 +333,7 @@ def fake_failures(config: Config) -> Any:
     failures = FailureSettings()
     if config.extra.has_section("fakes"):
         for key, value in config.extra.items("fakes"):
-            if key == "seed":
+            if key in FAKES_SETTINGS:
                 continue
             device, _, phase = key.rpartition(".")
             failures.set(phase, float(value), device=device or None)
