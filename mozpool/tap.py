@@ -126,6 +126,25 @@ def _listen(port: int, host: str, proto: str = "tcp") -> str:
     return f"{proto}:{port}:interface={iface}" if host else f"{proto}:{port}"
 
 
+async def check_ping_tool(db: Database, config: Config) -> None:
+    """Say clearly at start-up when this server has real devices and fping cannot run."""
+    from mozpool.bmm.ping import FpingMissing, checkFping
+
+    if config.fakes or config.extra.get("ping", "method", fallback="fping") != "fping":
+        return
+    owned = await db.runInteraction(
+        lambda c: c.scalar(
+            "SELECT COUNT(*) FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id WHERE s.fqdn = ?",
+            (config.server_fqdn,),
+        )
+    )
+    if owned:
+        try:
+            checkFping(config.extra.get("ping", "fping", fallback=None))
+        except FpingMissing as e:
+            log.error("{devices} devices need ping, but {problem}", devices=owned, problem=str(e))
+
+
 async def prepare_database(db: Database, config: Config, clock: Any) -> None:
     """Make sure the schema is current and this server has its row; with ``--fakes`` on an
     empty database create the schema, and seed devices when this server owns none yet."""
@@ -149,6 +168,7 @@ async def prepare_database(db: Database, config: Config, clock: Any) -> None:
             base = config.extra.getint("fakes", "relay_base_port", fallback=fixtures.DEFAULT_RELAY_BASE_PORT)
             n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix, relay_base_port=base)
             log.info("seeded {n} simulated devices for {fqdn}", n=n, fqdn=fqdn)
+    await check_ping_tool(db, config)
 
 
 class MozpoolService(MultiService):
@@ -227,9 +247,9 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     from mozpool.bmm.facade import BMMActions, Hardware, database_logger
-    from mozpool.bmm.ping import FpingPinger
+    from mozpool.bmm.ping import FpingPinger, TCPProbePinger
     from mozpool.bmm.relay import RelayClient, RelayTiming
-    from mozpool.bmm.sut import SUTClient, defaultAddress
+    from mozpool.bmm.sut import SUT_PORT, SUTClient, defaultAddress
     from mozpool.broker.service import Broker, BrokerService
     from mozpool.lifeguard.service import LifeGuard
     from mozpool.web.api import MozpoolAPI
@@ -262,7 +282,12 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
         fakes = FakePoolService(build_pool)
 
-    pinger = FpingPinger(reactor, simulated=fakes.simulated_ping if fakes else None)
+    simulated = fakes.simulated_ping if fakes else None
+    if config.extra.get("ping", "method", fallback="fping") == "tcp":
+        port = config.extra.getint("ping", "tcp_port", fallback=SUT_PORT)
+        pinger: Any = TCPProbePinger(reactor, port, simulated=simulated)
+    else:
+        pinger = FpingPinger(reactor, fping=config.extra.get("ping", "fping", fallback=None), simulated=simulated)
     sut = SUTClient(reactor, addressFor=fakes.sut_address if fakes else defaultAddress)
     ipaddress = config.ipaddress or ("127.0.0.1" if config.fakes else "")
     timing = RelayTiming()

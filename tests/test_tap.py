@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mozpool.tap import Options
+from tests.support.dbtest import DatabaseTest
 
 
 def parse(*argv: str) -> Options:
@@ -51,3 +52,43 @@ class OptionParsing(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as e:
             parse("--manhole", "tcp:2222:interface=0.0.0.0", "--config", self.configWithPassword())
         self.assertIn("loopback", str(e.exception))
+
+
+class FaultInjectionOptions(SynchronousTestCase):
+    def test_fail_flag_and_config_section(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[fakes]\nrelay_base_port = 41000\nseed = 3\nandroid_extracting = 0.2\npanda-0003.b2g_downloading = 1\n")
+        o = parse("--fakes", "4", "--config", path, "--fail", "panda-0002:android_downloading", "--fail", "*:booting:0.5")
+        from mozpool.tap import fake_failures
+
+        failures = fake_failures(o.config)
+        self.assertEqual(failures.defaults, {"android_extracting": 0.2, "booting": 0.5})
+        self.assertEqual(failures.devices, {"panda-0003": {"b2g_downloading": 1.0}, "panda-0002": {"android_downloading": 1.0}})
+
+    def test_bad_fault_injection_refused(self) -> None:
+        for argv in (["--fakes", "2", "--fail", "panda-0001"], ["--fakes", "2", "--fail", "panda-0001:nonsense"],
+                     ["--fakes", "2", "--fail", "panda-0001:booting:2"], ["--fail", "panda-0001:booting"]):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
+
+class PingToolCheck(DatabaseTest, TestCase):
+    async def test_missing_fping_is_said_clearly_when_real_devices_exist(self) -> None:
+        from twisted.logger import capturedLogs
+
+        from mozpool.db import fixtures
+        from mozpool.tap import check_ping_tool
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[ping]\nfping = /nonexistent/fping\n")
+        config = parse("--config", path, "--fqdn", "img1:8010").config
+        with capturedLogs() as events:
+            await check_ping_tool(self.db, config)
+        self.assertEqual([e for e in events if e.get("log_level").name == "error"], [], "no devices, no complaint")
+        await fixtures.load_fixture(self.db, "img1:8010", 2, "2026-11-26 12:00:00")
+        with capturedLogs() as events:
+            await check_ping_tool(self.db, config)
+        errors = [e for e in events if e.get("log_level").name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("fping not found", errors[0]["problem"])
