@@ -131,3 +131,46 @@ class DatabaseOutage(TestCase):
         code, body = await d.request("any")
         self.assertEqual(code, 200, body)
         self.assertEqual(await d.wait_request(body["request"]["id"], timeout=90), "ready")
+
+
+class BMMEndpoints(TestCase):
+    timeout = 120
+
+    async def test_power_pxe_ping_and_relay_test(self) -> None:
+        import os
+
+        d = Daemon(self, fakes=2)
+        await d.start()
+        await d.wait_ready()
+        self.assertEqual(await d.get(f"/api/relay/localhost-{d.relay_base}/test/"), {"success": True})
+        code, body = await d.call("GET", "/api/relay/nonesuch/test/")
+        self.assertEqual(code, 404, body)
+        # After its self-test a device idles in the live image, which answers pings.
+        self.assertEqual(await d.get("/api/device/panda-0001/ping/"), {"success": True})
+
+        code, body = await d.call("POST", "/api/device/panda-0002/power-cycle/", {"pxe_config": "nonesuch"})
+        self.assertEqual(code, 404, body)
+        code, body = await d.call("POST", "/api/device/panda-0002/power-cycle/",
+                                  {"pxe_config": "android-install", "boot_config": '{"x": "y"}'})
+        self.assertEqual((code, body), (200, {}))
+        self.assertEqual(await d.get("/api/device/panda-0002/bootconfig/"), {"x": "y"})
+        pxe = os.path.join(d.dir, "tftproot", "pxelinux.cfg", "01-02-01-00-00-00-01")
+        self.assertTrue(os.path.exists(pxe))
+        with open(pxe) as f:
+            self.assertIn("mobile-imaging-url=http://127.0.0.1/scripts/android-second-stage.sh", f.read())
+
+        async def cycled() -> bool:
+            log = [e["message"] for e in (await d.get("/api/device/panda-0002/log/"))["log"]]
+            return "power-cycle succeeded" in log and "ignored event mobile_init_started in state ready" in log
+
+        await d.wait_for(cycled, 30, "the power-cycle and the PXE boot it caused")
+        self.assertEqual(await d.call("POST", "/api/device/panda-0002/clear-pxe/"), (200, {}))
+        self.assertFalse(os.path.exists(pxe))
+        self.assertEqual(await d.call("GET", "/api/device/panda-0002/power-off/"), (200, {}))
+
+        async def off() -> bool:
+            log = [e["message"] for e in (await d.get("/api/device/panda-0002/log/"))["log"]]
+            return "power-off succeeded" in log
+
+        await d.wait_for(off, 30, "power-off")
+        self.assertEqual(await d.get("/api/device/panda-0002/ping/"), {"success": False}, "no power, no answer")
