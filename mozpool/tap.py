@@ -14,7 +14,6 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from mozpool import __version__
 from mozpool.config import Config, ConfigError, load_config

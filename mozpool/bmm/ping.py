@@ -13,15 +13,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.procutils import which
+from mozpool.bmm.endpoints import tcp_endpoint
 from zope.interface import Interface, implementer
 
 log = Logger()
@@ -317,11 +316,7 @@ class TCPProbePinger:
         self._endpointFactory = endpointFactory or self._defaultEndpoint
 
     def _defaultEndpoint(self, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(self._reactor, host, port, timeout=timeout)
+        return tcp_endpoint(self._reactor, host, port, timeout)
 
     def ping(self, fqdn: str) -> "Deferred[bool]":
         if self.simulated is not None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Optional, Union
 
 from twisted.internet import error as neterror
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -26,12 +25,7 @@ from twisted.internet.defer import (
     TimeoutError as DeferredTimeoutError,
     succeed,
 )
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
@@ -42,6 +36,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from mozpool.bmm.endpoints import tcp_endpoint
 from zope.interface import Interface, implementer
 
 log = Logger()
@@ -351,12 +346,7 @@ EndpointFactory = Callable[[IReactorTCP, BoardAddress, float], IStreamClientEndp
 def default_endpoint(
     reactor: IReactorTCP, board: BoardAddress, timeout: float
 ) -> IStreamClientEndpoint:
-    """IP literals connect directly; names go through the reactor's resolver."""
-    if isIPAddress(board.host):
-        return TCP4ClientEndpoint(reactor, board.host, board.port, timeout=timeout)
-    if isIPv6Address(board.host):
-        return TCP6ClientEndpoint(reactor, board.host, board.port, timeout=timeout)
-    return HostnameEndpoint(reactor, board.host, board.port, timeout=timeout)
+    return tcp_endpoint(reactor, board.host, board.port, timeout)
 
 
 @dataclass

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectionLost, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from mozpool.bmm.endpoints import tcp_endpoint
 from zope.interface import Interface, implementer
 
 log = Logger()
@@ -310,12 +309,7 @@ class SUTClient:
         self._endpointFactory = endpointFactory or self._defaultEndpoint
 
     def _defaultEndpoint(self, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-        # IP literals skip name resolution entirely (and with it the resolver's thread pool).
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(self._reactor, host, port, timeout=timeout)
+        return tcp_endpoint(self._reactor, host, port, timeout)
 
     # -- ISUTAgent ---------------------------------------------------------------------------
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from twisted.internet import defer, task
-
-from mozpool.config import ConfigError, load_config
+from mozpool.cli import run_command
+from mozpool.config import load_config
 from mozpool.db import fixtures, schema
-from mozpool.db.errors import DatabaseError
 from mozpool.db.pool import Database
 from mozpool.timeutil import dbnow
 
@@ -51,17 +48,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-
-    async def go(reactor: Any) -> None:
-        try:
-            code = await run(reactor, args)
-        except (DatabaseError, ConfigError, ValueError) as e:
-            print(f"mozpool-db: {e}", file=sys.stderr)
-            code = 1
-        if code:
-            raise SystemExit(code)
-
-    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    run_command("mozpool-db", lambda reactor: run(reactor, args))
 
 
 if __name__ == "__main__":

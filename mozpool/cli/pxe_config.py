@@ -11,11 +11,10 @@ import argparse
 import sys
 from typing import Any
 
-from twisted.internet import defer, task
-
-from mozpool.config import ConfigError, load_config
+from mozpool.cli import run_command
+from mozpool.config import load_config
 from mozpool.db import catalog
-from mozpool.db.errors import Conflict, DatabaseError
+from mozpool.db.errors import Conflict
 from mozpool.db.pool import Database
 
 ACTIONS = ("add", "list", "show", "modify", "delete")
@@ -108,17 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p = parser()
     a = p.parse_args(argv)
     check_args(p, a)
-
-    async def go(reactor: Any) -> None:
-        try:
-            code = await run(reactor, a)
-        except (DatabaseError, ConfigError, ValueError, OSError) as e:
-            print(f"pxe-config: {e}", file=sys.stderr)
-            code = 1
-        if code:
-            raise SystemExit(code)
-
-    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    run_command("pxe-config", lambda reactor: run(reactor, a))
 
 
 if __name__ == "__main__":
