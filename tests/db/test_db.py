@@ -175,7 +175,7 @@ class UnreachableDatabase(DatabaseTest):
         self.assertLess(reactor.seconds() - start, 10)
 
 
-UnreachableSQLite, UnreachableMariaDB = on_both_backends(UnreachableDatabase)
+UnreachableDatabaseSQLite, UnreachableDatabaseMariaDB = on_both_backends(UnreachableDatabase)
 
 
 class URLs(DatabaseTest):

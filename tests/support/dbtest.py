@@ -7,6 +7,9 @@ then make the two concrete test cases with :func:`on_both_backends`::
         async def test_something(self): ...
 
     DeviceQueriesSQLite, DeviceQueriesMariaDB = on_both_backends(DeviceQueries)
+
+The module attributes must carry the names the classes get (mixin name + SQLite/MariaDB):
+``trial -j`` workers find tests by those names.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ def _connect(url: str) -> pymysql.connections.Connection:
     parts = urlsplit(url)
     return pymysql.connect(
         host=parts.hostname,
-        port=parts.port,
+        port=parts.port or 3306,
         user=parts.username,
-        password=parts.password,
+        password=parts.password or "",
         database=parts.path.lstrip("/"),
         connect_timeout=5,
         autocommit=True,
@@ -76,6 +76,30 @@ class MariaDBURLTests(SynchronousTestCase):
         conn = server.connect()
         self.addCleanup(conn.close)
         with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES LIKE %s", (name,))
+            self.assertEqual(cur.fetchall(), ())
+
+
+    def test_dropWithConnectionsOpen(self) -> None:
+        """A connection left mid-transaction does not stall dropping the database."""
+        server = getMariaDB()
+        if server is None:
+            mariadbURL(self)  # skips (or fails under CI) with the reason
+            return
+        name = f"mozpool_droptest_{os.getpid()}"
+        url = server.createDatabase(name)
+        self.addCleanup(server.dropDatabase, name)
+        conn = _connect(url)
+        self.addCleanup(conn.close)
+        conn.autocommit(False)
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+            cur.execute("INSERT INTO t VALUES (1)")
+            cur.execute("SELECT * FROM t")  # holds a metadata lock until commit
+        server.dropDatabase(name)
+        admin = server.connect()
+        self.addCleanup(admin.close)
+        with admin.cursor() as cur:
             cur.execute("SHOW DATABASES LIKE %s", (name,))
             self.assertEqual(cur.fetchall(), ())
 

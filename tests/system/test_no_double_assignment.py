@@ -1,0 +1,166 @@
+"""Many concurrent `any` requests against a pool shared by two real daemons on one MariaDB: no
+device is ever held by two open requests, every request ends `ready` (then expires) or
+`failed_device_not_found`, nothing is left stuck (state-machines.md 2.3, 2.4, 2.6).
+
+Size: ``MOZPOOL_STRESS_REQUESTS`` requests against ``MOZPOOL_STRESS_DEVICES`` devices (half on
+each server); the defaults keep the suite quick, e.g. ``MOZPOOL_STRESS_REQUESTS=1000
+MOZPOOL_STRESS_DEVICES=200`` is the full run (``MOZPOOL_STRESS_TIME_SCALE``, default 0.01, scales
+every state timeout and simulated delay)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pymysql
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from tests.system.daemon import Daemon
+from tests.system.test_two_servers import two_servers
+
+REQUESTS = int(os.environ.get("MOZPOOL_STRESS_REQUESTS", "200"))
+DEVICES = int(os.environ.get("MOZPOOL_STRESS_DEVICES", "40"))
+TIME_SCALE = float(os.environ.get("MOZPOOL_STRESS_TIME_SCALE", "0.01"))
+#: Seconds a ready request is held: the client renews it to this, so the expiry poll frees it.
+HOLD = (1, 3)
+#: Requests being created at once (HTTP calls in flight).
+CREATE_CONCURRENCY = 50
+TERMINAL = ("closed", "failed_device_not_found", "failed_bad_image", "failed_bad_device", "failed_device_busy")
+
+
+def connect(url: str) -> pymysql.connections.Connection:
+    """A direct connection to the daemons' database, to look under the API."""
+    parts = urlsplit(url)
+    kw: dict[str, Any] = {}
+    sockets = parse_qs(parts.query).get("unix_socket")
+    if sockets:
+        kw["unix_socket"] = sockets[0]
+    return pymysql.connect(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 3306, user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""), database=parts.path.lstrip("/"), autocommit=True,
+        connect_timeout=5, read_timeout=30, **kw,
+    )
+
+
+def open_holders(requests: list[dict[str, Any]]) -> list[str]:
+    """Devices named by requests that still hold them (neither closed nor failed)."""
+    return [
+        r["assigned_device"] for r in requests
+        if r["assigned_device"] and r["state"] != "closed" and not r["state"].startswith("failed_")
+    ]
+
+
+class NoDoubleAssignment(TestCase):
+    timeout = 900
+
+    async def test_concurrent_any_requests_on_two_servers(self) -> None:
+        per_server = DEVICES // 2
+        a, b = await two_servers(self, fakes=per_server, time_scale=TIME_SCALE)
+        servers = {a.fqdn: a, b.fqdn: b}
+        await a.wait_ready(timeout=300)
+        db = connect(a.db)
+        self.addCleanup(db.close)
+        rng = random.Random(11)
+
+        started = reactor.seconds()
+        owner: dict[int, Daemon] = {}
+        seen_ready: set[int] = set()
+        renewing: list[defer.Deferred[Any]] = []
+        figures = Counter[str]()
+        max_holders = 0
+        created = defer.Deferred[None]()
+
+        async def sample(d: Daemon) -> list[dict[str, Any]]:
+            nonlocal max_holders
+            requests = (await d.get("/api/request/list/?include_closed"))["requests"]
+            holders = open_holders(requests)
+            twice = [name for name, n in Counter(holders).items() if n > 1]
+            self.assertEqual(twice, [], f"devices held by two open requests at once: {twice}")
+            max_holders = max(max_holders, len(holders))
+            with db.cursor() as c:
+                c.execute("SELECT device_id FROM device_requests GROUP BY device_id HAVING COUNT(*) > 1")
+                self.assertEqual(c.fetchall(), ())
+                c.execute(
+                    "SELECT dr.device_id FROM device_requests dr JOIN requests r ON r.id = dr.request_id"
+                    " WHERE r.state <> 'closed' AND r.state NOT LIKE 'failed\\_%' GROUP BY dr.device_id"
+                    " HAVING COUNT(*) > 1"
+                )
+                self.assertEqual(c.fetchall(), ())
+            figures["samples"] += 1
+            for r in requests:
+                if r["state"] == "ready" and r["id"] not in seen_ready:
+                    # Hold it a moment, then let the expiry poll of its server free the device.
+                    seen_ready.add(r["id"])
+                    renewing.append(defer.ensureDeferred(
+                        servers[r["imaging_server"]].call(
+                            "POST", f"/api/request/{r['id']}/renew/", {"duration": rng.randint(*HOLD)})
+                    ))
+            return requests
+
+        async def create(i: int) -> None:
+            d = (a, b)[i % 2]
+            code, body = await d.request("any", image="android", duration=3600, assignee=f"stress-{i}")
+            self.assertEqual(code, 200, body)
+            owner[body["request"]["id"]] = d
+
+        async def create_all() -> None:
+            sem = defer.DeferredSemaphore(CREATE_CONCURRENCY)
+            await defer.gatherResults(
+                [sem.run(lambda i=i: defer.ensureDeferred(create(i))) for i in range(REQUESTS)], consumeErrors=True
+            )
+
+        creating = defer.ensureDeferred(create_all())
+        creating.chainDeferred(created)
+        turn = 0
+        while True:
+            requests = await sample((a, b)[turn % 2])
+            turn += 1
+            if created.called and len(owner) == REQUESTS:
+                mine = [r for r in requests if r["id"] in owner]
+                if len(mine) == REQUESTS and all(r["state"] in TERMINAL for r in mine):
+                    break
+            self.assertLess(reactor.seconds() - started, self.timeout - 60, "requests still open: stuck?")
+            await task.deferLater(reactor, 0.2, lambda: None)
+        await created
+        elapsed = reactor.seconds() - started
+        results = await defer.gatherResults(renewing, consumeErrors=True)
+        self.assertEqual({code for code, _ in results} - {204}, set())
+
+        # Every request ended ready (and then expired) or found no device in its budget.
+        final = Counter(r["state"] for r in requests if r["id"] in owner)
+        with db.cursor() as c:
+            c.execute("SELECT DISTINCT request_id FROM request_logs WHERE message = 'entering state ready'")
+            ever_ready = {int(row[0]) for row in c.fetchall()} & set(owner)
+            c.execute("SELECT COUNT(*) FROM device_requests")
+            (claims,) = c.fetchone()
+        closed = {r["id"] for r in requests if r["id"] in owner and r["state"] == "closed"}
+        print(
+            f"\nno-double-assignment: {REQUESTS} requests, {DEVICES} devices: {len(ever_ready)} ready, "
+            f"{final['failed_device_not_found']} failed_device_not_found, final states {dict(final)}, "
+            f"wall {elapsed:.1f} s, max concurrent holders {max_holders}, {figures['samples']} samples"
+        )
+        self.assertEqual(set(final) - {"closed", "failed_device_not_found"}, set(), final)
+        self.assertEqual(closed, ever_ready, "closed exactly when it had been ready")
+        self.assertEqual(seen_ready, ever_ready, "every ready request was seen ready (and renewed) by the test")
+        self.assertEqual(claims, 0, "no claim left behind")
+        self.assertGreater(len(ever_ready), DEVICES, "devices were reused for later requests")
+
+        # Every device is back to ready: none was left in the middle of an operation.
+        async def settled() -> dict[str, str] | None:
+            states = await a.device_states()
+            return None if any(s != "ready" for s in states.values()) else states
+
+        try:
+            await a.wait_for(settled, 60, "every device back to ready")
+        except AssertionError:
+            states = await a.device_states()
+            self.fail(f"devices not ready after the run: { {n: s for n, s in states.items() if s != 'ready'} }")
+
+        for d in (a, b):
+            text = d.log_text()
+            self.assertNotIn("Traceback", text, d.log_path)
+            self.assertNotIn('HTTP/1.1" 500', text, d.log_path)
