@@ -10,8 +10,11 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 
 def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """IP literals connect directly, skipping name resolution (and the resolver's thread pool);
-    names go through the reactor's resolver."""
+    """IP literals (and ``localhost``, the simulated boards' and agents' host) connect directly,
+    skipping name resolution and the resolver's thread pool; other names go through the reactor's
+    resolver."""
+    if host == "localhost":
+        host = "127.0.0.1"
     if isIPAddress(host):
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
     if isIPv6Address(host):
