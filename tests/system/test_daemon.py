@@ -103,7 +103,7 @@ class CrashSafety(TestCase):
 
 
 class DatabaseOutage(TestCase):
-    timeout = 240
+    timeout = 300
 
     async def test_503_while_down_and_recovery(self) -> None:
         server = mariadbServer(self)
@@ -131,6 +131,36 @@ class DatabaseOutage(TestCase):
         code, body = await d.request("any")
         self.assertEqual(code, 200, body)
         self.assertEqual(await d.wait_request(body["request"]["id"], timeout=90), "ready")
+
+    async def test_30s_outage_mid_imaging(self) -> None:
+        """Events that arrive while the database is away are answered 503 and logged by the
+        device; the timeout path retries, and every request still ends ready."""
+        from twisted.internet import task
+
+        server = mariadbServer(self)
+        d = Daemon(self, fakes=3, db=mariadbURL(self))
+        await d.start()
+        await d.wait_ready()
+        ids = []
+        for _ in range(2):
+            code, body = await d.request("any")
+            self.assertEqual(code, 200, body)
+            ids.append(body["request"]["id"])
+
+        async def imaging() -> bool:
+            return any(s not in ("ready", "new") for s in (await d.device_states()).values())
+
+        await d.wait_for(imaging, 30, "imaging to start")
+        server.stop()
+        try:
+            await task.deferLater(reactor, 30, lambda: None)
+            code, _ = await d.call("GET", "/api/request/list/")
+            self.assertEqual(code, 503)
+        finally:
+            server.start()
+        for rid in ids:
+            self.assertEqual(await d.wait_request(rid, timeout=120), "ready")
+        self.assertIn("database", d.log_text().lower())
 
 
 class BMMEndpoints(TestCase):
