@@ -228,6 +228,19 @@ EVENTS = frozenset(
 # --- the core: one operation on one device -----------------------------------------------------
 
 
+class _Operation:
+    """A side effect in flight, and whether a later goto has made it moot."""
+
+    def __init__(self) -> None:
+        self.deferred: defer.Deferred[Any] | None = None
+        self.superseded = False
+
+    def supersede(self) -> None:
+        self.superseded = True
+        if self.deferred is not None and not self.deferred.called:
+            self.deferred.cancel()
+
+
 class Ops:
     """The collaborators of one operation: the machine (row, lock held) and LifeGuard's parts."""
 
@@ -271,21 +284,40 @@ class Ops:
             log.failure("{what} PXE config for {device} failed", what=what, device=self.m.key)
 
     def start(self, what: str, call: Callable[[DeviceInfo], Any], info: DeviceInfo, ok: str | None,
-              fail: str | None) -> None:
-        """Start ``call(info)``; its outcome comes back as the event ``ok`` or ``fail`` (or nothing)."""
+              fail: str | None, exclusive: bool = False) -> None:
+        """Start ``call(info)``; its outcome comes back as the event ``ok`` or ``fail`` (or nothing).
+
+        An ``exclusive`` operation (a power cycle) belongs to the state visit that started it: the
+        next goto of the device (another state, or the same one re-entered) cancels it if it is
+        still queued or running, and its outcome is then dropped.  Otherwise a cycle that outlived
+        its state would later power off a device that is busy with something else."""
         m = self.m
+        op = _Operation()
 
         def done(success: Any) -> None:
             event = ok if success else fail
-            if event is not None:
+            if event is not None and not op.superseded:
                 m.post(event)
 
         def error(f: Failure) -> None:
+            if op.superseded:
+                return
             log.failure("{what} on {device} failed", f, what=what, device=m.key)
             if fail is not None:
                 m.post(fail)
 
-        defer.maybeDeferred(call, info).addCallbacks(done, error)
+        op.deferred = d = defer.maybeDeferred(call, info)
+        if exclusive:
+            key = (m.key, what)
+            self.kind.in_flight[key] = op
+
+            def finished(result: Any) -> Any:
+                if self.kind.in_flight.get(key) is op:
+                    del self.kind.in_flight[key]
+                return result
+
+            d.addBoth(finished)
+        d.addCallbacks(done, error)
 
     async def send_result(self, result: str) -> None:
         await self.kind.results.send(self.m, result)
@@ -522,7 +554,8 @@ async def _enter_pc_power_cycling(o: Ops) -> None:
         await o.m.goto("failed_power_cycling")
         return
     o.clear_pxe(facts.info)
-    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail="power_cycle_failed")
+    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail="power_cycle_failed",
+            exclusive=True)
 
 
 async def _enter_pc_pinging(o: Ops) -> None:
@@ -563,7 +596,8 @@ async def _enter_pxe_power_cycling(o: Ops) -> None:
         await o.m.goto("failed_pxe_booting")
         return  # D2: no power cycle after the transition
     o.set_pxe(facts.info, contents)
-    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail="power_cycle_failed")
+    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail="power_cycle_failed",
+            exclusive=True)
 
 
 async def _enter_sut_verifying(o: Ops) -> None:
@@ -573,7 +607,7 @@ async def _enter_sut_verifying(o: Ops) -> None:
 
 async def _enter_sut_verify_power_cycle(o: Ops) -> None:
     facts = await o.facts()
-    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail=None)
+    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail=None, exclusive=True)
 
 
 async def _enter_sut_sdcard_verifying(o: Ops) -> None:
@@ -628,6 +662,8 @@ class DeviceKind:
     def __init__(self, hardware: IDeviceHardware, results: ImagingResults) -> None:
         self.hardware = hardware
         self.results = results
+        #: (device, operation) -> the exclusive operation still running for it
+        self.in_flight: dict[tuple[str, str], _Operation] = {}
 
     def restore(self, m: Machine) -> tuple[DeviceInputs, Ops]:
         """The Automat machine in the row's state (an unknown name reads as ``unknown``)."""
@@ -665,6 +701,8 @@ class DeviceKind:
                 action()
 
     async def enter(self, m: Machine, state: str) -> None:
+        for key in [k for k in self.in_flight if k[0] == m.key]:
+            self.in_flight.pop(key).supersede()
         action = ENTRY.get(state)
         if action is not None:
             await action(Ops(self, m))

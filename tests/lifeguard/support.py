@@ -36,7 +36,8 @@ class FakeHardware:
         self.calls.append((op, device.name))
         if op in self.auto:
             return defer.succeed(self.auto[op])
-        d: defer.Deferred[bool] = defer.Deferred()
+        # Cancelling leaves the queue, as a real relay operation does when LifeGuard supersedes it.
+        d: defer.Deferred[bool] = defer.Deferred(lambda d: self.pending[op].remove(d))
         self.pending.setdefault(op, []).append(d)
         return d
 

@@ -239,11 +239,30 @@ class Ordering(LifeGuardTest):
         self.assertEqual(await self.counters(), {}, "the stale timeout re-checked the deadline under the lock")
 
     async def test_a_late_result_is_dropped_by_the_ignore_rule(self) -> None:
-        await self.enter("pc_power_cycling")
-        await self.lg.state_change(DEV, "pc_power_cycling", "troubleshooting")
-        await self.complete("power_cycle")
+        await self.enter("pc_pinging")
+        await self.lg.state_change(DEV, "pc_pinging", "troubleshooting")
+        await self.complete("ping")
         self.assertEqual(await self.state(), "troubleshooting")
-        self.assertIn("ignored event power_cycle_ok in state troubleshooting", await self.messages())
+        self.assertIn("ignored event ping_ok in state troubleshooting", await self.messages())
+
+    async def test_leaving_a_state_cancels_its_power_cycle(self) -> None:
+        """A power cycle still queued when the device moves on must not hit it later."""
+        await self.enter("pc_power_cycling")
+        self.assertEqual(self.hw.outstanding("power_cycle"), 1)
+        await self.lg.state_change(DEV, "pc_power_cycling", "troubleshooting")
+        self.assertEqual(self.hw.outstanding("power_cycle"), 0, "cancelled")
+        await self.settle()
+        self.assertEqual(await self.state(), "troubleshooting")
+        self.assertNotIn("ignored event power_cycle_failed in state troubleshooting", await self.messages())
+
+    async def test_reentry_replaces_a_cycle_that_outlived_its_state(self) -> None:
+        await self.set_images(None, None, "android", "{}")
+        await self.enter("pxe_power_cycling")
+        await self.after(60)
+        self.assertEqual(self.hw.ops().count("power_cycle"), 2, "re-entry cycles again")
+        self.assertEqual(self.hw.outstanding("power_cycle"), 1, "the first cycle was cancelled")
+        await self.complete("power_cycle")
+        self.assertEqual(await self.state(), "pxe_booting")
 
     async def test_a_health_check_failure_after_moving_on_is_ignored(self) -> None:
         await self.enter("ready")
