@@ -6,6 +6,7 @@ comes from an ``IReactorTime`` so tests can drive it with ``task.Clock``.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +26,16 @@ def dbtime(when: datetime) -> str:
 def dbnow(clock: IReactorTime, offset: float = 0.0) -> str:
     """Now (plus ``offset`` seconds) in the database's text form."""
     return dbtime(utcnow(clock) + timedelta(seconds=offset))
+
+
+def deadline_text(seconds: float) -> str:
+    """An absolute POSIX time as a state deadline: the database form plus milliseconds (left out
+    when zero, as MySQL's DATETIME(3) reads back), rounded up so a deadline never falls early
+    (deadlines scaled by ``time_scale`` are often sub-second)."""
+    millis = math.ceil(round(seconds * 1000, 3))
+    whole, ms = divmod(millis, 1000)
+    when = datetime.fromtimestamp(whole, tz=timezone.utc).replace(tzinfo=None)
+    return f"{dbtime(when)}.{ms:03d}" if ms else dbtime(when)
 
 
 def parse_dbtime(text: str | None) -> datetime | None:

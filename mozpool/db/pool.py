@@ -37,7 +37,9 @@ DEFAULT_TIMEOUT = 10.0
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        text = value.strftime("%Y-%m-%d %H:%M:%S")
+        # DATETIME(3) state deadlines keep their milliseconds, as SQLite's text does.
+        return f"{text}.{value.microsecond // 1000:03d}" if value.microsecond else text
     if isinstance(value, date):
         return value.strftime("%Y-%m-%d 00:00:00")
     if isinstance(value, (bytes, bytearray)):

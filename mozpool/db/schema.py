@@ -98,7 +98,7 @@ async def upgrade(db: Database) -> int:
     target = latest_version(db.backend)
     if have > target:
         raise SchemaError(f"database schema v{have} is newer than this code's v{target}")
-    steps = _versions(db.backend, "upgrade")
+    steps = _versions(db.backend, "upgrade-to")
     for v in range(have + 1, target + 1):
         if v not in steps:
             raise SchemaError(f"no upgrade step to v{v} for {db.backend} in {sql_dir()}")

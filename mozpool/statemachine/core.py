@@ -12,9 +12,7 @@ async hooks: ``event``, ``timeout`` and ``enter``).  :class:`MachineRunner` does
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from twisted.application.service import Service
@@ -25,7 +23,7 @@ from twisted.logger import Logger
 from mozpool.db import logs
 from mozpool.db.jsontext import loads_object
 from mozpool.db.pool import Cursor, Database
-from mozpool.timeutil import dbnow, dbtime
+from mozpool.timeutil import dbnow, deadline_text
 
 log = Logger()
 
@@ -165,12 +163,14 @@ class MachineRunner:
         nominal = self.kind.timeouts.get(state)
         if nominal is None:
             return None
-        # Stored times have whole seconds: round up, so a scaled timeout never fires early.
-        when = math.ceil(self.clock.seconds() + self.scaled(nominal))
-        return dbtime(datetime.fromtimestamp(when, tz=timezone.utc).replace(tzinfo=None))
+        return deadline_text(self.clock.seconds() + self.scaled(nominal))
 
     def now(self) -> str:
         return dbnow(self.clock)
+
+    def now_precise(self) -> str:
+        """Now with milliseconds, to compare with deadlines."""
+        return deadline_text(self.clock.seconds())
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class MachineRunner:
         """Apply the timeout rule, if the deadline has really passed (re-checked under the lock)."""
 
         async def work(m: Machine) -> None:
-            if m.row.timeout is None or m.row.timeout > self.now():
+            if m.row.timeout is None or m.row.timeout > self.now_precise():
                 return
             await m.log(f"handling timeout on {m.state}", "debug")
             if not await self.kind.timeout(m):
@@ -281,7 +281,7 @@ class MachineRunner:
         rows = await self.db.query(
             f"SELECT t.{column} FROM {table} t JOIN imaging_servers s ON s.id = t.imaging_server_id"
             " WHERE s.fqdn = ? AND t.state_timeout IS NOT NULL AND t.state_timeout <= ?",
-            (self.server_fqdn, self.now()),
+            (self.server_fqdn, self.now_precise()),
         )
         return [str(r[0]) for r in rows]
 

@@ -189,3 +189,42 @@ class URLs(DatabaseTest):
 
 URLsSQLite, _ = on_both_backends(URLs)
 del _
+
+
+class Upgrades(DatabaseTest):
+    """A version-1 database is upgraded in place, and keeps its rows."""
+
+    def setUp(self) -> None:
+        self.db = self.makeDatabase()
+
+    async def test_v1_to_latest(self) -> None:
+        v1 = schema.split_statements((schema.sql_dir() / self.db.backend / "schema-v1.sql").read_text())
+
+        def create_v1(c: Cursor) -> None:
+            for s in v1:
+                c.execute(s)
+            c.execute("INSERT INTO schema_version (version) VALUES (1)")
+
+        await self.db.runInteraction(create_v1)
+        await fixtures.load_fixture(self.db, "a.example.com", 2, NOW)
+        with self.assertRaises(SchemaError):
+            await schema.require_current(self.db)
+        self.assertEqual(await schema.upgrade(self.db), schema.latest_version(self.db.backend))
+        await schema.require_current(self.db)
+        self.assertEqual(len(await devices.list_names(self.db)), 2)
+        await self.db.query("UPDATE devices SET state_timeout = ? WHERE name = 'panda-0001'", ("2026-11-26 12:00:00.250",))
+        self.assertEqual(
+            await self.db.query("SELECT state_timeout FROM devices WHERE state_timeout > ?", ("2026-11-26 12:00:00",)),
+            [("2026-11-26 12:00:00.250",)],
+            "deadlines keep their milliseconds",
+        )
+
+    async def test_missing_step_fails_loudly(self) -> None:
+        await schema.create_schema(self.db)
+        await self.db.query("UPDATE schema_version SET version = 0")
+        with self.assertRaises(SchemaError) as e:
+            await schema.upgrade(self.db)
+        self.assertIn("no upgrade step to v1", str(e.exception))
+
+
+UpgradesSQLite, UpgradesMariaDB = on_both_backends(Upgrades)

@@ -61,7 +61,7 @@ class PluginDiscovery(TestCase):
         for option in ("--port", "--listen-host", "--tftp-port", "--tftp-root", "--db", "--fqdn", "--fakes",
                        "--time-scale", "--manhole", "--config"):
             self.assertIn(option, out)
-        sql = os.path.join(venv, "share", "mozpool", "sql", "sqlite", "schema-v1.sql")
+        sql = os.path.join(venv, "share", "mozpool", "sql", "sqlite", "schema-v2.sql")
         self.assertTrue(os.path.exists(sql), "the schema files are installed")
 
     async def test_editable_compat_install(self) -> None:
