@@ -38,6 +38,9 @@ BAD_IMAGE_LIMIT = 2
 # --- states and their nominal timeouts (2.3) ------------------------------------------------
 
 FAILED_STATES = ("failed_device_not_found", "failed_bad_image", "failed_bad_device", "failed_device_busy")
+#: Lost claim races retried at once in one selection before waiting for the next attempt.
+CLAIM_TRIES = 5
+
 #: Entry clears the claim: the final states, and the legacy ``expired``.
 CLAIM_CLEARING = FAILED_STATES + ("closed", "expired")
 
@@ -320,15 +323,21 @@ class RequestKind:
         assert info is not None
         candidates = await m.db.runInteraction(selection.available_devices, info)
         if candidates:
-            device = selection.choose(candidates, info, self.rng)
-            try:
-                await m.db.runInteraction(selection.claim, m.id, device.id)
-            except Conflict:
-                # R3: the next attempt (after the timeout) counts and checks the limits.
-                await m.log(f"device {device.name} was claimed by another request; will try again")
+            # A lost claim race means "someone else got it first": try the next candidate at once
+            # (bmm-protocols 6.4), a few times, before leaving it to the next attempt (R3).
+            for _ in range(CLAIM_TRIES):
+                device = selection.choose(candidates, info, self.rng)
+                try:
+                    await m.db.runInteraction(selection.claim, m.id, device.id)
+                except Conflict:
+                    await m.log(f"device {device.name} was claimed by another request; trying another")
+                    candidates = [c for c in candidates if c.id != device.id]
+                    if not candidates:
+                        return
+                    continue
+                await m.log(f"Assigning device {device.name}")
+                await m.goto("contact_lifeguard")
                 return
-            await m.log(f"Assigning device {device.name}")
-            await m.goto("contact_lifeguard")
             return
         if not info.named:
             if n >= ANY_FIND_LIMIT:

@@ -29,6 +29,30 @@ class Table(BrokerTest):
         self.assertIn("entering state finding_device", msgs)
         self.assertEqual(self.http.calls, [], "the slow HTTP work waits for contact_lifeguard's timeout")
 
+    async def test_a_lost_claim_race_tries_the_next_candidate_at_once(self) -> None:
+        """6.4: an integrity error on the claim means someone else got the device first."""
+        from mozpool.broker import selection
+        from mozpool.db.errors import Conflict
+
+        real_claim = selection.claim
+        lost: list[int] = []
+
+        def racing_claim(c, request_id: int, device_id: int) -> None:
+            if not lost:
+                lost.append(device_id)
+                raise Conflict("someone else got it first")
+            real_claim(c, request_id, device_id)
+
+        self.patch(selection, "claim", racing_claim)
+        created = await self.create()
+        rid = created["id"]
+        self.assertEqual(await self.state(rid), "contact_lifeguard", "no wait for the next attempt")
+        self.assertEqual(await self.counters(rid), {"finding_device": 1})
+        claimed = await self.claimed(rid)
+        lost_name = (await self.db.query("SELECT name FROM devices WHERE id = ?", (lost[0],)))[0][0]
+        self.assertNotEqual(claimed, lost_name)
+        self.assertIn(f"device {lost_name} was claimed by another request; trying another", await self.messages(rid))
+
     async def test_new_has_no_timer_and_accepts_find_device(self) -> None:
         await self.db.query(
             "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id, boot_config,"
