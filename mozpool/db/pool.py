@@ -31,8 +31,10 @@ RECONNECTABLE_MYSQL_ERRORS = frozenset({2006, 2013, 2014, 2045, 2055})
 #: Errors meaning "the server cannot be reached right now".
 UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {2002, 2003, 2005, 2026, 1040, 1053}
 
-#: The bound after which a query counts as failed (the API's 503 rule).
+#: The bound after which a running query counts as failed (the API's 503 rule).
 DEFAULT_TIMEOUT = 10.0
+#: The bound on a query's whole wait, time queued behind other work included.
+DEFAULT_QUEUE_TIMEOUT = 60.0
 
 
 def _plain(value: Any) -> Any:
@@ -118,12 +120,14 @@ class Database:
         reactor: IReactorTime,
         url: str,
         timeout: float = DEFAULT_TIMEOUT,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     ) -> None:
         self.pool = pool
         self.backend = backend
         self.url = url
         self._reactor = reactor
         self.timeout = timeout
+        self.queue_timeout = queue_timeout
 
     @property
     def mysql(self) -> bool:
@@ -178,11 +182,37 @@ class Database:
             return cls(pool, "mysql", reactor, url, timeout)
         raise ValueError(f"unsupported database URL {url!r} (use sqlite:/// or mysql://)")
 
-    def _interaction(self, txn: Any, fn: Callable[..., T], args: tuple, kw: dict) -> T:
-        return fn(Cursor(txn, self.mysql), *args, **kw)
+    def _attempt(self, fn: Callable[..., T], args: tuple, kw: dict) -> "defer.Deferred[T]":
+        """One try of an interaction.  Its ``timeout`` runs from the moment a pool thread starts
+        it, so a burst of work queued behind busy connections is served, not failed; the whole
+        wait, queue included, is bounded by ``queue_timeout``."""
+        holder: list[defer.Deferred[T]] = []
+        timers: list[Any] = []
+
+        def began() -> None:
+            if holder and not holder[0].called:
+                timers.append(self._reactor.callLater(self.timeout, holder[0].cancel))
+
+        def interaction(txn: Any) -> T:
+            self._reactor.callFromThread(began)  # type: ignore[attr-defined]
+            return fn(Cursor(txn, self.mysql), *args, **kw)
+
+        d = self.pool.runInteraction(interaction)
+        holder.append(d)
+        d.addTimeout(self.queue_timeout, self._reactor)
+
+        def stop_timers(result: Any) -> Any:
+            for t in timers:
+                if t.active():
+                    t.cancel()
+            return result
+
+        return d.addBoth(stop_timers)
 
     def _classify(self, err: BaseException) -> str:
         """'retry', 'unavailable' or 'other' for an exception from an interaction."""
+        if isinstance(err, (defer.TimeoutError, defer.CancelledError)):
+            return "timeout"
         if isinstance(err, adbapi.ConnectionLost):
             return "retry"
         if isinstance(err, pymysql.err.InterfaceError):
@@ -201,14 +231,12 @@ class Database:
 
     async def _run(self, fn: Callable[..., T], args: tuple, kw: dict) -> T:
         for attempt in (1, 2):
-            d = self.pool.runInteraction(self._interaction, fn, args, kw)
-            d.addTimeout(self.timeout, self._reactor)
             try:
-                return await d
-            except defer.TimeoutError:
-                raise DatabaseUnavailable(f"no answer from the database within {self.timeout:g} s")
+                return await self._attempt(fn, args, kw)
             except Exception as e:
                 kind = self._classify(e)
+                if kind == "timeout":
+                    raise DatabaseUnavailable(f"no answer from the database within {self.timeout:g} s") from e
                 if kind == "retry" and attempt == 1:
                     log.info("database connection lost ({error}); retrying once", error=e)
                     continue

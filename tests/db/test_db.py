@@ -178,6 +178,30 @@ class UnreachableDatabase(DatabaseTest):
 UnreachableDatabaseSQLite, UnreachableDatabaseMariaDB = on_both_backends(UnreachableDatabase)
 
 
+class QueryBounds(DatabaseTest):
+    """The 10 s bound (here 0.2 s) counts from when a query starts running, not while it waits
+    its turn: a burst is served; a query that hangs is answered DatabaseUnavailable."""
+
+    async def test_queued_query_is_served_and_a_stuck_one_fails(self) -> None:
+        import threading
+
+        from twisted.internet import task
+
+        self.db.timeout = 0.2
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        stuck = self.db.runInteraction(lambda c: gate.wait(10))  # holds SQLite's only connection
+        queued = self.db.query("SELECT 1") if self.backend == "sqlite" else None
+        await task.deferLater(reactor, 0.4, gate.set)
+        with self.assertRaises(DatabaseUnavailable):
+            await stuck
+        if queued is not None:
+            self.assertEqual(await queued, [(1,)], "waiting behind the stuck query is not a failure")
+
+
+QueryBoundsSQLite, QueryBoundsMariaDB = on_both_backends(QueryBounds)
+
+
 class URLs(DatabaseTest):
     def setUp(self) -> None:
         pass
