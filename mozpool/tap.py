@@ -301,7 +301,10 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, http_client, broker.request_event)
     api = MozpoolAPI(db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware))
 
-    http = StreamServerEndpointService(serverFromString(reactor, _listen(config.port, config.listen_host)), makeSite(api))
+    http = StreamServerEndpointService(
+        serverFromString(reactor, _listen(config.port, config.listen_host)),
+        makeSite(api, access_log=config.extra.getboolean("server", "access_log", fallback=False)),
+    )
     http.setName("http")
     http.setServiceParent(top)
 

@@ -100,6 +100,7 @@ class FakeRelayBoard:
         self._stopped = True
         self._protocols: set[_BoardProtocol] = set()
         self._factory = Factory.forProtocol(lambda: _BoardProtocol(self))
+        self._factory.noisy = False  # a board re-listens after every connection
 
     # ----------------------------------------------------------------- life cycle
 

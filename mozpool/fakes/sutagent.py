@@ -297,6 +297,8 @@ class SUTAgentProtocol(Protocol):
 
 
 class SUTAgentFactory(Factory):
+    noisy = False  # one per simulated device, started at every boot
+
     def __init__(self, agent: "SimulatedSUTAgent") -> None:
         self.agent = agent
 
