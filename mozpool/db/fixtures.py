@@ -14,7 +14,8 @@ from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor, Database
 
 DEVICES_PER_BOARD = 32
-DEFAULT_RELAY_BASE_PORT = 40001
+#: Below Linux's ephemeral range (32768-60999), so outgoing connections never hold a board's port.
+DEFAULT_RELAY_BASE_PORT = 20001
 ENVIRONMENTS = ("prod", "staging")
 
 #: name -> (boot_config_keys, can_reuse, hidden, has_sut_agent, pxe config, second stage)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTCP, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -25,6 +26,8 @@ ACK = 85
 #: Rest after a connection before listening again.  A little under the client's 1 s recovery
 #: pause, so a client that keeps the spec's pause never races the re-listen.
 DEFAULT_RECOVERY_PAUSE = 0.9
+#: Seconds before trying again to listen on a port something else held for a moment.
+RELISTEN_RETRY = 0.1
 
 PowerListener = Callable[[int, int, bool], None]
 
@@ -107,7 +110,7 @@ class FakeRelayBoard:
     def start(self) -> int:
         """Listen (port 0 picks a free port) and return the bound port."""
         self._stopped = False
-        self._listen()
+        self._listen(again=False)
         return self.port
 
     def stop(self) -> Deferred[None]:
@@ -170,15 +173,24 @@ class FakeRelayBoard:
 
     # ----------------------------------------------------------------- listening
 
-    def _listen(self) -> None:
+    def _listen(self, again: bool = True) -> None:
         if self._stopped or self._refusing or self._listening is not None:
             return
         if self._closing:  # the old socket is not closed yet: listen once it is
             self._listen_when_closed = True
             return
-        self._listening = self._reactor.listenTCP(
-            self.port, self._factory, interface=self.interface  # type: ignore[arg-type]
-        )
+        try:
+            self._listening = self._reactor.listenTCP(
+                self.port, self._factory, interface=self.interface  # type: ignore[arg-type]
+            )
+        except CannotListenError as e:
+            if not again or self.port == 0:
+                raise
+            # Between connections the board gives its port up, as the real one does; something
+            # else (an outgoing connection's ephemeral port) may hold it for a moment.
+            log.warn("board on port {port} cannot listen again ({error}); retrying", port=self.port, error=e)
+            self._relisten = self._reactor.callLater(RELISTEN_RETRY, self._listen)  # type: ignore[attr-defined]
+            return
         self.port = self._listening.getHost().port  # type: ignore[attr-defined]
 
     def _stop_listening(self) -> Deferred[None]:

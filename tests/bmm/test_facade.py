@@ -61,7 +61,7 @@ class Facade(DatabaseTest):
     async def test_power_cycle_with_pxe(self) -> None:
         await self.bmm.power_cycle("panda-0001", "b2g-install", '{"b2gbase": "http://x/"}')
         await self.bmm.settle()
-        self.assertEqual(self.power.calls, [("power_cycle", "localhost:40001:bank1:relay1")])
+        self.assertEqual(self.power.calls, [("power_cycle", "localhost:20001:bank1:relay1")])
         text = pxe.read_pxe_config(self.root, "020100000000")
         self.assertIn("mobile-imaging-url=http://10.0.0.5/scripts/b2g-second-stage.sh", text)
         stored = await self.db.query("SELECT next_boot_config FROM devices WHERE name = 'panda-0001'")
@@ -82,8 +82,8 @@ class Facade(DatabaseTest):
     async def test_ping_sut_and_relay_test(self) -> None:
         self.assertTrue(await self.bmm.ping("panda-0001"))
         self.assertFalse(await self.bmm.ping("panda-0002"))
-        self.assertTrue(await self.bmm.relay_test("localhost-40001"))
-        self.assertEqual(self.power.calls, [("test", "localhost:40001")])
+        self.assertTrue(await self.bmm.relay_test("localhost-20001"))
+        self.assertEqual(self.power.calls, [("test", "localhost:20001")])
         with self.assertRaises(LookupError):
             await self.bmm.relay_test("nope")
         from mozpool.bmm.interfaces import DeviceInfo

@@ -84,7 +84,7 @@ class Answer:
 
 class APITest(DatabaseTest):
     """Mixin: ``self.api`` is server A's API; the database holds A's panda-0001..0003 and
-    B's bpanda-0001..0002 (relay boards localhost-40001 for A, localhost-50001 for B)."""
+    B's bpanda-0001..0002 (relay boards localhost-20001 for A, localhost-50001 for B)."""
 
     fqdn = A
 

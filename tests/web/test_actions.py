@@ -32,7 +32,7 @@ class Missing(APITest):
             ("GET", "/api/device/panda-0001/power-off/", None),
             ("POST", "/api/device/panda-0001/clear-pxe/", None),
             ("GET", "/api/device/panda-0001/ping/", None),
-            ("GET", "/api/relay/localhost-40001/test/", None),
+            ("GET", "/api/relay/localhost-20001/test/", None),
         ]
         for method, path, body in calls:
             answer = await self.error(501, method, path, body)
@@ -222,14 +222,14 @@ class Actions(APITest):
         await self.ok("POST", "/api/device/panda-0003/clear-pxe/")
         self.bmm.result = True
         self.assertEqual(await self.ok("GET", "/api/device/panda-0001/ping/"), {"success": True})
-        self.assertEqual(await self.ok("GET", "/api/relay/localhost-40001/test"), {"success": True})
+        self.assertEqual(await self.ok("GET", "/api/relay/localhost-20001/test"), {"success": True})
         self.bmm.result = False
         self.assertEqual(await self.ok("GET", "/api/device/panda-0001/ping"), {"success": False})
-        self.assertEqual(await self.ok("GET", "/api/relay/localhost-40001/test/"), {"success": False})
+        self.assertEqual(await self.ok("GET", "/api/relay/localhost-20001/test/"), {"success": False})
         self.assertEqual(self.bmm.calls, [
             ("power_off", "panda-0001"), ("power_off", "panda-0002"), ("clear_pxe", "panda-0003"),
-            ("ping", "panda-0001"), ("relay_test", "localhost-40001"),
-            ("ping", "panda-0001"), ("relay_test", "localhost-40001"),
+            ("ping", "panda-0001"), ("relay_test", "localhost-20001"),
+            ("ping", "panda-0001"), ("relay_test", "localhost-20001"),
         ])
         await self.error(404, "GET", "/api/relay/nope/test/")
         await self.error(405, "POST", "/api/device/panda-0001/ping/")

@@ -96,7 +96,7 @@ class Owner(APITest):
                                       headers={"Origin": origin})
             self.assertIsNone(answer.header("access-control-allow-origin"))
             await self.error(403, "GET", "/api/device/panda-0001/ping/", headers={"Origin": origin})
-            await self.error(403, "GET", "/api/relay/localhost-40001/test/", headers={"Origin": origin})
+            await self.error(403, "GET", "/api/relay/localhost-20001/test/", headers={"Origin": origin})
         rows = await self.sql("SELECT comments FROM devices WHERE name = 'panda-0001'")
         self.assertEqual(rows, [(None,)])
         self.no_calls()
