@@ -32,6 +32,19 @@ def free_port(kind: int = socket.SOCK_STREAM, count: int = 1) -> int:
     raise RuntimeError("no free port range")
 
 
+def free_board_ports(count: int) -> int:
+    """The first of ``count`` consecutive free TCP ports below the ephemeral range, where the
+    simulated boards (which give their port up between connections) are safe from outgoing
+    connections taking it."""
+    import random
+
+    for _ in range(500):
+        base = random.randrange(20000, 32000 - count)
+        if all(_free(base + i, socket.SOCK_STREAM) for i in range(count)):
+            return base
+    raise RuntimeError("no free board ports")
+
+
 def _free(port: int, kind: int) -> bool:
     s = socket.socket(socket.AF_INET, kind)
     try:
@@ -68,7 +81,7 @@ class Daemon:
         os.makedirs(self.dir)
         self.port = free_port()
         self.tftp_port = free_port(socket.SOCK_DGRAM)
-        self.relay_base = free_port(count=max(1, (fakes + 31) // 32))
+        self.relay_base = free_board_ports(max(1, (fakes + 31) // 32))
         self.fqdn = fqdn or f"127.0.0.1:{self.port}"
         self.db = db or "sqlite:///" + os.path.join(self.dir, "mozpool.sqlite")
         self.config_path = os.path.join(self.dir, "mozpool.ini")
