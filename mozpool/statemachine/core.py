@@ -125,7 +125,21 @@ class Machine:
         if state != old:
             await self.log(f"entering state {state}")
         if state in self.runner.kind.timeouts:
-            await self.runner.kind.enter(self, state)
+            generation = self.generation
+            try:
+                await self.runner.kind.enter(self, state)
+            except Exception as e:
+                if self.generation != generation:
+                    raise  # a later goto failed; it has set up its own retry
+                # The row says `state` but its entry action did not finish (the database went
+                # away, say).  Leave a deadline so the timeout path runs the entry again rather
+                # than leaving a transient state with no timer stuck for ever.
+                log.failure("entry action of {state} for {key} failed; will retry", state=state, key=self.key)
+                self.row.timeout = self.runner.retry_deadline()
+                try:
+                    await self.runner.write_state(self.row)
+                except Exception:
+                    log.warn("could not record the retry for {key}: {error}", key=self.key, error=e)
 
     async def log(self, message: str, level: str = "info", source: str = "statemachine") -> None:
         await self.runner.log(self.row, message, level, source)
@@ -164,6 +178,10 @@ class MachineRunner:
         if nominal is None:
             return None
         return deadline_text(self.clock.seconds() + self.scaled(nominal))
+
+    def retry_deadline(self) -> str:
+        """When to run a failed entry action again: one (scaled) poll interval from now."""
+        return deadline_text(self.clock.seconds() + self.scaled(POLL_INTERVAL))
 
     def now(self) -> str:
         return dbnow(self.clock)
@@ -247,9 +265,10 @@ class MachineRunner:
                 return
             await m.log(f"handling timeout on {m.state}", "debug")
             if not await self.kind.timeout(m):
-                await m.log(f"no timeout rule in state {m.state}", "warn")
-                m.row.timeout = None
-                await self.write_state(m.row)
+                # A state without a timeout rule only has a deadline when its entry action
+                # failed part-way (see Machine.goto): run it again.
+                await m.log(f"retrying the entry of state {m.row.state}", "warn")
+                await m.goto(m.row.state)
 
         await self._locked(key, work)
 

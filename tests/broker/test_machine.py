@@ -454,7 +454,7 @@ class Table(BrokerTest):
         await self.db.query("UPDATE requests SET state_timeout = '2026-11-26 11:00:00' WHERE id = ?", (rid,))
         await self.tick(0)
         self.assertEqual(await self.row(rid), ("ready", {"finding_device": 1}, None))
-        self.assertIn("no timeout rule in state ready", await self.messages(rid))
+        self.assertIn("retrying the entry of state ready", await self.messages(rid))
 
 
 TableSQLite, TableMariaDB = on_both_backends(Table)

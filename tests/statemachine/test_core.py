@@ -25,7 +25,7 @@ class Toy:
 
     async def event(self, m: Machine, event: str, args: dict[str, Any]) -> bool:
         self.trace.append(("event-start", event))
-        if self.gate is not None:
+        if self.gate is not None and m.key == "panda-0001":
             gate, self.gate = self.gate, None
             await gate
         self.trace.append(("event-end", event))
@@ -76,6 +76,27 @@ class Core(DatabaseTest):
     async def test_missing_machine(self) -> None:
         self.assertFalse(await self.runner.handle_event("nope", "go"))
         self.assertIsNone(await self.runner.state_change("nope", "idle", "waiting"))
+
+    async def test_a_failed_entry_action_is_retried_by_the_timeout_path(self) -> None:
+        """A transient state whose entry failed part-way is not left without a timer."""
+        calls = []
+        real_enter = self.toy.enter
+
+        async def flaky_enter(m: Machine, state: str) -> None:
+            calls.append(state)
+            if len(calls) == 1:
+                raise RuntimeError("database went away")
+            await real_enter(m, state)
+
+        self.toy.enter = flaky_enter  # type: ignore[method-assign]
+        await self.runner.state_change("panda-0001", "idle", "failed")
+        self.assertEqual((await self.row())[:2], ("failed", "2026-11-26 12:00:05"), "a retry deadline")
+        self.flushLoggedErrors(RuntimeError)
+        self.clock.advance(5)
+        await TimeoutDriver(self.runner, interval=1).tick()
+        self.assertEqual(calls, ["failed", "failed"])
+        self.assertEqual(await self.row(), ("failed", None, "{}"))
+        self.assertIn("retrying the entry of state failed", await self.messages())
 
     async def test_ignored_event_logged_and_nothing_changes(self) -> None:
         await self.runner.handle_event("panda-0001", "done")
