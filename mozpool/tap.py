@@ -18,7 +18,6 @@ from twisted.python import usage
 from mozpool import __version__
 from mozpool.config import Config, ConfigError, load_config
 from mozpool.db import catalog, devices, fixtures, schema
-from mozpool.db.errors import DatabaseError
 from mozpool.db.pool import Database
 from mozpool.db.purge import purge
 from mozpool.timeutil import dbnow
@@ -196,7 +195,9 @@ class MozpoolService(MultiService):
             try:
                 await prepare_database(self.db, self.config, self.reactor)
                 break
-            except (DatabaseError, OSError) as e:
+            except Exception as e:
+                # Not ready yet, or racing another server that is creating the same schema:
+                # every step of the preparation is safe to run again.
                 log.error("database not ready ({error}); retrying in {s:g} s", error=e, s=RETRY_START_INTERVAL)
                 await task.deferLater(self.reactor, RETRY_START_INTERVAL, lambda: None)
         if not self.running:

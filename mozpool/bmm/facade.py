@@ -77,7 +77,9 @@ class Hardware:
 
     def _sut(self, device: DeviceInfo, what: str, op: Callable[..., Any]) -> "defer.Deferred[bool]":
         async def go() -> bool:
-            result = await op(device.fqdn, lambda line: self.device_log(device.name, "sut", line))
+            lines: list[Any] = []
+            result = await op(device.fqdn, lambda line: lines.append(self.device_log(device.name, "sut", line)))
+            await defer.gatherResults([d for d in lines if isinstance(d, defer.Deferred)])
             if result:
                 await self.device_log(device.name, "sut", f"{what} ok")
             else:

@@ -546,6 +546,10 @@ class RelayClient:
         d.addTimeout(deadline, self._reactor, _timed_out)
 
         def failed(f: Failure) -> RelayResult:
+            if f.check(CancelledError) and self._reactor.seconds() < progress.started + deadline:
+                # The caller withdrew it (LifeGuard's state moved on): expected, not a fault.
+                log.info("{what} on {board} cancelled by its caller", what=what, board=str(address))
+                return RelayResult(False, "cancelled")
             reason = self._reason(f, address, progress)
             if f.check(RelayError, DeferredTimeoutError, neterror.ConnectError,
                        neterror.DNSLookupError):

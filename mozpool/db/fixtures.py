@@ -43,7 +43,12 @@ def _ensure(c: Cursor, select: str, key: tuple, insert: str, values: tuple) -> i
         c.execute(insert, values)
         return c.lastrowid
     except Conflict:
-        return int(c.scalar(select, key))
+        # Another server inserted it first.  In its own InnoDB snapshot this transaction may not
+        # see that row yet: then the whole seeding is tried again (the caller retries).
+        found = c.scalar(select, key)
+        if found is None:
+            raise
+        return int(found)
 
 
 def seed_catalog(c: Cursor) -> int:

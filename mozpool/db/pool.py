@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 #: PyMySQL client errors meaning "the connection went away": retry the interaction once.
 RECONNECTABLE_MYSQL_ERRORS = frozenset({2006, 2013, 2014, 2045, 2055})
+#: InnoDB gave up on the transaction (deadlock, lock wait timeout) and rolled it back: run it again.
+TRANSACTION_RETRY_ERRORS = frozenset({1213, 1205})
 #: Errors meaning "the server cannot be reached right now".
 UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {2002, 2003, 2005, 2026, 1040, 1053}
 
@@ -217,6 +219,8 @@ class Database:
             return "retry"
         if isinstance(err, pymysql.err.InterfaceError):
             return "retry"
+        if isinstance(err, pymysql.err.MySQLError) and err.args and err.args[0] in TRANSACTION_RETRY_ERRORS:
+            return "rerun"
         if isinstance(err, pymysql.err.OperationalError) and err.args:
             code = err.args[0]
             if code in RECONNECTABLE_MYSQL_ERRORS:
@@ -237,9 +241,11 @@ class Database:
                 kind = self._classify(e)
                 if kind == "timeout":
                     raise DatabaseUnavailable(f"no answer from the database within {self.timeout:g} s") from e
-                if kind == "retry" and attempt == 1:
-                    log.info("database connection lost ({error}); retrying once", error=e)
+                if kind in ("retry", "rerun") and attempt == 1:
+                    log.info("database: {error}; running the transaction again", error=e)
                     continue
+                if kind == "rerun":
+                    raise Conflict(f"transaction lost twice to concurrent work: {e}") from e
                 if kind in ("retry", "unavailable"):
                     raise DatabaseUnavailable(f"database unavailable: {e}") from e
                 raise

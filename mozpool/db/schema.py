@@ -81,8 +81,13 @@ async def create_schema(db: Database) -> int:
     def create(c: Cursor) -> None:
         if _has_schema_table(c, db.mysql):
             raise SchemaError("the database already has a schema; use `mozpool-db upgrade`")
-        for s in statements:
-            c.execute(s)
+        try:
+            for s in statements:
+                c.execute(s)
+        except Exception as e:
+            if "already exists" in str(e):  # another server created it at the same moment
+                raise SchemaError(f"the schema was being created by someone else: {e}") from e
+            raise
         c.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
 
     await db.runInteraction(create)

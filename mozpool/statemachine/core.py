@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mozpool.db import logs
 from mozpool.db.jsontext import loads_object
@@ -234,6 +235,24 @@ class MachineRunner:
     # -- serialization ----------------------------------------------------------------------
 
     async def _locked(self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None) -> Any:
+        """Run ``work`` under the machine's lock.  A caller that stops waiting (an HTTP client
+        that hung up, a bounded call that gave up) does not cancel the transition half-way: the
+        work runs on; only the wait is abandoned."""
+        inner = defer.Deferred.fromCoroutine(self._locked_work(key, work, missing))
+        outer: defer.Deferred[Any] = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            if not outer.called:
+                outer.callback(result)
+            elif isinstance(result, Failure):
+                log.failure("{kind} {key}: work finished after its caller left", result,
+                            kind=self.kind.log_kind, key=key)
+            return None
+
+        inner.addBoth(done)
+        return await outer
+
+    async def _locked_work(self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None) -> Any:
         key = str(key)
         lock = self._locks.setdefault(key, defer.DeferredLock())
         await lock.acquire()

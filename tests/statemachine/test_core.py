@@ -77,6 +77,15 @@ class Core(DatabaseTest):
         self.assertFalse(await self.runner.handle_event("nope", "go"))
         self.assertIsNone(await self.runner.state_change("nope", "idle", "waiting"))
 
+    async def test_a_caller_that_stops_waiting_does_not_cut_a_transition_short(self) -> None:
+        self.toy.gate = gate = defer.Deferred()
+        call = defer.Deferred.fromCoroutine(self.runner.handle_event("panda-0001", "go"))
+        call.cancel()  # e.g. the HTTP client hung up
+        self.failureResultOf(call, defer.CancelledError)
+        gate.callback(None)
+        self.assertEqual(await self.runner.current_state("panda-0001"), "waiting", "the work ran on")
+        self.assertEqual(self.toy.trace[-1], ("enter", "waiting"))
+
     async def test_a_failed_entry_action_is_retried_by_the_timeout_path(self) -> None:
         """A transient state whose entry failed part-way is not left without a timer."""
         calls = []
