@@ -546,7 +546,9 @@ class RelayClient:
         d.addTimeout(deadline, self._reactor, _timed_out)
 
         def failed(f: Failure) -> RelayResult:
-            if f.check(CancelledError) and self._reactor.seconds() < progress.started + deadline:
+            if f.check(CancelledError, neterror.ConnectingCancelledError) and (
+                self._reactor.seconds() < progress.started + deadline
+            ):
                 # The caller withdrew it (LifeGuard's state moved on): expected, not a fault.
                 log.info("{what} on {board} cancelled by its caller", what=what, board=str(address))
                 return RelayResult(False, "cancelled")

@@ -11,6 +11,7 @@ import treq
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from mozpool.db.fixtures import DEVICES_PER_BOARD
 from tests.support.mariadb import mariadbURL
 from tests.system.daemon import Daemon
 
@@ -28,11 +29,17 @@ async def raw_call(d: Daemon, method: str, url: str, body: Any = None) -> tuple[
     return response.code, headers, parsed
 
 
-async def two_servers(test: TestCase, fakes: int = 4, time_scale: float = 0.01) -> tuple[Daemon, Daemon]:
-    """A, then B once A answers (A creates the schema), on one fresh MariaDB database."""
+async def two_servers(
+    test: TestCase, fakes: int = 4, time_scale: float = 0.01, access_log: bool = False
+) -> tuple[Daemon, Daemon]:
+    """A, then B once A has created the schema and seeded its devices, on one fresh MariaDB database."""
     url = mariadbURL(test)
-    a = Daemon(test, fakes=fakes, db=url, time_scale=time_scale)
-    b = Daemon(test, fakes=fakes, db=url, time_scale=time_scale)
+    config = "[server]\naccess_log = true" if access_log else ""
+    for _ in range(20):
+        a = Daemon(test, fakes=fakes, db=url, time_scale=time_scale, config=config)
+        b = Daemon(test, fakes=fakes, db=url, time_scale=time_scale, config=config)
+        if distinct_tcp_ports(a, b, fakes):
+            break
     await a.start()
     # Answering /api/version/ is not enough: twistd binds the HTTP port (privilegedStartService)
     # before A has created the schema and seeded its devices.
@@ -40,6 +47,14 @@ async def two_servers(test: TestCase, fakes: int = 4, time_scale: float = 0.01) 
     await b.start()
     await owned_devices(b, fakes)
     return a, b
+
+
+def distinct_tcp_ports(a: Daemon, b: Daemon, fakes: int) -> bool:
+    """Daemon's free_port() probes and closes, so two probes can name the same port (seen: a
+    relay board on the HTTP port, every device failed_power_cycling); reject such a draw."""
+    boards = (fakes + DEVICES_PER_BOARD - 1) // DEVICES_PER_BOARD
+    ports = [a.port, b.port] + [d.relay_base + i for d in (a, b) for i in range(boards)]
+    return len(set(ports)) == len(ports) and a.tftp_port != b.tftp_port
 
 
 async def owned_devices(d: Daemon, count: int, timeout: float = 60) -> list[str]:
@@ -55,6 +70,16 @@ async def owned_devices(d: Daemon, count: int, timeout: float = 60) -> list[str]
     return await d.wait_for(seeded, timeout, f"{count} devices owned by {d.fqdn}")
 
 
+def daemon_errors(d: Daemon) -> list[str]:
+    """Log lines that mean a daemon bug: critical lines (an unexpected exception), and 500s.
+    The simulated devices' own critical lines (a simulated device hangs when its POST to the
+    API times out) are behaviour, not bugs."""
+    return [
+        line[:300] for line in d.log_text().splitlines()
+        if ("#critical]" in line and "[mozpool.fakes." not in line) or 'HTTP/1.1" 500' in line
+    ]
+
+
 def by_name(devices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {x["name"]: x for x in devices}
 
@@ -63,7 +88,7 @@ class TwoServers(TestCase):
     timeout = 300
 
     async def test_two_pools_on_one_database(self) -> None:
-        a, b = await two_servers(self)
+        a, b = await two_servers(self, access_log=True)
         self.assertNotEqual(a.fqdn, b.fqdn)
 
         # Both pools reach ready; either server lists all eight devices with their owners.
@@ -161,15 +186,17 @@ class TwoServers(TestCase):
         await a.wait_ready(timeout=120)
 
         for d in (a, b):
-            self.assertNotIn("Traceback", d.log_text())
-            self.assertNotIn('HTTP/1.1" 500', d.log_text())
+            self.assertEqual(daemon_errors(d), [], d.log_path)
 
     async def test_both_started_at_once(self) -> None:
         """Two daemons started at the same moment on an empty database: whichever loses the race
         to create the schema or to seed its devices retries, and both pools come up."""
         url = mariadbURL(self)
-        a = Daemon(self, fakes=3, db=url)
-        b = Daemon(self, fakes=3, db=url)
+        for _ in range(20):
+            a = Daemon(self, fakes=3, db=url)
+            b = Daemon(self, fakes=3, db=url)
+            if distinct_tcp_ports(a, b, 3):
+                break
         await defer.gatherResults([defer.ensureDeferred(a.start()), defer.ensureDeferred(b.start())])
         await defer.gatherResults([defer.ensureDeferred(owned_devices(a, 3)), defer.ensureDeferred(owned_devices(b, 3))])
         await a.wait_ready()
@@ -178,4 +205,4 @@ class TwoServers(TestCase):
         self.assertEqual({r["state"] for r in listed.values()}, {"ready"})
         for d in (a, b):
             self.assertIn(f"serving as {d.fqdn}", d.log_text())
-            self.assertNotIn("start-up failed", d.log_text())
+            self.assertEqual(daemon_errors(d), [], d.log_path)
