@@ -92,3 +92,31 @@ class PingToolCheck(DatabaseTest, TestCase):
         errors = [e for e in events if e.get("log_level").name == "error"]
         self.assertEqual(len(errors), 1)
         self.assertIn("fping not found", errors[0]["problem"])
+
+
+class TacFile(SynchronousTestCase):
+    def test_tac_builds_the_same_service_from_the_environment(self) -> None:
+        """`twistd -ny mozpool.tac` reads $MOZPOOL_CONFIG and builds the tap's service tree."""
+        import os
+
+        from twisted.application.service import IServiceCollection
+
+        import mozpool
+        from mozpool.tap import MozpoolService
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"[server]\nport = 0\nfqdn = tac.example.com\n[database]\nurl = sqlite:///{self.mktemp()}.sqlite\n"
+                    "[tftp]\nport = 0\n")
+        self.patch(os, "environ", dict(os.environ, MOZPOOL_CONFIG=path))
+        tac = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(mozpool.__file__))), "mozpool.tac")
+        namespace: dict = {}
+        with open(tac) as f:
+            exec(compile(f.read(), tac, "exec"), namespace)
+        services = list(IServiceCollection(namespace["application"]))
+        self.assertEqual(len(services), 1)
+        top = services[0]
+        self.assertIsInstance(top, MozpoolService)
+        self.assertEqual(top.config.server_fqdn, "tac.example.com")
+        self.assertEqual({s.name for s in top}, {"http", "lifeguard", "broker", "purge"})
+        top.db.close()
