@@ -19,6 +19,7 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mozpool.db.errors import Conflict, DatabaseUnavailable
 
@@ -191,9 +192,15 @@ class Database:
         holder: list[defer.Deferred[T]] = []
         timers: list[Any] = []
 
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            holder[0].cancel()
+
         def began() -> None:
             if holder and not holder[0].called:
-                timers.append(self._reactor.callLater(self.timeout, holder[0].cancel))
+                timers.append(self._reactor.callLater(self.timeout, expire))
 
         def interaction(txn: Any) -> T:
             self._reactor.callFromThread(began)  # type: ignore[attr-defined]
@@ -207,14 +214,18 @@ class Database:
             for t in timers:
                 if t.active():
                     t.cancel()
+            if expired and isinstance(result, Failure) and result.check(defer.CancelledError):
+                return Failure(defer.TimeoutError(f"query ran longer than {self.timeout:g} s"))
             return result
 
         return d.addBoth(stop_timers)
 
     def _classify(self, err: BaseException) -> str:
         """'retry', 'unavailable' or 'other' for an exception from an interaction."""
-        if isinstance(err, (defer.TimeoutError, defer.CancelledError)):
+        if isinstance(err, defer.TimeoutError):
             return "timeout"
+        if isinstance(err, defer.CancelledError):
+            return "cancelled"  # the caller stopped waiting (an HTTP client hung up)
         if isinstance(err, adbapi.ConnectionLost):
             return "retry"
         if isinstance(err, pymysql.err.InterfaceError):
@@ -239,6 +250,8 @@ class Database:
                 return await self._attempt(fn, args, kw)
             except Exception as e:
                 kind = self._classify(e)
+                if kind == "cancelled":
+                    raise
                 if kind == "timeout":
                     raise DatabaseUnavailable(f"no answer from the database within {self.timeout:g} s") from e
                 if kind in ("retry", "rerun") and attempt == 1:

@@ -252,3 +252,23 @@ class Upgrades(DatabaseTest):
 
 
 UpgradesSQLite, UpgradesMariaDB = on_both_backends(Upgrades)
+
+
+class CallerGoesAway(DatabaseTest):
+    """A caller that stops waiting (an HTTP client hung up) is not a database failure."""
+
+    async def test_cancel_is_not_unavailable(self) -> None:
+        import threading
+
+        from twisted.internet import defer
+
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        d = self.db.runInteraction(lambda c: gate.wait(10))
+        d.cancel()
+        gate.set()
+        failure = self.failureResultOf(d)
+        self.assertTrue(failure.check(defer.CancelledError), failure)
+
+
+CallerGoesAwaySQLite, CallerGoesAwayMariaDB = on_both_backends(CallerGoesAway)
