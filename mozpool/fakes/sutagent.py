@@ -339,6 +339,7 @@ class SimulatedSUTAgent:
         self._listening: IListeningPort | None = None
         self._connections: set[SUTAgentProtocol] = set()
         self._restart: IDelayedCall | None = None
+        self._busy_tries = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -359,10 +360,18 @@ class SimulatedSUTAgent:
             except CannotListenError:
                 if self.port == 0:
                     raise
+                self._busy_tries += 1
+                if self._busy_tries > 5:
+                    # Something else (an outgoing connection's ephemeral port) holds it: move.
+                    # The pool tells the SUT client the agent's current port.
+                    log.info("simulated SUT agent: port {port} taken, moving", port=self.port)
+                    self.port = 0
+                    return self.start()
                 # The previous listener on this port may still be closing: try again shortly.
                 log.info("simulated SUT agent: port {port} busy, retrying", port=self.port)
                 self._restart = self.clock.callLater(0.1, self.start)
                 return self.port
+            self._busy_tries = 0
             self.port = self._listening.getHost().port
         return self.port
 

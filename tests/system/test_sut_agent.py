@@ -229,3 +229,19 @@ class RawAgentTests(TestCase):
             b"quit\n$>\x00",
         )
         self.assertEqual(agent.commands, ["VER", "mkdr /mnt/sdcard", "foo bar", "isdir", "quit"])
+
+
+class AgentPortTaken(TestCase):
+    async def test_agent_moves_when_its_port_stays_taken(self) -> None:
+        """A rebooting simulated device whose old port something else holds comes up elsewhere."""
+        agent = SimulatedSUTAgent(reactor)
+        first = agent.start()
+        await agent.stop(True)
+        squatter = reactor.listenTCP(first, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(squatter.stopListening)
+        agent.start()
+        await deferLater(reactor, 1.0, lambda: None)
+        self.addCleanup(agent.stop, True)
+        self.assertNotEqual(agent.port, first)
+        result = await SUTClient(reactor, SUTTimings(connect=2, idle=2, verify=3), addressFor=lambda fqdn: ("127.0.0.1", agent.port)).verify("d")
+        self.assertTrue(result, result)
