@@ -547,15 +547,25 @@ async def _enter_ready(o: Ops) -> None:
         o.start("ping", o.hardware.ping, facts.info, ok=None, fail="failed")
 
 
+async def _has_relay(o: Ops, facts: queries.DeviceFacts) -> bool:
+    """Both power-cycling states need a relay; without one the device has failed."""
+    if facts.info.relay_info:
+        return True
+    await o.m.log("no relay information: cannot power-cycle", "error")
+    await o.m.goto("failed_power_cycling")
+    return False
+
+
+def _power_cycle(o: Ops, facts: queries.DeviceFacts, fail: str | None = "power_cycle_failed") -> None:
+    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail=fail, exclusive=True)
+
+
 async def _enter_pc_power_cycling(o: Ops) -> None:
     facts = await o.facts()
-    if not facts.info.relay_info:
-        await o.m.log("no relay information: cannot power-cycle", "error")
-        await o.m.goto("failed_power_cycling")
+    if not await _has_relay(o, facts):
         return
     o.clear_pxe(facts.info)
-    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail="power_cycle_failed",
-            exclusive=True)
+    _power_cycle(o, facts)
 
 
 async def _enter_pc_pinging(o: Ops) -> None:
@@ -586,9 +596,7 @@ async def _enter_start_maintenance(o: Ops) -> None:
 
 async def _enter_pxe_power_cycling(o: Ops) -> None:
     facts = await o.facts()
-    if not facts.info.relay_info:
-        await o.m.log("no relay information: cannot power-cycle", "error")
-        await o.m.goto("failed_power_cycling")
+    if not await _has_relay(o, facts):
         return
     contents = await o.pxe_contents(facts.next_image)
     if contents is None:
@@ -596,8 +604,7 @@ async def _enter_pxe_power_cycling(o: Ops) -> None:
         await o.m.goto("failed_pxe_booting")
         return  # D2: no power cycle after the transition
     o.set_pxe(facts.info, contents)
-    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail="power_cycle_failed",
-            exclusive=True)
+    _power_cycle(o, facts)
 
 
 async def _enter_sut_verifying(o: Ops) -> None:
@@ -607,7 +614,7 @@ async def _enter_sut_verifying(o: Ops) -> None:
 
 async def _enter_sut_verify_power_cycle(o: Ops) -> None:
     facts = await o.facts()
-    o.start("power cycle", o.hardware.power_cycle, facts.info, ok="power_cycle_ok", fail=None, exclusive=True)
+    _power_cycle(o, facts, fail=None)  # a failed cycle here waits for the timeout (as the original)
 
 
 async def _enter_sut_sdcard_verifying(o: Ops) -> None:
