@@ -308,7 +308,7 @@ class Ops:
 
         op.deferred = d = defer.maybeDeferred(call, info)
         if exclusive:
-            key = (m.key, what)
+            key = m.key
             self.kind.in_flight[key] = op
 
             def finished(result: Any) -> Any:
@@ -669,8 +669,8 @@ class DeviceKind:
     def __init__(self, hardware: IDeviceHardware, results: ImagingResults) -> None:
         self.hardware = hardware
         self.results = results
-        #: (device, operation) -> the exclusive operation still running for it
-        self.in_flight: dict[tuple[str, str], _Operation] = {}
+        #: device -> the exclusive operation (a power cycle) still running for it
+        self.in_flight: dict[str, _Operation] = {}
 
     def restore(self, m: Machine) -> tuple[DeviceInputs, Ops]:
         """The Automat machine in the row's state (an unknown name reads as ``unknown``)."""
@@ -708,8 +708,9 @@ class DeviceKind:
                 action()
 
     async def enter(self, m: Machine, state: str) -> None:
-        for key in [k for k in self.in_flight if k[0] == m.key]:
-            self.in_flight.pop(key).supersede()
+        running = self.in_flight.pop(m.key, None)
+        if running is not None:
+            running.supersede()
         action = ENTRY.get(state)
         if action is not None:
             await action(Ops(self, m))
