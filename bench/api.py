@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    Ceiling, Daemon, MariaDB, free_port, get_json, http_call, load_fixture, say, sql, table, wrk,
+    Backends, Ceiling, Daemon, finish, free_port, get_json, http_call, load_fixture, say, sql, table, wrk,
 )
 
 STATE_PATH = "/api/device/panda-%04d/state/?cache=1"
@@ -122,19 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = tempfile.mkdtemp(prefix="mozpool-bench-api-")
     results: dict[str, dict[str, Any]] = {}
-    mariadb = None
+    backends = Backends(options.backends, workdir)
     try:
-        for backend in options.backends.split(","):
+        for backend, url in backends:
             say(f"[{backend}] loading {options.devices} devices and starting the daemon ...")
-            if backend == "sqlite":
-                url = "sqlite:///" + os.path.join(workdir, "mozpool.sqlite")
-            else:
-                try:
-                    mariadb = mariadb or MariaDB()
-                except Exception as e:
-                    say(f"[mariadb] skipped: {e}")
-                    continue
-                url = mariadb.database()
             results[backend] = measure_daemon(backend, url, os.path.join(workdir, backend), options)
             r = results[backend]
             say(f"[{backend}] fixture {r['load_s']:.1f} s, daemon answering after {r['startup_s']:.1f} s, "
@@ -146,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         say("[ceiling] bare twisted.web resource serving the captured bodies ...")
         ceiling = measure_ceiling(workdir, first["list_body"], first["state_body"], options)
     finally:
-        if mariadb is not None:
-            mariadb.close()
+        backends.close()
 
     rows = []
     for name, r in [*results.items(), ("ceiling", ceiling)]:
@@ -182,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 say("    " + line)
         if "profile" in r:
             print_profile(r["profile"])
-    if options.keep:
-        say(f"work directory kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(workdir, options.keep)
     if not ok_all:
         say("(a missed target is reported, not an error: exit status 0)")
     return 0

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -268,6 +268,49 @@ class MariaDB:
 
     def close(self) -> None:
         self.server.close()
+
+
+class Backends:
+    """The back-ends a benchmark runs on, each with a fresh database: SQLite in ``workdir``, and a
+    private MariaDB started on first use (skipped with a message when it cannot start)."""
+
+    def __init__(self, names: str, workdir: str) -> None:
+        self.names = names.split(",")
+        self.workdir = workdir
+        self.mariadb: MariaDB | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for backend in self.names:
+            if backend == "sqlite":
+                yield backend, "sqlite:///" + os.path.join(self.workdir, "mozpool.sqlite")
+                continue
+            try:
+                self.mariadb = self.mariadb or MariaDB()
+            except Exception as e:
+                say(f"[mariadb] skipped: {e}")
+                continue
+            yield backend, self.mariadb.database()
+
+    def close(self) -> None:
+        if self.mariadb is not None:
+            self.mariadb.close()
+
+
+def report_log_problems(r: dict[str, Any]) -> None:
+    """The daemon-log findings every benchmark prints after its table."""
+    if r["tick_skips"]:
+        say(f"    'timeout tick still running; skipping one' logged {r['tick_skips']} times")
+    if r["problems"]:
+        say("    log problems:")
+        for line in r["problems"]:
+            say("      " + line)
+
+
+def finish(workdir: str, keep: bool) -> None:
+    if keep:
+        say(f"work directory kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def sql(db_url: str, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    Daemon, free_port_range, get_json, http_call, raise_fd_limit, say, table,
+    Daemon, finish, free_port_range, get_json, http_call, raise_fd_limit, report_log_problems, say, table,
 )
 from mozpool.bmm.relay import RelayTiming  # noqa: E402
 from mozpool.fakes.device import PHASE_DURATIONS, REBOOT_SECONDS  # noqa: E402
@@ -192,16 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                      for i, (at, st) in enumerate(tl)]
             say(f"    first request, device states (s in each, 10 ms polling; first seen at {tl[0][0]:.2f} s): "
                 + ", ".join(steps))
-        if r["tick_skips"]:
-            say(f"    'timeout tick still running; skipping one' logged {r['tick_skips']} times")
-        if r["problems"]:
-            say("    log problems:")
-            for line in r["problems"]:
-                say("      " + line)
-    if options.keep:
-        say(f"work directory kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+        report_log_problems(r)
+    finish(workdir, options.keep)
     return 0
 
 

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -35,8 +34,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    Daemon, MariaDB, cpu_seconds, free_port, free_port_range, get_json, load_fixture, raise_fd_limit, say, sql,
-    sql_executemany, sql_query, table, utc_text,
+    Backends, Daemon, MariaDB, cpu_seconds, finish, free_port, free_port_range, get_json, load_fixture,
+    raise_fd_limit, report_log_problems, say, sql, sql_executemany, sql_query, table, utc_text,
 )
 
 DEVICES_PER_BOARD = 32
@@ -231,24 +230,14 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = tempfile.mkdtemp(prefix="mozpool-bench-pool-")
     results: dict[str, dict[str, Any]] = {}
-    mariadb = None
+    backends = Backends(options.backends, workdir)
     try:
-        for backend in options.backends.split(","):
+        for backend, url in backends:
             say(f"[{backend}] seeding {options.devices:,} ready devices and starting the daemon (--fakes) ...")
-            if backend == "sqlite":
-                url = "sqlite:///" + os.path.join(workdir, "mozpool.sqlite")
-            else:
-                try:
-                    mariadb = mariadb or MariaDB()
-                except Exception as e:
-                    say(f"[mariadb] skipped: {e}")
-                    continue
-                url = mariadb.database()
             results[backend] = run_backend(backend, url, os.path.join(workdir, backend), options,
-                                           mariadb if backend != "sqlite" else None)
+                                           backends.mariadb if backend != "sqlite" else None)
     finally:
-        if mariadb is not None:
-            mariadb.close()
+        backends.close()
 
     say(f"\n{options.devices:,} devices in ready at time scale 1 (health check every 600 s each), "
         f"{os.cpu_count()} CPUs")
@@ -280,17 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             say(f"    request errors ({a['n_errors']}): {a['errors']}")
         say(f"    request states at the end: {a['states']}; slowest connect {a['connect_max_ms']:.0f} ms; "
             f"95% assigned after {a['t95_s'] if a['t95_s'] is None else round(a['t95_s'], 2)} s; "
-            f"{r['claim_conflicts']} claims lost to another request (each waits the 10 s finding_device timeout)")
-        if r["tick_skips"]:
-            say(f"    'timeout tick still running; skipping one' logged {r['tick_skips']} times")
-        if r["problems"]:
-            say("    log problems:")
-            for line in r["problems"]:
-                say("      " + line)
-    if options.keep:
-        say(f"work directory kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+            f"{r['claim_conflicts']} claims lost to another request (each retried at once on another device)")
+        report_log_problems(r)
+    finish(workdir, options.keep)
     return 0
 
 
