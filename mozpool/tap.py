@@ -130,12 +130,7 @@ async def check_ping_tool(db: Database, config: Config) -> None:
 
     if config.fakes or config.extra.get("ping", "method", fallback="fping") != "fping":
         return
-    owned = await db.runInteraction(
-        lambda c: c.scalar(
-            "SELECT COUNT(*) FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id WHERE s.fqdn = ?",
-            (config.server_fqdn,),
-        )
-    )
+    owned = await db.runInteraction(devices.count_owned, config.server_fqdn)
     if owned:
         try:
             checkFping(config.extra.get("ping", "fping", fallback=None))
@@ -154,12 +149,7 @@ async def prepare_database(db: Database, config: Config, clock: Any) -> None:
     fqdn = config.server_fqdn
     await catalog.ensure_server(db, fqdn)
     if config.fakes:
-        owned = await db.runInteraction(
-            lambda c: c.scalar(
-                "SELECT COUNT(*) FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id WHERE s.fqdn = ?",
-                (fqdn,),
-            )
-        )
+        owned = await db.runInteraction(devices.count_owned, fqdn)
         if not owned:
             taken = set(await devices.list_names(db))
             prefix = "panda" if not taken else fqdn.split(".")[0].replace(":", "-") + "-panda"

@@ -43,10 +43,6 @@ def list_details(db: Database) -> Any:
     return db.runInteraction(q)
 
 
-def get_details(c: Cursor, name: str) -> dict[str, Any] | None:
-    row = c.execute(_DETAIL_SQL + " WHERE d.name = ?", (name,)).fetchone()
-    return None if row is None else _detail(row)
-
 
 def owner(c: Cursor, name: str) -> tuple[int, str] | None:
     """(device id, owning server's fqdn), or None for an unknown device."""
@@ -58,13 +54,16 @@ def owner(c: Cursor, name: str) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), row[1])
 
 
-def device_id(c: Cursor, name: str) -> int | None:
-    found = c.scalar("SELECT id FROM devices WHERE name = ?", (name,))
-    return None if found is None else int(found)
 
 
-def get_state(c: Cursor, name: str) -> str | None:
-    return c.scalar("SELECT state FROM devices WHERE name = ?", (name,))
+def count_owned(c: Cursor, server_fqdn: str) -> int:
+    """How many devices the server ``server_fqdn`` owns."""
+    return int(
+        c.scalar(
+            "SELECT COUNT(*) FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id WHERE s.fqdn = ?",
+            (server_fqdn,),
+        )
+    )
 
 
 def all_states(db: Database) -> Any:
@@ -76,18 +75,7 @@ def all_states(db: Database) -> Any:
     return db.runInteraction(q)
 
 
-def get_next_boot_config(c: Cursor, name: str) -> tuple[bool, str | None]:
-    """(exists, next_boot_config text)."""
-    row = c.execute("SELECT next_boot_config FROM devices WHERE name = ?", (name,)).fetchone()
-    return (False, None) if row is None else (True, row[0])
 
-
-def set_comments(c: Cursor, name: str, comments: str | None) -> None:
-    c.execute("UPDATE devices SET comments = ? WHERE name = ?", (comments, name))
-
-
-def set_environment(c: Cursor, name: str, environment: str) -> None:
-    c.execute("UPDATE devices SET environment = ? WHERE name = ?", (environment, name))
 
 
 def relay_board_owner(c: Cursor, name: str) -> tuple[str, str] | None:

@@ -77,13 +77,3 @@ def public_request(request: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",
             "assigned_device", "url")
     return {k: request[k] for k in keys}
-
-
-def owner(c: Cursor, request_id: int) -> str | None:
-    """The owning server's fqdn, or None for an unknown request."""
-    if request_id > MAX_REQUEST_ID:
-        return None
-    return c.scalar(
-        "SELECT s.fqdn FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id WHERE r.id = ?",
-        (request_id,),
-    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -21,12 +21,12 @@ from zope.interface import implementer
 
 from mozpool.bmm.interfaces import IDeviceHardware
 from mozpool.db.pool import Database
+from mozpool.errors import UnknownObject
 from mozpool.lifeguard import queries
+from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
 from mozpool.lifeguard.machine import TRANSIENT, DeviceKind
 from mozpool.lifeguard.results import NOTIFY_TIMEOUT, ImagingResults, RequestEvents
 from mozpool.statemachine.core import MachineRunner, TimeoutDriver
-from mozpool.errors import UnknownObject
-from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
 
 log = Logger()
 
@@ -119,16 +119,3 @@ class LifeGuardService(MultiService):
         if self._resuming is not None:
             waits.append(self._resuming)
         return defer.gatherResults(waits, consumeErrors=True)
-
-
-def makeLifeGuardService(
-    db: Database,
-    clock: IReactorTime,
-    hardware: IDeviceHardware,
-    server_fqdn: str,
-    time_scale: float = 1.0,
-    http_client: Any = None,
-    request_events: RequestEvents | None = None,
-) -> IService:
-    """A started-on-demand LifeGuard service; its ``lifeguard`` attribute is the ``ILifeGuard``."""
-    return LifeGuard(db, clock, hardware, server_fqdn, time_scale, http_client, request_events).makeService()

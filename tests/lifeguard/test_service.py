@@ -6,7 +6,7 @@ from twisted.application.service import IService
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from mozpool.lifeguard.service import LifeGuard, makeLifeGuardService
+from mozpool.lifeguard.service import LifeGuard
 from mozpool.errors import UnknownObject
 from mozpool.web.interfaces import ILifeGuard, StateMismatch
 from tests.lifeguard.support import DEV, FQDN, LifeGuardTest
@@ -59,7 +59,7 @@ class Api(LifeGuardTest):
 
 class Service(LifeGuardTest):
     async def test_make_service(self) -> None:
-        service = makeLifeGuardService(self.db, self.clock, self.hw, FQDN, 0.5)
+        service = LifeGuard(self.db, self.clock, self.hw, FQDN, 0.5).makeService()
         self.assertTrue(IService.providedBy(service))
         self.assertIsInstance(service.lifeguard, LifeGuard)  # type: ignore[attr-defined]
         self.assertEqual(service.lifeguard.driver.interval, 5.0)  # type: ignore[attr-defined]
