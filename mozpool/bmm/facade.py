@@ -50,6 +50,8 @@ class Hardware:
         self.tftp_root = tftp_root
         self.ipaddress = ipaddress
         self.device_log = device_log
+        #: log lines of synchronous operations still being written
+        self.log_writes: set[defer.Deferred[Any]] = set()
 
     async def _relay(self, device: DeviceInfo, what: str, op: Callable[[Any], Any]) -> bool:
         await self.device_log(device.name, "bmm", f"{what} started")
@@ -96,11 +98,18 @@ class Hardware:
 
     def set_pxe(self, device: DeviceInfo, contents: str) -> None:
         pxe.set_pxe_config(self.tftp_root, device.mac_address, contents, self.ipaddress)
-        self.device_log(device.name, "bmm", "PXE config set")
+        self._log_later(device, "PXE config set")
 
     def clear_pxe(self, device: DeviceInfo) -> None:
         pxe.clear_pxe_config(self.tftp_root, device.mac_address)
-        self.device_log(device.name, "bmm", "PXE config cleared")
+        self._log_later(device, "PXE config cleared")
+
+    def _log_later(self, device: DeviceInfo, message: str) -> None:
+        """The PXE calls are synchronous: their log lines are written in the background."""
+        d = self.device_log(device.name, "bmm", message)
+        if isinstance(d, defer.Deferred) and not d.called:
+            self.log_writes.add(d)
+            d.addBoth(lambda r: (self.log_writes.discard(d), r)[1])
 
 
 def device_info(c: Cursor, name: str) -> DeviceInfo | None:
@@ -134,8 +143,8 @@ class BMMActions:
         d.addBoth(lambda _: self.in_flight.discard(d))
 
     def settle(self) -> "defer.Deferred[Any]":
-        """Fires when every operation started so far has ended."""
-        return defer.gatherResults(list(self.in_flight))
+        """Fires when every operation started so far has ended, its log lines written."""
+        return defer.gatherResults(list(self.in_flight) + list(self.hardware.log_writes))
 
     async def _device(self, name: str) -> DeviceInfo:
         info = await self.db.runInteraction(device_info, name)
