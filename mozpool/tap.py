@@ -210,15 +210,21 @@ class MozpoolService(MultiService):
         self.ready.callback(None)
 
     def stopService(self) -> "defer.Deferred[Any]":
+        """Children stop one after another, last started first: the drivers finish their work
+        in hand while the (simulated) hardware and the API they use are still there."""
         Service.stopService(self)
-        stopping = []
-        if self._children_running:
-            self._children_running = False
-            for child in reversed(list(self)):
-                stopping.append(defer.maybeDeferred(child.stopService))
-        d = defer.DeferredList(stopping)
-        d.addBoth(lambda _: self.db.close())
-        return d
+        running, self._children_running = self._children_running, False
+
+        async def stop_all() -> None:
+            if running:
+                for child in reversed(list(self)):
+                    try:
+                        await defer.maybeDeferred(child.stopService)
+                    except Exception:
+                        log.failure("stopping {name} failed", name=child.name)
+            self.db.close()
+
+        return defer.Deferred.fromCoroutine(stop_all())
 
 
 def _loopback_or(host: str) -> str:
@@ -306,6 +312,10 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         tftp.setName("tftp")
         tftp.setServiceParent(top)
 
+    if fakes is not None:
+        # The simulated hardware comes up before LifeGuard watches it, and goes after.
+        fakes.setServiceParent(top)
+
     lifeguard.makeService().setServiceParent(top)
     brokers = BrokerService(broker)
     brokers.setName("broker")
@@ -323,9 +333,6 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     purger.clock = reactor
     purger.setName("purge")
     purger.setServiceParent(top)
-
-    if fakes is not None:
-        fakes.setServiceParent(top)
 
     if config.manhole_endpoint:
         from mozpool.manhole import makeManholeService

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -74,5 +75,13 @@ def send_event(
     (:class:`ContactFailed`, ``defer.TimeoutError`` or a transport error)."""
     data = json.dumps(body).encode("utf-8")
     d = defer.Deferred.fromCoroutine(_post_once_following(http, event_url(server, device, event), data))
-    d.addTimeout(bound, clock)
+    d.addTimeout(bound, clock, onTimeoutCancel=_timed_out)
     return d
+
+
+def _timed_out(result: Any, bound: float) -> Any:
+    """Whatever the cancel became (a connection attempt fails with ConnectingCancelledError,
+    not CancelledError), a POST cut off by its bound is a TimeoutError."""
+    if isinstance(result, Failure):
+        raise defer.TimeoutError(f"LifeGuard did not answer within {bound:g} s")
+    return result

@@ -318,27 +318,17 @@ class RequestKind:
     async def find(self, m: Machine) -> None:
         """Device selection (2.4)."""
         n = await m.incr("finding_device")
-        await m.db.runInteraction(selection.clear_claim, m.id)
         info = await m.db.runInteraction(selection.request_info, m.id)
         assert info is not None
-        candidates = await m.db.runInteraction(selection.available_devices, info)
-        if candidates:
-            # A lost claim race means "someone else got it first": try the next candidate at once
-            # (bmm-protocols 6.4), a few times, before leaving it to the next attempt (R3).
-            for _ in range(CLAIM_TRIES):
-                device = selection.choose(candidates, info, self.rng)
-                try:
-                    await m.db.runInteraction(selection.claim, m.id, device.id)
-                except Conflict:
-                    await m.log(f"device {device.name} was claimed by another request; trying another")
-                    candidates = [c for c in candidates if c.id != device.id]
-                    if not candidates:
-                        return
-                    continue
-                await m.log(f"Assigning device {device.name}")
-                await m.goto("contact_lifeguard")
-                return
+        draws = [self.rng.random() for _ in range(CLAIM_TRIES)]
+        claimed = await m.db.runInteraction(selection.pick_and_claim, info, draws)
+        for name in claimed.lost:
+            await m.log(f"device {name} was claimed by another request; trying another")
+        if claimed.device is not None:
+            await m.goto("contact_lifeguard", why=f"Assigning device {claimed.device.name}")
             return
+        if claimed.lost:
+            return  # lost every race: the next attempt comes with the state's timeout (R3)
         if not info.named:
             if n >= ANY_FIND_LIMIT:
                 await m.log(f"no suitable device found after {n} attempts", "warn")

@@ -8,10 +8,10 @@ unique indexes decide races between requests, never a read before the write.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
+from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor
 
 #: Stands for boot_config text that does not parse: equal to nothing, not even itself.
@@ -41,6 +41,7 @@ class RequestInfo:
     requested_device: str
     environment: str
     image: str
+    image_id: int
     boot_config: str
     reusable: bool
 
@@ -53,8 +54,6 @@ class RequestInfo:
 class Candidate:
     id: int
     name: str
-    image: str | None
-    boot_config: str | None
 
 
 @dataclass(frozen=True)
@@ -70,48 +69,83 @@ class Assignment:
     imaging_result: str | None
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """What one selection did: the device claimed (None: nothing left to claim) and the
+    devices lost to other requests on the way."""
+
+    device: Candidate | None
+    lost: tuple[str, ...] = ()
+
+
 def request_info(c: Cursor, request_id: int) -> RequestInfo | None:
     row = c.execute(
-        "SELECT r.id, r.requested_device, r.environment, i.name, r.boot_config, i.can_reuse"
+        "SELECT r.id, r.requested_device, r.environment, i.name, i.id, r.boot_config, i.can_reuse"
         " FROM requests r JOIN images i ON i.id = r.image_id WHERE r.id = ?",
         (request_id,),
     ).fetchone()
     if row is None:
         return None
-    return RequestInfo(int(row[0]), row[1], row[2] or "any", row[3], row[4] or "{}", bool(row[5]))
-
-
-def available_devices(c: Cursor, request: RequestInfo) -> list[Candidate]:
-    """Devices in state ``ready`` that no request holds, matching name and environment."""
-    sql = (
-        "SELECT d.id, d.name, i.name, d.boot_config FROM devices d"
-        " LEFT JOIN images i ON i.id = d.image_id"
-        " LEFT JOIN device_requests dr ON dr.device_id = d.id"
-        " WHERE d.state = 'ready' AND dr.device_id IS NULL"
+    return RequestInfo(
+        int(row[0]), row[1], row[2] or "any", row[3], int(row[4]), row[5] or "{}", bool(row[6])
     )
-    params: list[Any] = []
+
+
+_AVAILABLE = (
+    " FROM devices d LEFT JOIN device_requests dr ON dr.device_id = d.id"
+    " WHERE d.state = 'ready' AND dr.device_id IS NULL"
+)
+
+
+def _available(request: RequestInfo, exclude: Sequence[int]) -> tuple[str, list[Any]]:
+    """FROM/WHERE of the devices in state ``ready`` that no request holds, matching the
+    request's name and environment, less ``exclude``."""
+    sql, params = _AVAILABLE, []
     if request.named:
         sql += " AND d.name = ?"
         params.append(request.requested_device)
     if request.environment != "any":
         sql += " AND d.environment = ?"
         params.append(request.environment)
-    rows = c.execute(sql + " ORDER BY d.name", params).fetchall()
-    return [Candidate(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    if exclude:
+        sql += f" AND d.id NOT IN ({', '.join('?' * len(exclude))})"
+        params.extend(exclude)
+    return sql, params
 
 
-def choose(candidates: list[Candidate], request: RequestInfo, rng: random.Random) -> Candidate:
-    """Uniformly among the candidates; for a reusable image, among those already holding it with
-    an equal boot_config when there is at least one."""
-    pool = candidates
+def _nth(c: Cursor, where: str, params: list[Any], n: int) -> Candidate | None:
+    row = c.execute(f"SELECT d.id, d.name{where} ORDER BY d.name LIMIT 1 OFFSET ?", [*params, n]).fetchone()
+    return None if row is None else Candidate(int(row[0]), row[1])
+
+
+def pick(c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = ()) -> Candidate | None:
+    """One available device, uniformly by ``draw`` (in [0, 1)); for a reusable image, among
+    those already holding it with an equal boot_config when there is at least one.
+
+    The database counts and skips: only the chosen row crosses to Python, so a selection costs
+    the same few queries with 10 devices or 10,000.  Boot configs are compared as parsed JSON,
+    once per distinct text."""
+    where, params = _available(request, exclude)
     if request.reusable:
-        holding = [
-            d for d in candidates
-            if d.image == request.image and same_boot_config(d.boot_config, request.boot_config)
-        ]
-        if holding:
-            pool = holding
-    return pool[rng.randrange(len(pool))]
+        held = where + " AND d.image_id = ?"
+        groups = c.execute(
+            f"SELECT d.boot_config, COUNT(*){held} GROUP BY d.boot_config", [*params, request.image_id]
+        ).fetchall()
+        same = sorted(
+            ((text, int(n)) for text, n in groups if same_boot_config(text, request.boot_config)),
+            key=lambda g: (g[0] is not None, g[0] or ""),
+        )
+        k = int(draw * sum(n for _, n in same))
+        for text, n in same:
+            if k < n:
+                if text is None:
+                    return _nth(c, held + " AND d.boot_config IS NULL", [*params, request.image_id], k)
+                return _nth(c, held + " AND d.boot_config = ?", [*params, request.image_id, text], k)
+            k -= n
+    total = int(c.scalar(f"SELECT COUNT(*){where}", params) or 0)
+    if total == 0:
+        return None
+    return _nth(c, where, params, int(draw * total))
 
 
 def claim(c: Cursor, request_id: int, device_id: int) -> None:
@@ -122,8 +156,31 @@ def claim(c: Cursor, request_id: int, device_id: int) -> None:
     )
 
 
+def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float]) -> Claimed:
+    """Drop the request's old claim, then pick and claim a device, one ``draw`` per try.
+
+    The INSERT of the claim is the only guard: a device another request claimed first makes it
+    fail (Conflict), and the next try picks among the rest at once (bmm-protocols 6.4)."""
+    clear_claim(c, request.id)
+    lost: list[Candidate] = []
+    for draw in draws:
+        device = pick(c, request, draw, [d.id for d in lost])
+        if device is None:
+            break
+        try:
+            claim(c, request.id, device.id)
+        except Conflict:
+            lost.append(device)
+            continue
+        return Claimed(device, tuple(d.name for d in lost))
+    return Claimed(None, tuple(d.name for d in lost))
+
+
 def clear_claim(c: Cursor, request_id: int) -> None:
-    c.execute("DELETE FROM device_requests WHERE request_id = ?", (request_id,))
+    """Drop the request's claim.  Looked up first: on InnoDB a DELETE that matches nothing
+    locks the index gap, which an INSERT of a claim in the same transaction can deadlock on."""
+    if c.scalar("SELECT 1 FROM device_requests WHERE request_id = ?", (request_id,)) is not None:
+        c.execute("DELETE FROM device_requests WHERE request_id = ?", (request_id,))
 
 
 def device_state(c: Cursor, name: str) -> str | None:

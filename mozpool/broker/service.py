@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from mozpool.broker import lifeguard, selection
 from mozpool.broker.machine import RequestKind
+from mozpool.db import logs
 from mozpool.db import requests as request_rows
 from mozpool.db.catalog import server_id
 from mozpool.db.pool import Cursor, Database
@@ -58,6 +59,7 @@ class Broker:
         self._background: set[defer.Deferred[Any]] = set()
         #: the posts alone (cancelled by :meth:`stop`)
         self._contacts: set[defer.Deferred[Any]] = set()
+        self._stopping = False
 
     # --- IBroker ----------------------------------------------------------------------------
 
@@ -66,6 +68,10 @@ class Broker:
     ) -> dict[str, Any]:
         now = dbnow(self.clock)
         expires = dbnow(self.clock, duration)
+        created = (
+            f"Request created by {assignee} for {device} with image {image} in environment "
+            f"{environment or 'any'}, for {duration} s (until {expires}; created {now})"
+        )
 
         def insert(c: Cursor) -> int:
             image_id = c.scalar("SELECT id FROM images WHERE name = ?", (image,))
@@ -78,14 +84,12 @@ class Broker:
                 (server_id(c, self.server_fqdn), device, assignee, expires, image_id, boot_config,
                  environment or "any"),
             )
-            return c.lastrowid
+            request_id = c.lastrowid
+            logs.add_log(c, "request", request_id, "statemachine", created, now)
+            return request_id
 
         request_id = await self.db.runInteraction(insert)
-        await self.runner.log(
-            Row(request_id, str(request_id), "new"),
-            f"Request created by {assignee} for {device} with image {image} in environment "
-            f"{environment or 'any'}, for {duration} s (until {expires}; created {now})",
-        )
+        self.runner.echo(Row(request_id, str(request_id), "new"), created)
         await self.runner.handle_event(str(request_id), "find_device")
         public = await self._public(request_id)
         holder = self.kind.held.pop(request_id, None)
@@ -169,8 +173,8 @@ class Broker:
             self._track(self.runner.post(row.key, "lifeguard_contacted"))
 
         def refused(f: Failure) -> "defer.Deferred[None]":
-            if f.check(defer.CancelledError) and not f.check(defer.TimeoutError):
-                return defer.succeed(None)  # stopping
+            if self._stopping:
+                return defer.succeed(None)  # cancelled by stop(); the state's timeout resumes it
             reason = f.getErrorMessage() or f.type.__name__
             if not _expected(f):
                 log.failure("contacting LifeGuard for request {id}", f, id=row.key, level=LogLevel.warn)
@@ -194,6 +198,7 @@ class Broker:
 
     def stop(self) -> "defer.Deferred[None]":
         """Cancel POSTs in flight; wait for queued events to finish."""
+        self._stopping = True
         for d in list(self._contacts):
             d.cancel()
         return self.idle()
@@ -203,7 +208,7 @@ def _expected(f: Failure) -> bool:
     """Refusals and connection-level failures: expected, logged without a traceback."""
     return bool(f.check(
         lifeguard.ContactFailed, defer.TimeoutError, ConnectionError, OSError,
-        ierror.ConnectError, ierror.ConnectionLost, ierror.DNSLookupError,
+        ierror.ConnectError, ierror.ConnectingCancelledError, ierror.ConnectionLost, ierror.DNSLookupError,
         webclient.ResponseFailed, webclient.RequestTransmissionFailed, webclient.ResponseNeverReceived,
     ))
 

@@ -33,6 +33,9 @@ RECONNECTABLE_MYSQL_ERRORS = frozenset({2006, 2013, 2014, 2045, 2055})
 TRANSACTION_RETRY_ERRORS = frozenset({1213, 1205})
 #: Errors meaning "the server cannot be reached right now".
 UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {2002, 2003, 2005, 2026, 1040, 1053}
+#: "No such table": the schema is not there yet (another server, or this one, is creating it
+#: while the API already listens), like SQLite's OperationalError for the same.
+SCHEMA_NOT_READY_MYSQL_ERRORS = frozenset({1146})
 
 #: The bound after which a running query counts as failed (the API's 503 rule).
 DEFAULT_TIMEOUT = 10.0
@@ -99,8 +102,12 @@ class Cursor:
 
 
 def _sqlite_open(conn: sqlite3.Connection) -> None:
+    """WAL with synchronous=NORMAL: a commit no longer waits for an fsync (130 -> 14 us here);
+    the file stays consistent, and a power cut loses at most the last commits, which the state
+    machines' timeouts redo."""
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
 
 
@@ -232,6 +239,8 @@ class Database:
             return "retry"
         if isinstance(err, pymysql.err.MySQLError) and err.args and err.args[0] in TRANSACTION_RETRY_ERRORS:
             return "rerun"
+        if isinstance(err, pymysql.err.ProgrammingError) and err.args and err.args[0] in SCHEMA_NOT_READY_MYSQL_ERRORS:
+            return "unavailable"
         if isinstance(err, pymysql.err.OperationalError) and err.args:
             code = err.args[0]
             if code in RECONNECTABLE_MYSQL_ERRORS:

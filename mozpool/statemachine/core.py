@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -113,8 +113,9 @@ class Machine:
             self.row.counters.pop(name, None)
         await self.runner.write_counters(self.row)
 
-    async def goto(self, state: str) -> None:
-        """Persist ``state`` with its deadline, log the change, then run its entry action.
+    async def goto(self, state: str, why: str | None = None) -> None:
+        """Persist ``state`` with its deadline and log the change (``why`` first, when given) in
+        one transaction, then run its entry action.
 
         Callers return right after a goto: once a transition is made, nothing more starts (R-4).
         """
@@ -122,9 +123,10 @@ class Machine:
         old = self.row.state
         self.row.state = state
         self.row.timeout = self.runner.deadline(state)
-        await self.runner.write_state(self.row)
+        lines = [why] if why else []
         if state != old:
-            await self.log(f"entering state {state}")
+            lines.append(f"entering state {state}")
+        await self.runner.write_state(self.row, lines)
         if state in self.runner.kind.timeouts:
             generation = self.generation
             try:
@@ -207,14 +209,21 @@ class MachineRunner:
         counters = {k: v for k, v in loads_object(row[3]).items() if isinstance(v, int)}
         return Row(int(row[0]), str(row[1]), row[2], counters, row[4])
 
-    async def write_state(self, row: Row) -> None:
-        await self.db.runInteraction(
-            lambda c: c.execute(
+    async def write_state(self, row: Row, log_lines: Sequence[str] = ()) -> None:
+        """Write the row's state, deadline and counters, and ``log_lines`` to its log, at once."""
+        now = self.now()
+
+        def write(c: Cursor) -> None:
+            c.execute(
                 f"UPDATE {self.kind.table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
                 (row.state, row.timeout, json.dumps(row.counters), row.id),
             )
-            and None
-        )
+            for line in log_lines:
+                logs.add_log(c, self.kind.log_kind, row.id, "statemachine", line, now)
+
+        await self.db.runInteraction(write)
+        for line in log_lines:
+            self.echo(row, line)
 
     async def write_counters(self, row: Row) -> None:
         await self.db.runInteraction(
@@ -226,11 +235,16 @@ class MachineRunner:
 
     async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> None:
         """To the twisted log and to the machine's log table; a failed write is only logged."""
-        getattr(self._log, level)("{kind} {key}: {message}", kind=self.kind.log_kind, key=row.key, message=message)
+        self.echo(row, message, level)
         try:
             await self.db.runInteraction(logs.add_log, self.kind.log_kind, row.id, source, message, self.now())
         except Exception as e:
             self._log.warn("could not write log line for {key}: {error}", key=row.key, error=e)
+
+    def echo(self, row: Row, message: str, level: str = "info") -> None:
+        """To the twisted log only: for a line written to the log table by the caller's own
+        transaction."""
+        getattr(self._log, level)("{kind} {key}: {message}", kind=self.kind.log_kind, key=row.key, message=message)
 
     # -- serialization ----------------------------------------------------------------------
 
@@ -336,15 +350,18 @@ class TimeoutDriver(Service):
         self.interval = interval if interval is not None else runner.scaled(POLL_INTERVAL)
         self._loop: task.LoopingCall | None = None
         self._tick: defer.Deferred[None] | None = None
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self._loop = task.LoopingCall(self._start_tick)
         self._loop.clock = self.runner.clock
         self._loop.start(self.interval, now=True)
 
     def stopService(self) -> "defer.Deferred[None] | None":
         super().stopService()
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self._tick
@@ -368,6 +385,8 @@ class TimeoutDriver(Service):
         sem = defer.DeferredSemaphore(TIMEOUT_CONCURRENCY)
 
         async def one(key: str) -> None:
+            if self._stopping:
+                return  # finish the timeouts in hand, start no more
             try:
                 await self.runner.handle_timeout(key)
             except Exception:

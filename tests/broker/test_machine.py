@@ -4,6 +4,7 @@ LifeGuard and its results (2.5), R1, on SQLite and MariaDB, driven by Clock and 
 from __future__ import annotations
 
 from twisted.internet import defer, error
+from twisted.internet.address import HostnameAddress
 
 from mozpool.broker import machine
 from tests.broker.support import HERE, BrokerTest
@@ -305,7 +306,15 @@ class Table(BrokerTest):
         await self.assertRetriedThenFailed(error.ConnectionRefusedError("nope"), "Connection was refused")
 
     async def test_contacting_is_bounded(self) -> None:
-        hung: defer.Deferred[object] = defer.Deferred()
+        await self.assertBounded(defer.Deferred())
+
+    async def test_a_connection_attempt_cut_off_is_a_timeout_too(self) -> None:
+        """Cancelling a connection attempt fails it with ConnectingCancelledError, not
+        CancelledError: it is reported as the timeout it is all the same."""
+        address = HostnameAddress(b"lifeguard.example.com", 80)
+        await self.assertBounded(defer.Deferred(lambda d: d.errback(error.ConnectingCancelledError(address))))
+
+    async def assertBounded(self, hung: "defer.Deferred[object]") -> None:
         self.http.answers = [hung]
         rid = (await self.create())["id"]
         self.clock.advance(0)
@@ -318,7 +327,7 @@ class Table(BrokerTest):
         await self.broker.idle()
         self.assertEqual(self.broker._contacts, set())
         self.assertTrue(hung.called, "the hung call was cancelled")
-        self.assertIn("Deferred", "\n".join(await self.messages(rid)), "a timeout is logged")
+        self.assertIn("LifeGuard did not answer within 20 s", "\n".join(await self.messages(rid)), "a timeout is logged")
         await self.tick(10)  # the state's own timeout then retries
         self.assertEqual(len(self.http.calls), 2)
         self.assertEqual(await self.state(rid), "pending")

@@ -205,10 +205,8 @@ class Service(BrokerTest):
         states = [await self.state(c["id"]) for c in created]
         self.assertEqual(states.count("contact_lifeguard"), 3)
         self.assertEqual(states.count("finding_device"), 17)
-        lost = 0
-        for c in created:
-            lost += sum("was claimed by another request" in m for m in await self.messages(c["id"]))
-        self.assertGreater(lost, 0, "the race was real: some INSERTs lost on the unique index")
+        # (A lost INSERT inside one selection is tested directly in test_selection: here the
+        # selection and its claim share a transaction, so SQLite's one connection never races.)
         # Both drivers run; only the three holders contact LifeGuard, each for its own device.
         other_driver = TimeoutDriver(other.runner, extra=other.expire_due, interval=10)
         await self.tick(0)

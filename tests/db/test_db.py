@@ -178,6 +178,21 @@ class UnreachableDatabase(DatabaseTest):
 UnreachableDatabaseSQLite, UnreachableDatabaseMariaDB = on_both_backends(UnreachableDatabase)
 
 
+class SchemaNotReady(DatabaseTest):
+    """A database without the schema yet (the API listens while start-up creates it) is
+    DatabaseUnavailable -- a 503 to retry, not a 500."""
+
+    def setUp(self) -> None:
+        self.db = self.makeDatabase()
+
+    async def test_missing_table_is_unavailable(self) -> None:
+        with self.assertRaises(DatabaseUnavailable):
+            await self.db.query("SELECT name FROM devices")
+
+
+SchemaNotReadySQLite, SchemaNotReadyMariaDB = on_both_backends(SchemaNotReady)
+
+
 class QueryBounds(DatabaseTest):
     """The 10 s bound (here 0.2 s) counts from when a query starts running, not while it waits
     its turn: a burst is served; a query that hangs is answered DatabaseUnavailable."""

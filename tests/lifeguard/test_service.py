@@ -83,13 +83,26 @@ class Service(LifeGuardTest):
         await self.db.query("UPDATE devices SET next_image_id = (SELECT id FROM images WHERE name = 'b2g')")
         await self.put("new", timeout="2026-11-26 12:00:00", device="panda-0002")
         await self.put("new", timeout="2026-11-26 12:00:00", device="other-0001")
+        ticks = self.count_ticks()
         service = self.lg.makeService()
         service.startService()
+        await ticks[0]
         await service.stopService()
         await self.settle()
         self.assertEqual(await self.state(), "pxe_power_cycling", "resumed")
         self.assertEqual(await self.state("panda-0002"), "pxe_power_cycling", "first tick: new -> self-test")
         self.assertEqual(await self.state("other-0001"), "new", "another server's device")
+        self.assertFalse(service.running)
+
+    async def test_stopping_starts_no_more_timeouts(self) -> None:
+        """A stop that comes while the tick is still listing due machines: the tick ends
+        without touching them, and the stop waits for it."""
+        await self.put("new", timeout="2026-11-26 12:00:00")
+        service = self.lg.makeService()
+        service.startService()
+        await service.stopService()
+        await self.settle()
+        self.assertEqual(await self.state(), "new")
         self.assertFalse(service.running)
 
     async def test_the_loop_runs_on_the_injected_clock(self) -> None:

@@ -20,15 +20,15 @@ class Toy:
     timeouts = {"idle": None, "waiting": 10, "failed": None, "unknown": None}
 
     def __init__(self) -> None:
-        self.trace: list[tuple[str, str]] = []
+        self.trace: list[tuple[str, ...]] = []
         self.gate: defer.Deferred[None] | None = None
 
     async def event(self, m: Machine, event: str, args: dict[str, Any]) -> bool:
-        self.trace.append(("event-start", event))
+        self.trace.append(("event-start", event, m.key))
         if self.gate is not None and m.key == "panda-0001":
             gate, self.gate = self.gate, None
             await gate
-        self.trace.append(("event-end", event))
+        self.trace.append(("event-end", event, m.key))
         if m.state == "idle" and event == "go":
             await m.goto("waiting")
             return True
@@ -151,15 +151,14 @@ class Core(DatabaseTest):
         second = self.runner.post("panda-0001", "done")
         other = self.runner.post("panda-0002", "go")
         await other  # another machine is not held up
-        self.assertNotIn(("event-start", "done"), self.toy.trace)
+        self.assertNotIn(("event-start", "done", "panda-0001"), self.toy.trace)
+        self.assertIn(("event-end", "go", "panda-0002"), self.toy.trace)
         gate.callback(None)
         await first
         await second
-        starts = [e for e in self.toy.trace if e[0] in ("event-start", "event-end")]
+        mine = [e[:2] for e in self.toy.trace if e[0] in ("event-start", "event-end") and e[2] == "panda-0001"]
         self.assertEqual(
-            starts,
-            [("event-start", "go"), ("event-start", "go"), ("event-end", "go"), ("event-end", "go"),
-             ("event-start", "done"), ("event-end", "done")],
+            mine, [("event-start", "go"), ("event-end", "go"), ("event-start", "done"), ("event-end", "done")]
         )
         self.assertEqual((await self.row())[0], "idle")
         self.assertEqual(self.runner._locks, {})

@@ -1,0 +1,118 @@
+"""Device matching in the database (spec state-machines.md 2.4): what counts as available, the
+uniform draw, the reuse preference, and a claim lost to another request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mozpool.broker import selection
+from mozpool.db.pool import Cursor
+from tests.broker.support import BrokerTest
+from tests.support.dbtest import on_both_backends
+
+
+class Selection(BrokerTest):
+    """panda-0001..0004 ready, 0001/0003 in 'prod', 0002/0004 in 'staging'."""
+
+    async def request(self, device: str = "any", image: str = "android", environment: str = "any",
+                      boot_config: str = "{}") -> selection.RequestInfo:
+        rid = await self.db.runInteraction(self._insert, device, image, environment, boot_config)
+        info = await self.db.runInteraction(selection.request_info, rid)
+        assert info is not None
+        return info
+
+    @staticmethod
+    def _insert(c: Cursor, device: str, image: str, environment: str, boot_config: str) -> int:
+        c.execute(
+            "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id, boot_config,"
+            " state, state_counters, environment) SELECT 1, ?, 't', '2099-01-01 00:00:00', id, ?, 'new', '{}', ?"
+            " FROM images WHERE name = ?",
+            (device, boot_config, environment, image),
+        )
+        return c.lastrowid
+
+    async def pick(self, info: selection.RequestInfo, draw: float, exclude: tuple[int, ...] = ()) -> str | None:
+        found = await self.db.runInteraction(selection.pick, info, draw, exclude)
+        return None if found is None else found.name
+
+    async def picks(self, info: selection.RequestInfo, n: int = 8) -> list[str | None]:
+        return [await self.pick(info, k / n) for k in range(n)]
+
+    async def test_draw_spreads_uniformly_over_the_available_devices_in_name_order(self) -> None:
+        info = await self.request()
+        self.assertEqual(await self.picks(info, 4), ["panda-0001", "panda-0002", "panda-0003", "panda-0004"])
+        self.assertEqual(await self.pick(info, 0.999999), "panda-0004")
+
+    async def test_only_ready_unclaimed_devices_of_the_environment_or_name(self) -> None:
+        await self.set_device("panda-0001", state="self_test_running")
+        holder = await self.request()
+        await self.db.runInteraction(selection.claim, holder.id, 3)  # panda-0003
+        info = await self.request(environment="prod")
+        self.assertEqual(await self.picks(info), [None] * 8)
+        info = await self.request(environment="staging")
+        self.assertEqual(set(await self.picks(info)), {"panda-0002", "panda-0004"})
+        info = await self.request(device="panda-0004")
+        self.assertEqual(set(await self.picks(info)), {"panda-0004"})
+        info = await self.request(device="panda-0001")
+        self.assertIsNone(await self.pick(info, 0.5))
+        info = await self.request()
+        self.assertEqual(set(await self.picks(info)), {"panda-0002", "panda-0004"})
+        self.assertEqual({await self.pick(info, k / 4, (2,)) for k in range(4)}, {"panda-0004"})
+
+    async def test_reusable_image_prefers_devices_holding_it_with_an_equal_boot_config(self) -> None:
+        await self.set_device("panda-0001", image="reusable", boot_config='{"b2gbase": "http://b/", "x": 1}')
+        await self.set_device("panda-0002", image="reusable", boot_config='{"b2gbase": "http://other/"}')
+        await self.set_device("panda-0003", image="android", boot_config='{"b2gbase": "http://b/"}')
+        await self.set_device("panda-0004", image="reusable", boot_config='{ "x":1, "b2gbase" : "http://b/"}')
+        info = await self.request(image="reusable", boot_config='{"x": 1, "b2gbase": "http://b/"}')
+        self.assertEqual(set(await self.picks(info)), {"panda-0001", "panda-0004"})
+        # Equal texts and equal parses alike; the draw still spreads over both.
+        self.assertEqual((await self.picks(info, 2)), ["panda-0004", "panda-0001"])
+        nothing_held = await self.request(image="reusable", boot_config='{"b2gbase": "http://new/"}')
+        self.assertEqual(len(set(await self.picks(nothing_held))), 4)
+        not_reusable = await self.request(image="android", boot_config='{"b2gbase": "http://b/"}')
+        self.assertEqual(len(set(await self.picks(not_reusable))), 4)
+
+    async def test_unparsable_boot_config_matches_nothing(self) -> None:
+        await self.set_device("panda-0001", image="reusable", boot_config="{not json")
+        info = await self.request(image="reusable", boot_config="{not json")
+        self.assertEqual(len(set(await self.picks(info))), 4)
+
+    async def test_claim_replaces_the_requests_old_claim(self) -> None:
+        info = await self.request(device="panda-0002")
+        first = await self.db.runInteraction(selection.pick_and_claim, info, [0.0])
+        self.assertEqual(first, selection.Claimed(selection.Candidate(2, "panda-0002")))
+        await self.db.query("UPDATE requests SET requested_device = 'panda-0003' WHERE id = ?", (info.id,))
+        info = await self.db.runInteraction(selection.request_info, info.id)
+        again = await self.db.runInteraction(selection.pick_and_claim, info, [0.0])
+        self.assertEqual(again.device, selection.Candidate(3, "panda-0003"))
+        self.assertEqual(await self.claims(), [(info.id, "panda-0003")])
+
+    async def test_a_claim_lost_on_the_unique_index_tries_another_device(self) -> None:
+        """A selection that read before another request's claim committed: the INSERT loses,
+        and the next try excludes the device it lost."""
+        rival = await self.request()
+        await self.db.runInteraction(selection.claim, rival.id, 1)
+        info = await self.request()
+        real_pick = selection.pick
+        seen: list[Any] = []
+
+        def stale_then_real(c: Cursor, request: Any, draw: float, exclude: Any = ()) -> Any:
+            seen.append(tuple(exclude))
+            if len(seen) == 1:
+                return selection.Candidate(1, "panda-0001")  # what a stale read would offer
+            return real_pick(c, request, draw, exclude)
+
+        self.patch(selection, "pick", stale_then_real)
+        claimed = await self.db.runInteraction(selection.pick_and_claim, info, [0.0, 0.0, 0.0])
+        self.assertEqual(claimed, selection.Claimed(selection.Candidate(2, "panda-0002"), ("panda-0001",)))
+        self.assertEqual(seen, [(), (1,)])
+        self.assertEqual(await self.claims(), [(rival.id, "panda-0001"), (info.id, "panda-0002")])
+
+    async def test_nothing_to_claim(self) -> None:
+        await self.db.query("UPDATE devices SET state = 'failed_pxe_booting'")
+        info = await self.request()
+        self.assertEqual(await self.db.runInteraction(selection.pick_and_claim, info, [0.5]), selection.Claimed(None))
+
+
+SelectionSQLite, SelectionMariaDB = on_both_backends(Selection)
