@@ -197,8 +197,12 @@ def run_backend(backend: str, db_url: str, workdir: str, options: argparse.Names
         res["not_ready"] = dict(not_ready)
         say(f"[{backend}] steady state: {100 * res['cpu_frac']:.1f}% of a core over {res['window_s']:.0f} s "
             f"({res['checks_ok']} health checks ok, {res['checks_failed']} failed)")
+        cpu0, db0, t0 = cpu_seconds(daemon.pid), cpu_seconds(db_pid) if db_pid else None, time.monotonic()
         res["alloc"] = allocate(daemon, options.requests, options.alloc_timeout)
         a = res["alloc"]
+        spent = time.monotonic() - t0
+        a["cpu_frac"] = (cpu_seconds(daemon.pid) - cpu0) / spent
+        a["db_cpu_frac"] = (cpu_seconds(db_pid) - db0) / spent if db_pid and db0 is not None else None
         say(f"[{backend}] allocation: {a['assigned']}/{a['created']} assigned "
             f"in {a['all_assigned_s'] if a['all_assigned_s'] is not None else 'n/a'} s; codes {a['codes']}")
     finally:
@@ -251,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['assigned']}/{options.requests}",
             f"{a['all_assigned_s']:.2f}" if a["all_assigned_s"] is not None else "n/a",
             a["posted_s"], a["p50_ms"] or 0.0, a["p99_ms"] or 0.0, a["distinct"], a["n_errors"],
+            100 * a["cpu_frac"], f"{100 * a['db_cpu_frac']:.0f}" if a.get("db_cpu_frac") is not None else "-",
         ])
     say(table(["db", "start s", "cpu %", "max10s %", "db cpu %", "checks ok/exp", "chk fail", "assigned",
-               "alloc s", "POSTs s", "POST p50 ms", "POST p99 ms", "distinct", "errors"], rows))
+               "alloc s", "POSTs s", "POST p50 ms", "POST p99 ms", "distinct", "errors", "alloc cpu %",
+               "alloc db cpu %"], rows))
     say("\nTargets:")
     for name, r in results.items():
         a = r["alloc"]

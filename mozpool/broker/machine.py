@@ -317,11 +317,8 @@ class RequestKind:
 
     async def find(self, m: Machine) -> None:
         """Device selection (2.4)."""
-        n = await m.incr("finding_device")
-        info = await m.db.runInteraction(selection.request_info, m.id)
-        assert info is not None
         draws = [self.rng.random() for _ in range(CLAIM_TRIES)]
-        claimed = await m.db.runInteraction(selection.pick_and_claim, info, draws)
+        n, (info, claimed) = await m.incr_with("finding_device", selection.find, m.id, draws)
         for name in claimed.lost:
             await m.log(f"device {name} was claimed by another request; trying another")
         if claimed.device is not None:
@@ -346,14 +343,12 @@ class RequestKind:
     async def contacting(self, m: Machine) -> None:
         """Check the device is still ``ready``, decide please_image or please_power_cycle, and
         start the POST; its 200 comes back as ``lifeguard_contacted`` (2.5)."""
-        device = await m.db.runInteraction(selection.assignment, m.id)
+        device, info = await m.db.runInteraction(selection.assignment_and_request, m.id)
         if device is None or device.state != "ready":
             what = "no device is assigned" if device is None else f"device {device.name} is in state {device.state}"
             await m.log(f"{what}, not ready; looking for another device", "error")
             await m.goto("finding_device")
             return
-        info = await m.db.runInteraction(selection.request_info, m.id)
-        assert info is not None
         if info.reusable and device.image == info.image and selection.same_boot_config(
             device.boot_config, info.boot_config
         ):

@@ -8,6 +8,7 @@ unique indexes decide races between requests, never a read before the write.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -114,38 +115,92 @@ def _available(request: RequestInfo, exclude: Sequence[int]) -> tuple[str, list[
 
 
 def _nth(c: Cursor, where: str, params: list[Any], n: int) -> Candidate | None:
-    row = c.execute(f"SELECT d.id, d.name{where} ORDER BY d.name LIMIT 1 OFFSET ?", [*params, n]).fetchone()
+    row = c.execute(f"SELECT d.id, d.name{where} ORDER BY d.id LIMIT 1 OFFSET ?", [*params, n]).fetchone()
     return None if row is None else Candidate(int(row[0]), row[1])
 
 
-def pick(c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = ()) -> Candidate | None:
-    """One available device, uniformly by ``draw`` (in [0, 1)); for a reusable image, among
-    those already holding it with an equal boot_config when there is at least one.
+#: Random ids tried before counting; with most devices free the first one usually does.
+SAMPLE_TRIES = 8
 
-    The database counts and skips: only the chosen row crosses to Python, so a selection costs
-    the same few queries with 10 devices or 10,000.  Boot configs are compared as parsed JSON,
-    once per distinct text."""
+
+def pick(c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = ()) -> Candidate | None:
+    """One available device, uniformly at random; for a reusable image, among those already
+    holding it with an equal boot_config when there is at least one.  Every choice follows
+    from ``draw`` (a float in [0, 1) from the request machine's seedable generator).
+
+    Each set is first sampled by rejection -- a random id, looked up by primary key and kept if
+    it belongs -- which is uniform over the set and costs one indexed read when most devices
+    are free.  After :data:`SAMPLE_TRIES` misses the set is counted and indexed in SQL, still
+    uniform, so a small or empty set costs a few scans, never a fetch of every device.
+    Boot configs are compared as parsed JSON."""
+    rng = random.Random(draw)
     where, params = _available(request, exclude)
+    tries = 0 if request.named else SAMPLE_TRIES  # one name: one indexed row either way
     if request.reusable:
-        held = where + " AND d.image_id = ?"
-        groups = c.execute(
-            f"SELECT d.boot_config, COUNT(*){held} GROUP BY d.boot_config", [*params, request.image_id]
-        ).fetchall()
-        same = sorted(
-            ((text, int(n)) for text, n in groups if same_boot_config(text, request.boot_config)),
-            key=lambda g: (g[0] is not None, g[0] or ""),
-        )
-        k = int(draw * sum(n for _, n in same))
-        for text, n in same:
-            if k < n:
-                if text is None:
-                    return _nth(c, held + " AND d.boot_config IS NULL", [*params, request.image_id], k)
-                return _nth(c, held + " AND d.boot_config = ?", [*params, request.image_id, text], k)
-            k -= n
+        held = _sample(c, request, where, params, rng, tries, preferred=True)
+        if held is None:
+            held = _count_held(c, request, where, params, rng.random())
+        if held is not None:
+            return held
+    found = _sample(c, request, where, params, rng, tries, preferred=False)
+    if found is not None:
+        return found
     total = int(c.scalar(f"SELECT COUNT(*){where}", params) or 0)
-    if total == 0:
+    return _nth(c, where, params, int(rng.random() * total)) if total else None
+
+
+def _holds(request: RequestInfo, image_id: Any, boot_config: str | None) -> bool:
+    return image_id is not None and int(image_id) == request.image_id and same_boot_config(
+        boot_config, request.boot_config
+    )
+
+
+def _sample(
+    c: Cursor, request: RequestInfo, where: str, params: list[Any], rng: random.Random, tries: int, preferred: bool
+) -> Candidate | None:
+    if tries == 0:
         return None
-    return _nth(c, where, params, int(draw * total))
+    lo, hi = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone() or (None, None)
+    if lo is None:
+        return None
+    for _ in range(tries):
+        row = c.execute(
+            f"SELECT d.id, d.name, d.image_id, d.boot_config{where} AND d.id = ?",
+            [*params, rng.randint(int(lo), int(hi))],
+        ).fetchone()
+        if row is not None and (not preferred or _holds(request, row[2], row[3])):
+            return Candidate(int(row[0]), row[1])
+    return None
+
+
+def _count_held(c: Cursor, request: RequestInfo, where: str, params: list[Any], draw: float) -> Candidate | None:
+    """Uniformly by counting among the devices holding the image with an equal boot_config:
+    those with the request's own text are counted in SQL; the other texts (usually few
+    devices) are grouped, and each distinct text parsed once."""
+    held, held_params = where + " AND d.image_id = ?", [*params, request.image_id]
+    same_text, holding = c.execute(
+        f"SELECT SUM(CASE WHEN d.boot_config = ? THEN 1 ELSE 0 END), COUNT(*){held}",
+        [request.boot_config, *held_params],
+    ).fetchone() or (0, 0)
+    groups: list[tuple[str | None, int]] = []
+    if same_text and same_boot_config(request.boot_config, request.boot_config):
+        groups.append((request.boot_config, int(same_text)))
+    if int(holding or 0) > int(same_text or 0):
+        others = c.execute(
+            f"SELECT d.boot_config, COUNT(*){held} AND (d.boot_config IS NULL OR d.boot_config <> ?)"
+            " GROUP BY d.boot_config",
+            [*held_params, request.boot_config],
+        ).fetchall()
+        groups += [(text, int(n)) for text, n in others if same_boot_config(text, request.boot_config)]
+    groups.sort(key=lambda g: (g[0] is not None, g[0] or ""))
+    k = int(draw * sum(n for _, n in groups))
+    for text, n in groups:
+        if k < n:
+            if text is None:
+                return _nth(c, held + " AND d.boot_config IS NULL", held_params, k)
+            return _nth(c, held + " AND d.boot_config = ?", [*held_params, text], k)
+        k -= n
+    return None
 
 
 def claim(c: Cursor, request_id: int, device_id: int) -> None:
@@ -154,6 +209,13 @@ def claim(c: Cursor, request_id: int, device_id: int) -> None:
         "INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES (?, ?, NULL)",
         (request_id, device_id),
     )
+
+
+def find(c: Cursor, request_id: int, draws: Sequence[float]) -> tuple[RequestInfo, Claimed]:
+    """The request as selection sees it, and :func:`pick_and_claim` for it."""
+    info = request_info(c, request_id)
+    assert info is not None, "the request machine loaded this row"
+    return info, pick_and_claim(c, info, draws)
 
 
 def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float]) -> Claimed:
@@ -209,6 +271,12 @@ def assignment(c: Cursor, request_id: int) -> Assignment | None:
     if row is None:
         return None
     return Assignment(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+def assignment_and_request(c: Cursor, request_id: int) -> tuple[Assignment | None, RequestInfo]:
+    info = request_info(c, request_id)
+    assert info is not None, "the request machine loaded this row"
+    return assignment(c, request_id), info
 
 
 def imaging_result(c: Cursor, request_id: int) -> str | None:

@@ -25,7 +25,7 @@ from mozpool.db import logs
 from mozpool.db import requests as request_rows
 from mozpool.db.catalog import server_id
 from mozpool.db.pool import Cursor, Database
-from mozpool.statemachine.core import Machine, MachineRunner, Row, TimeoutDriver
+from mozpool.statemachine.core import Machine, MachineRunner, Row, TimeoutDriver, each_bounded
 from mozpool.timeutil import dbnow
 from mozpool.broker.interfaces import DeviceHeld, IBroker
 
@@ -136,7 +136,6 @@ class Broker:
             " AND SUBSTR(r.state, 1, 7) <> 'failed_' ORDER BY r.id",
             (self.server_fqdn, dbnow(self.clock)),
         )
-        sem = defer.DeferredSemaphore(EXPIRY_CONCURRENCY)
 
         async def one(request_id: str) -> None:
             try:
@@ -144,9 +143,7 @@ class Broker:
             except Exception:
                 log.failure("expiring request {id} failed", id=request_id)
 
-        await defer.gatherResults(
-            [sem.run(lambda k=str(r[0]): defer.Deferred.fromCoroutine(one(k))) for r in rows], consumeErrors=True
-        )
+        await each_bounded([str(r[0]) for r in rows], EXPIRY_CONCURRENCY, one)
 
     def contact_bound(self) -> float:
         """The POST's bound: 20 s, but always shorter than contacting_lifeguard's scaled 30 s."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -27,6 +27,7 @@ from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import dbnow, deadline_text
 
 log = Logger()
+T = TypeVar("T")
 
 #: The original polled every 10 s; the interval is scaled like every timeout.
 POLL_INTERVAL = 10.0
@@ -104,6 +105,17 @@ class Machine:
         self.row.counters[name] = self.counter(name) + 1
         await self.runner.write_counters(self.row)
         return self.row.counters[name]
+
+    async def incr_with(self, name: str, fn: Callable[..., T], *args: Any) -> tuple[int, T]:
+        """:meth:`incr`, and ``fn(cursor, *args)`` in the same transaction: (new value, result)."""
+        self.row.counters[name] = n = self.counter(name) + 1
+        counters = json.dumps(self.row.counters)
+
+        def both(c: Cursor) -> T:
+            self.runner.update_counters(c, self.row.id, counters)
+            return fn(c, *args)
+
+        return n, await self.db.runInteraction(both)
 
     async def clear(self, name: str | None = None) -> None:
         """Clear one counter, or all of them."""
@@ -226,12 +238,10 @@ class MachineRunner:
             self.echo(row, line)
 
     async def write_counters(self, row: Row) -> None:
-        await self.db.runInteraction(
-            lambda c: c.execute(
-                f"UPDATE {self.kind.table} SET state_counters = ? WHERE id = ?", (json.dumps(row.counters), row.id)
-            )
-            and None
-        )
+        await self.db.runInteraction(self.update_counters, row.id, json.dumps(row.counters))
+
+    def update_counters(self, c: Cursor, row_id: int, counters: str) -> None:
+        c.execute(f"UPDATE {self.kind.table} SET state_counters = ? WHERE id = ?", (counters, row_id))
 
     async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> None:
         """To the twisted log and to the machine's log table; a failed write is only logged."""
@@ -338,6 +348,25 @@ class MachineRunner:
         return [str(r[0]) for r in rows]
 
 
+async def each_bounded(
+    items: Iterable[T], limit: int, work: Callable[[T], Awaitable[None]], until: Callable[[], bool] = lambda: False
+) -> None:
+    """``await work(item)`` for every item, at most ``limit`` at once, in order; none started
+    once ``until()`` is true.  Workers loop instead of chaining a DeferredSemaphore, whose
+    releases recurse when the work finishes synchronously (seen as a RecursionError)."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:
+            if until():
+                return
+            await work(item)
+
+    await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(worker()) for _ in range(limit)], consumeErrors=True
+    )
+
+
 class TimeoutDriver(Service):
     """Every ``POLL_INTERVAL * time_scale`` seconds: feed ``timeout`` to due machines, then run
     ``extra`` (the request layer's expiry poll).  A failing step is logged; the loop goes on."""
@@ -382,19 +411,15 @@ class TimeoutDriver(Service):
         except Exception:
             log.failure("listing due {kind} machines failed", kind=self.runner.kind.log_kind)
             keys = []
-        sem = defer.DeferredSemaphore(TIMEOUT_CONCURRENCY)
 
         async def one(key: str) -> None:
-            if self._stopping:
-                return  # finish the timeouts in hand, start no more
             try:
                 await self.runner.handle_timeout(key)
             except Exception:
                 log.failure("timeout for {kind} {key} failed", kind=self.runner.kind.log_kind, key=key)
 
-        await defer.gatherResults(
-            [sem.run(lambda k=k: defer.Deferred.fromCoroutine(one(k))) for k in keys], consumeErrors=True
-        )
+        # Once stopping, finish the timeouts in hand and start no more.
+        await each_bounded(keys, TIMEOUT_CONCURRENCY, one, until=lambda: self._stopping)
         if self.extra is not None:
             try:
                 await self.extra()

@@ -57,6 +57,10 @@ class Raw:
 
 NO_CONTENT = object()
 
+_STATE_TEMPLATE = "/api/device/{device}/state/"
+#: The raw paths the state route matches, for its fast path; names with escapes go the usual way.
+_CACHED_STATE_PATH = re.compile(rb"\A/api/device/([^/%]+)/state/?\Z")
+
 _app = Klein()
 # Both /x and /x/ are registered explicitly; never redirect, never merge slashes.
 _app.url_map.merge_slashes = False
@@ -136,6 +140,9 @@ class _Front(Resource):
         first = request.postpath[0] if request.postpath else b""
         if self.ui is not None and first not in (b"api", b"metrics"):
             return getChildForRequest(self.ui, request).render(request)
+        at_once = self.api.cached_state_at_once(request)
+        if at_once is not None:
+            return at_once
         start = self.api.clock.seconds()
         request.notifyFinish().addBoth(lambda _: self.api._observe(request, start))
         return self.inner.render(request)
@@ -172,6 +179,43 @@ class MozpoolAPI:
         return _Front(self, self.app.resource(), ui)
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    def cached_state_at_once(self, request: IRequest) -> bytes | None:
+        """The answer of :meth:`device_state` for a plain ``GET .../state/?cache=1`` whose
+        device is in a fresh snapshot, written without Klein's routing and coroutines; None
+        sends the call the usual way.
+
+        Monitoring polls every device with this call, so it is the API's hottest read: the
+        usual way served 0.39 of a bare twisted.web resource's rate (bench/api.py)."""
+        if request.method != b"GET":
+            return None
+        found = _CACHED_STATE_PATH.match(request.path)
+        if found is None or not validate.flag(request, "cache"):
+            return None
+        if request.getHeader(b"content-length") not in (None, b"0") or request.getHeader(b"transfer-encoding"):
+            return None  # a body to check: the route does
+        snapshot = self.snapshot.fresh()
+        if snapshot is None:
+            return None
+        states, expires = snapshot
+        try:
+            state = states.get(found.group(1).decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        if state is None:
+            return None
+        start = self.clock.seconds()
+        request.mozpool_route = _STATE_TEMPLATE  # type: ignore[attr-defined]
+        self._set_cache_headers(request, expires)
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        body = json.dumps({"state": state}).encode("utf-8")
+        self.http_metrics.observe("GET", _STATE_TEMPLATE, 200, self.clock.seconds() - start)
+        return body
+
+    def _set_cache_headers(self, request: IRequest, expires: float) -> None:
+        max_age = max(int(expires - self.clock.seconds()), 0) + 1
+        request.setHeader(b"Cache-Control", b"public, max-age=%d" % max_age)
+        request.setHeader(b"Expires", http.datetimeToString(int(expires)))
 
     async def _serve(self, request: IRequest, template: str, fn: Handler, kw: dict[str, str]) -> Any:
         request.mozpool_route = template  # type: ignore[attr-defined]
@@ -350,8 +394,9 @@ class MozpoolAPI:
             raise NotFound(f"unknown device {device}")
         return found
 
-    @endpoint("/api/device/{device}/state/", "GET")
+    @endpoint(_STATE_TEMPLATE, "GET")
     async def device_state(self, request: IRequest, device: str) -> Any:
+        """(Most ``?cache=1`` calls are answered by :meth:`cached_state_at_once`.)"""
         if not validate.flag(request, "cache"):
             state = await self.db.runInteraction(queries.device_state, device)
         else:
@@ -360,9 +405,7 @@ class MozpoolAPI:
             if state is None:
                 state = await self.db.runInteraction(queries.device_state, device)
             if state is not None:
-                max_age = max(int(expires - self.clock.seconds()), 0) + 1
-                request.setHeader(b"Cache-Control", b"public, max-age=%d" % max_age)
-                request.setHeader(b"Expires", http.datetimeToString(int(expires)))
+                self._set_cache_headers(request, expires)
         if state is None:
             raise NotFound(f"unknown device {device}")
         return {"state": state}

@@ -27,10 +27,17 @@ class StateSnapshot:
         self._expires = 0.0
         self._waiters: list[defer.Deferred[Any]] | None = None
 
-    async def states(self) -> tuple[dict[str, str], float]:
-        """({name: state}, time the snapshot expires), rebuilding it when stale."""
+    def fresh(self) -> tuple[dict[str, str], float] | None:
+        """({name: state}, expiry) when the snapshot is fresh, else None; never waits."""
         if self._states is not None and self.clock.seconds() < self._expires:
             return self._states, self._expires
+        return None
+
+    async def states(self) -> tuple[dict[str, str], float]:
+        """({name: state}, time the snapshot expires), rebuilding it when stale."""
+        fresh = self.fresh()
+        if fresh is not None:
+            return fresh
         if self._waiters is not None:
             waiter: defer.Deferred[Any] = defer.Deferred()
             self._waiters.append(waiter)

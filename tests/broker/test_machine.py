@@ -173,7 +173,8 @@ class Table(BrokerTest):
         nowhere = await self.create(environment="qa")
         self.assertEqual(await self.state(nowhere["id"]), "finding_device")
         # A named device outside the environment is not available.
-        named = await self.create("panda-0003", environment="staging")
+        free_prod = ({"panda-0001", "panda-0003"} - {anywhere["assigned_device"]}).pop()
+        named = await self.create(free_prod, environment="staging")
         self.assertEqual(named["assigned_device"], "")
 
     async def test_held_devices_are_not_offered(self) -> None:

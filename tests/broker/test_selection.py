@@ -38,10 +38,42 @@ class Selection(BrokerTest):
     async def picks(self, info: selection.RequestInfo, n: int = 8) -> list[str | None]:
         return [await self.pick(info, k / n) for k in range(n)]
 
-    async def test_draw_spreads_uniformly_over_the_available_devices_in_name_order(self) -> None:
+    async def assertUniform(self, info: selection.RequestInfo, expected: set[str], draws: int = 400) -> None:
+        """Every expected device, and only those, about equally often over ``draws`` draws.
+        (Deterministic: the draws are fixed, and every choice follows from its draw.)"""
+        counts: dict[str | None, int] = {}
+        for name in await self.picks(info, draws):
+            counts[name] = counts.get(name, 0) + 1
+        self.assertEqual(set(counts), expected)  # type: ignore[arg-type]
+        share = draws / len(expected)
+        for n in counts.values():
+            self.assertTrue(0.7 * share <= n <= 1.3 * share, counts)
+
+    async def test_uniform_by_sampling_ids(self) -> None:
+        await self.assertUniform(await self.request(), {"panda-0001", "panda-0002", "panda-0003", "panda-0004"})
+
+    async def test_uniform_by_counting_when_sampling_misses(self) -> None:
+        self.patch(selection, "SAMPLE_TRIES", 0)
+        await self.assertUniform(await self.request(), {"panda-0001", "panda-0002", "panda-0003", "panda-0004"})
+
+    async def test_a_small_set_is_found_by_counting(self) -> None:
+        """One free device among many ids: sampling misses, counting finds it."""
+        await self.db.query("UPDATE devices SET state = 'in_use'")
+        await self.set_device("panda-0003", state="ready")
+        outcomes: list[bool] = []
+        real_sample = selection._sample
+
+        def sample(*args: Any, **kw: Any) -> Any:
+            found = real_sample(*args, **kw)
+            outcomes.append(found is not None)
+            return found
+
+        self.patch(selection, "_sample", sample)
+        self.patch(selection, "SAMPLE_TRIES", 1)
         info = await self.request()
-        self.assertEqual(await self.picks(info, 4), ["panda-0001", "panda-0002", "panda-0003", "panda-0004"])
-        self.assertEqual(await self.pick(info, 0.999999), "panda-0004")
+        self.assertEqual({await self.pick(info, k / 16) for k in range(16)}, {"panda-0003"})
+        self.assertIn(False, outcomes, "some samples missed")
+        self.assertIn(True, outcomes, "some hit")
 
     async def test_only_ready_unclaimed_devices_of_the_environment_or_name(self) -> None:
         await self.set_device("panda-0001", state="self_test_running")
@@ -50,33 +82,39 @@ class Selection(BrokerTest):
         info = await self.request(environment="prod")
         self.assertEqual(await self.picks(info), [None] * 8)
         info = await self.request(environment="staging")
-        self.assertEqual(set(await self.picks(info)), {"panda-0002", "panda-0004"})
+        self.assertEqual(set(await self.picks(info, 32)), {"panda-0002", "panda-0004"})
         info = await self.request(device="panda-0004")
         self.assertEqual(set(await self.picks(info)), {"panda-0004"})
         info = await self.request(device="panda-0001")
         self.assertIsNone(await self.pick(info, 0.5))
         info = await self.request()
-        self.assertEqual(set(await self.picks(info)), {"panda-0002", "panda-0004"})
-        self.assertEqual({await self.pick(info, k / 4, (2,)) for k in range(4)}, {"panda-0004"})
+        self.assertEqual(set(await self.picks(info, 32)), {"panda-0002", "panda-0004"})
+        self.assertEqual({await self.pick(info, k / 8, (2,)) for k in range(8)}, {"panda-0004"})
 
     async def test_reusable_image_prefers_devices_holding_it_with_an_equal_boot_config(self) -> None:
         await self.set_device("panda-0001", image="reusable", boot_config='{"b2gbase": "http://b/", "x": 1}')
-        await self.set_device("panda-0002", image="reusable", boot_config='{"b2gbase": "http://other/"}')
         await self.set_device("panda-0003", image="android", boot_config='{"b2gbase": "http://b/"}')
         await self.set_device("panda-0004", image="reusable", boot_config='{ "x":1, "b2gbase" : "http://b/"}')
         info = await self.request(image="reusable", boot_config='{"x": 1, "b2gbase": "http://b/"}')
-        self.assertEqual(set(await self.picks(info)), {"panda-0001", "panda-0004"})
-        # Equal texts and equal parses alike; the draw still spreads over both.
-        self.assertEqual((await self.picks(info, 2)), ["panda-0004", "panda-0001"])
+        for tries in (selection.SAMPLE_TRIES, 0):  # by sampling, and by counting
+            self.patch(selection, "SAMPLE_TRIES", tries)
+            await self.set_device("panda-0002", image="reusable", boot_config='{"b2gbase": "http://other/"}')
+            await self.assertUniform(info, {"panda-0001", "panda-0004"}, draws=200)
+            # Equal texts and equal parses alike.
+            await self.set_device("panda-0002", boot_config='{"x": 1, "b2gbase": "http://b/"}')
+            await self.assertUniform(info, {"panda-0001", "panda-0002", "panda-0004"}, draws=300)
         nothing_held = await self.request(image="reusable", boot_config='{"b2gbase": "http://new/"}')
-        self.assertEqual(len(set(await self.picks(nothing_held))), 4)
+        self.assertEqual(len(set(await self.picks(nothing_held, 64))), 4)
         not_reusable = await self.request(image="android", boot_config='{"b2gbase": "http://b/"}')
-        self.assertEqual(len(set(await self.picks(not_reusable))), 4)
+        self.assertEqual(len(set(await self.picks(not_reusable, 64))), 4)
+        await self.set_device("panda-0001", boot_config=None)
+        null_request = await self.request(image="reusable", boot_config="null")
+        self.assertEqual(set(await self.picks(null_request)), {"panda-0001"})
 
     async def test_unparsable_boot_config_matches_nothing(self) -> None:
         await self.set_device("panda-0001", image="reusable", boot_config="{not json")
         info = await self.request(image="reusable", boot_config="{not json")
-        self.assertEqual(len(set(await self.picks(info))), 4)
+        self.assertEqual(len(set(await self.picks(info, 64))), 4)
 
     async def test_claim_replaces_the_requests_old_claim(self) -> None:
         info = await self.request(device="panda-0002")
@@ -105,9 +143,11 @@ class Selection(BrokerTest):
 
         self.patch(selection, "pick", stale_then_real)
         claimed = await self.db.runInteraction(selection.pick_and_claim, info, [0.0, 0.0, 0.0])
-        self.assertEqual(claimed, selection.Claimed(selection.Candidate(2, "panda-0002"), ("panda-0001",)))
+        assert claimed.device is not None
+        self.assertEqual(claimed.lost, ("panda-0001",))
+        self.assertIn(claimed.device.name, ("panda-0002", "panda-0003", "panda-0004"))
         self.assertEqual(seen, [(), (1,)])
-        self.assertEqual(await self.claims(), [(rival.id, "panda-0001"), (info.id, "panda-0002")])
+        self.assertEqual(await self.claims(), [(rival.id, "panda-0001"), (info.id, claimed.device.name)])
 
     async def test_nothing_to_claim(self) -> None:
         await self.db.query("UPDATE devices SET state = 'failed_pxe_booting'")

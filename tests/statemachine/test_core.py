@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.trial.unittest import TestCase
 
 from mozpool.db import fixtures, logs
-from mozpool.statemachine.core import Machine, MachineRunner, TimeoutDriver
+from mozpool.statemachine.core import Machine, MachineRunner, TimeoutDriver, each_bounded
 from tests.support.dbtest import DatabaseTest, on_both_backends
 
 T0 = 1795694400.0  # 2026-11-26 12:00:00 UTC
@@ -165,3 +166,43 @@ class Core(DatabaseTest):
 
 
 CoreSQLite, CoreMariaDB = on_both_backends(Core)
+
+
+class EachBounded(TestCase):
+    """The drivers' bounded fan-out."""
+
+    async def test_at_most_limit_at_once_in_order(self) -> None:
+        gates: dict[int, defer.Deferred[None]] = {}
+        started: list[int] = []
+
+        async def work(i: int) -> None:
+            started.append(i)
+            gates[i] = defer.Deferred()
+            await gates[i]
+
+        done = defer.Deferred.fromCoroutine(each_bounded(range(5), 2, work))
+        self.assertEqual(started, [0, 1])
+        gates[1].callback(None)
+        self.assertEqual(started, [0, 1, 2])
+        for i in (0, 2, 3, 4):
+            gates[i].callback(None)
+        await done
+        self.assertEqual(started, [0, 1, 2, 3, 4])
+
+    async def test_synchronous_work_does_not_recurse(self) -> None:
+        seen: list[int] = []
+
+        async def work(i: int) -> None:
+            seen.append(i)
+
+        await each_bounded(range(100_000), 32, work)
+        self.assertEqual(len(seen), 100_000)
+
+    async def test_until_stops_starting_work(self) -> None:
+        seen: list[int] = []
+
+        async def work(i: int) -> None:
+            seen.append(i)
+
+        await each_bounded(range(10), 3, work, until=lambda: len(seen) >= 4)
+        self.assertEqual(seen, [0, 1, 2, 3])
