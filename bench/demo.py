@@ -15,13 +15,17 @@ Nominal (happy path, every duration at its mean, scaled):
   ``sut_verifying`` timeout (its first SUT verify comes while the device is still rebooting, so
   the state waits out its timeout before verifying again), or the device's reboot if longer.
 
-Target: request-to-ready within 1.2x the nominal sum at every N.
+Target: request-to-ready within 1.2x the nominal sum at every N.  Every phase is its mean plus a
+uniform spread (android_extracting is 90 +- 60 s), so one install's own time varies a lot; the
+verdict uses the sum of the durations the assigned device really drew, which the simulator logs,
+so that what is measured is the daemon's overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -61,6 +65,28 @@ def nominal_request_to_ready() -> tuple[float, list[tuple[str, float]]]:
     return sum(p for _, p in parts), parts
 
 
+_PHASE_LINE = re.compile(r"\] (\S+): (\w+) for ([\d.]+) s$", re.M)
+
+
+def drawn_request_to_ready(log_text: str, device: str) -> float | None:
+    """Unscaled seconds of the happy path as ``device`` really drew its phases for its latest
+    install (the simulator logs each draw): the same sum as :func:`nominal_request_to_ready`,
+    so the ratio to it is what the daemon adds, free of the phases' random spread."""
+    phases = [(p, float(secs)) for d, p, secs in _PHASE_LINE.findall(log_text) if d == device]
+    names = [p for p, _ in phases]
+    if "android_downloading" not in names:
+        return None
+    i = len(names) - 1 - names[::-1].index("android_downloading")
+    if i < 2 or names[i - 2:i] != ["booting", "mobile_init_started"] or names[i + 1:i + 4] != [
+        "android_extracting", "android_rebooting", "booting"
+    ]:
+        return None
+    booting, init, download, extract, reboot, booting2 = (secs for _, secs in phases[i - 2:i + 4])
+    return RelayTiming().cycle_pause + booting + init + download + extract + max(
+        float(TIMEOUTS["sut_verifying"] or 0), reboot + REBOOT_SECONDS + booting2
+    )
+
+
 def nominal_start_to_ready(n: int) -> float:
     """Unscaled seconds until the last device of a full board is ready after a self-test."""
     timing = RelayTiming()
@@ -81,16 +107,17 @@ def wait_all_ready(daemon: Daemon, n: int, timeout: float) -> tuple[float | None
     return None, summary
 
 
-def one_request(daemon: Daemon, timeout: float) -> tuple[float | None, str, str, list[tuple[float, str]]]:
+def one_request(daemon: Daemon, timeout: float) -> tuple[float | None, str, str, list[tuple[float, str]], float | None]:
     """POST an ``any`` android request and poll (10 ms) until it is ready; also records the
-    assigned device's state transitions with their times, for the phase breakdown."""
+    assigned device's state transitions with their times, for the phase breakdown, and the
+    unscaled sum of the phases the device drew (None if not found in the log)."""
     import json
 
     t = time.monotonic()
     code, body = http_call(daemon.port, "POST", "/api/device/any/request/",
                            {"assignee": "bench", "duration": 3600, "image": "android", "environment": "any"})
     if code != 200:
-        return None, f"POST {code}", body[:200].decode("utf-8", "replace"), []
+        return None, f"POST {code}", body[:200].decode("utf-8", "replace"), [], None
     rid = json.loads(body)["request"]["id"]
     state, device = "", ""
     timeline: list[tuple[float, str]] = []
@@ -105,12 +132,12 @@ def one_request(daemon: Daemon, timeout: float) -> tuple[float | None, str, str,
         if state == "ready":
             elapsed = time.monotonic() - t
             http_call(daemon.port, "POST", f"/api/request/{rid}/return/")
-            return elapsed, state, device, timeline
+            return elapsed, state, device, timeline, drawn_request_to_ready(daemon.log_text(), device)
         if state.startswith("failed_") or state == "closed":
             break
         time.sleep(0.01)
     http_call(daemon.port, "POST", f"/api/request/{rid}/return/")
-    return None, state, device, timeline
+    return None, state, device, timeline, None
 
 
 def run_n(n: int, scale: float, requests: int, workdir: str) -> dict[str, Any]:
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         times = [q[0] for q in r["requests"] if q[0] is not None]
+        drawn = [q[0] / (q[4] * scale) for q in r["requests"] if q[0] is not None and q[4]]
         start_nominal = nominal_start_to_ready(r["n"]) * scale
         mean = sum(times) / len(times) if times else None
         worst = max(times) if times else None
@@ -172,16 +200,23 @@ def main(argv: list[str] | None = None) -> int:
             ", ".join(f"{t:.2f}" for t in times) or "n/a", req_nominal * scale,
             f"{mean / (req_nominal * scale):.2f}" if mean else "n/a",
             f"{worst / (req_nominal * scale):.2f}" if worst else "n/a",
+            ", ".join(f"{x:.2f}" for x in drawn) or "n/a",
             r["pxe_cycle_timeouts"],
         ])
     say(table(["N", "API up s", "all ready s", "nominal s", "x nominal", "request->ready s", "nominal s",
-               "mean x", "worst x", "pxe_power_cycling timeouts"], rows))
-    say("\nTarget: request-to-ready within 1.2x nominal at every N")
+               "mean x", "worst x", "x drawn", "pxe_power_cycling timeouts"], rows))
+    say("\n'x drawn': request-to-ready over the same sum with the durations the device really drew")
+    say("(each phase is mean +- a uniform spread, so one install alone can take 0.6x-1.5x the mean sum).")
+    say("\nTarget: request-to-ready within 1.2x the phase sum at every N (judged on the drawn sum)")
     for r in results:
         times = [q[0] for q in r["requests"] if q[0] is not None]
+        drawn = [q[0] / (q[4] * scale) for q in r["requests"] if q[0] is not None and q[4]]
         worst = max(times) / (req_nominal * scale) if times else None
-        verdict = "met" if worst is not None and worst <= 1.2 and len(times) == len(r["requests"]) else "MISSED"
-        say(f"  N={r['n']:5d}: worst {worst if worst is None else round(worst, 2)}x -> {verdict}")
+        worst_drawn = max(drawn) if drawn else None
+        complete = len(times) == len(r["requests"]) == len(drawn)
+        verdict = "met" if complete and worst_drawn is not None and worst_drawn <= 1.2 else "MISSED"
+        say(f"  N={r['n']:5d}: worst {worst_drawn if worst_drawn is None else round(worst_drawn, 2)}x the drawn sum "
+            f"({worst if worst is None else round(worst, 2)}x the mean sum) -> {verdict}")
         failed = [(q[1], q[2]) for q in r["requests"] if q[0] is None]
         if failed:
             say(f"    requests that did not reach ready: {failed}")

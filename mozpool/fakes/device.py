@@ -297,8 +297,8 @@ class SimulatedDevice:
                 self._cancelling = False
 
     def _life_ended(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
+        if failure.check(CancelledError) or self._cancelling:
+            return  # the power went; what an HTTP call in flight became does not matter
         log.failure("{device}: simulator error; the device hangs", failure, device=self.name)
         self._ping = _NEVER
         self._stop_agent()
@@ -355,7 +355,9 @@ class SimulatedDevice:
         seconds, splay = PHASE_DURATIONS[phase]
         if splay:
             seconds += self._rng.randint(-splay, splay)
-        await deferLater(self._clock, max(0.0, seconds) * self.time_scale, lambda: None)
+        seconds = max(0.0, seconds)
+        log.debug("{device}: {phase} for {seconds:g} s", device=self.name, phase=phase, seconds=seconds)
+        await deferLater(self._clock, seconds * self.time_scale, lambda: None)
 
     @staticmethod
     async def _forever() -> None:

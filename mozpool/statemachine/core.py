@@ -12,6 +12,7 @@ async hooks: ``event``, ``timeout`` and ``enter``).  :class:`MachineRunner` does
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
@@ -134,11 +135,13 @@ class Machine:
         self.generation += 1
         old = self.row.state
         self.row.state = state
-        self.row.timeout = self.runner.deadline(state)
+        delay = self.runner.delay(state)
+        self.row.timeout = self.runner.deadline_in(delay)
         lines = [why] if why else []
         if state != old:
             lines.append(f"entering state {state}")
         await self.runner.write_state(self.row, lines)
+        self.runner.arm(self.key, delay)
         if state in self.runner.kind.timeouts:
             generation = self.generation
             try:
@@ -150,11 +153,12 @@ class Machine:
                 # away, say).  Leave a deadline so the timeout path runs the entry again rather
                 # than leaving a transient state with no timer stuck for ever.
                 log.failure("entry action of {state} for {key} failed; will retry", state=state, key=self.key)
-                self.row.timeout = self.runner.retry_deadline()
+                self.row.timeout = self.runner.deadline_in(self.runner.retry_delay())
                 try:
                     await self.runner.write_state(self.row)
                 except Exception:
                     log.warn("could not record the retry for {key}: {error}", key=self.key, error=e)
+                self.runner.arm(self.key, self.runner.retry_delay())
 
     async def log(self, message: str, level: str = "info", source: str = "statemachine") -> None:
         await self.runner.log(self.row, message, level, source)
@@ -182,21 +186,33 @@ class MachineRunner:
         self.time_scale = time_scale
         self._locks: dict[str, defer.DeferredLock] = {}
         self._log = Logger(namespace=f"mozpool.{kind.log_kind}")
+        #: set by a running :class:`TimeoutDriver`: called with (key, seconds) on every deadline
+        self.deadline_set: Callable[[str, float], None] | None = None
 
     # -- time -------------------------------------------------------------------------------
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
 
-    def deadline(self, state: str) -> str | None:
+    def delay(self, state: str) -> float | None:
+        """Seconds from now to ``state``'s deadline (None: no timer)."""
         nominal = self.kind.timeouts.get(state)
-        if nominal is None:
-            return None
-        return deadline_text(self.clock.seconds() + self.scaled(nominal))
+        return None if nominal is None else self.scaled(nominal)
 
-    def retry_deadline(self) -> str:
+    def retry_delay(self) -> float:
         """When to run a failed entry action again: one (scaled) poll interval from now."""
-        return deadline_text(self.clock.seconds() + self.scaled(POLL_INTERVAL))
+        return self.scaled(POLL_INTERVAL)
+
+    def deadline_in(self, delay: float | None) -> str | None:
+        return None if delay is None else deadline_text(self.clock.seconds() + delay)
+
+    def deadline(self, state: str) -> str | None:
+        return self.deadline_in(self.delay(state))
+
+    def arm(self, key: str, delay: float | None) -> None:
+        """Tell the running driver (if any) that this process set ``key``'s deadline."""
+        if delay is not None and self.deadline_set is not None:
+            self.deadline_set(key, delay)
 
     def now(self) -> str:
         return dbnow(self.clock)
@@ -368,8 +384,17 @@ async def each_bounded(
 
 
 class TimeoutDriver(Service):
-    """Every ``POLL_INTERVAL * time_scale`` seconds: feed ``timeout`` to due machines, then run
-    ``extra`` (the request layer's expiry poll).  A failing step is logged; the loop goes on."""
+    """Feeds ``timeout`` to machines whose deadline passed, two ways:
+
+    - a timer per deadline this process sets, so a state times out when it should rather than
+      up to a poll interval late (a 0 s timeout is taken at once);
+    - every ``POLL_INTERVAL * time_scale`` seconds, a poll of the database for this server's
+      due machines, which covers deadlines from before a restart or from another process; then
+      ``extra`` (the request layer's expiry poll).
+
+    Both feed one queue of due machines, worked by at most ``TIMEOUT_CONCURRENCY`` timeouts at
+    once; the machine's lock re-checks the deadline, so a timeout seen twice is applied once.  A
+    failing step is logged; the loop goes on."""
 
     def __init__(
         self, runner: MachineRunner, extra: Callable[[], Awaitable[None]] | None = None, interval: float | None = None
@@ -380,20 +405,82 @@ class TimeoutDriver(Service):
         self._loop: task.LoopingCall | None = None
         self._tick: defer.Deferred[None] | None = None
         self._stopping = False
+        self._timers: dict[str, Any] = {}
+        #: due machines waiting for a worker, in order, each once
+        self._due: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._workers: set[defer.Deferred[None]] = set()
 
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        self.runner.deadline_set = self._arm
         self._loop = task.LoopingCall(self._start_tick)
         self._loop.clock = self.runner.clock
         self._loop.start(self.interval, now=True)
 
-    def stopService(self) -> "defer.Deferred[None] | None":
+    def stopService(self) -> "defer.Deferred[None]":
         super().stopService()
         self._stopping = True
+        self.runner.deadline_set = None
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        self._due.clear()
+        self._queued.clear()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        return self._tick
+        pending = [d for d in (self._tick, *self._workers) if d is not None]
+        return defer.DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
+
+    def idle(self) -> "defer.Deferred[None]":
+        """Fires when no due machine is queued or being handled."""
+
+        async def wait() -> None:
+            while self._workers:
+                await defer.DeferredList(list(self._workers), consumeErrors=True)
+
+        return defer.Deferred.fromCoroutine(wait())
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _arm(self, key: str, delay: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None and old.active():
+            old.cancel()
+        # A millisecond late: deadlines are stored rounded up to the millisecond.
+        self._timers[key] = self.runner.clock.callLater(delay + 0.001, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
+        """Queue a due machine (once) for the workers, starting one if fewer are running than
+        the bound: timers and the poll share this queue and its bound."""
+        if self._stopping or key in self._queued:
+            return
+        self._queued.add(key)
+        self._due.append(key)
+        if len(self._workers) < TIMEOUT_CONCURRENCY:
+            worker = defer.Deferred.fromCoroutine(self._drain())
+            self._workers.add(worker)
+            worker.addBoth(lambda _: self._workers.discard(worker))
+
+    async def _drain(self) -> None:
+        while self._due and not self._stopping:
+            key = self._due.popleft()
+            self._queued.discard(key)
+            await self._timeout(key)
+
+    async def _timeout(self, key: str) -> None:
+        try:
+            await self.runner.handle_timeout(key)
+        except Exception:
+            log.failure("timeout for {kind} {key} failed", kind=self.runner.kind.log_kind, key=key)
+
+    # -- the poll ---------------------------------------------------------------------------
 
     def _start_tick(self) -> None:
         if self._tick is not None:
@@ -411,15 +498,9 @@ class TimeoutDriver(Service):
         except Exception:
             log.failure("listing due {kind} machines failed", kind=self.runner.kind.log_kind)
             keys = []
-
-        async def one(key: str) -> None:
-            try:
-                await self.runner.handle_timeout(key)
-            except Exception:
-                log.failure("timeout for {kind} {key} failed", kind=self.runner.kind.log_kind, key=key)
-
-        # Once stopping, finish the timeouts in hand and start no more.
-        await each_bounded(keys, TIMEOUT_CONCURRENCY, one, until=lambda: self._stopping)
+        for key in keys:
+            self._enqueue(key)  # once stopping, nothing more is queued
+        await self.idle()
         if self.extra is not None:
             try:
                 await self.extra()

@@ -7,7 +7,7 @@ import random
 from typing import Any, Optional
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -275,6 +275,26 @@ class Power(DeviceTestBase):
         self.assertTrue(pending[0].called, "the request was cancelled")
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(device.state, "off")
+
+    def test_power_off_during_a_real_clients_http_is_no_simulator_error(self) -> None:
+        """A cancelled HTTP/1.1 request fails with ResponseNeverReceived, not CancelledError:
+        the power going is still no simulator error (seen with 200 devices in bench/demo.py)."""
+        from twisted.python.failure import Failure
+        from twisted.web._newclient import ResponseNeverReceived
+
+        class LikeTreq:
+            def post(self, url: str, **kw: Any) -> Deferred:
+                return Deferred(lambda d: d.errback(ResponseNeverReceived([Failure(CancelledError())])))
+
+        device = self.make(http=LikeTreq())
+        self.pxe.files[PATH] = pxe_config("android-second-stage")
+        self.power_cycle(device)
+        self.until(lambda: device.state == "mobile_init_started", 20)
+        device.set_power(False)
+        self.assertEqual(device.state, "off")
+        self.assertNotIn("simulator error", self.messages())
+        device.set_power(True)
+        self.until(lambda: device.state == "mobile_init_started", 20)
 
     def test_same_power_twice_is_ignored(self) -> None:
         device = self.make(state="ready", image="android")

@@ -8,6 +8,7 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
 from mozpool.db import fixtures, logs
+from mozpool.statemachine import core
 from mozpool.statemachine.core import Machine, MachineRunner, TimeoutDriver, each_bounded
 from tests.support.dbtest import DatabaseTest, on_both_backends
 
@@ -163,6 +164,72 @@ class Core(DatabaseTest):
         )
         self.assertEqual((await self.row())[0], "idle")
         self.assertEqual(self.runner._locks, {})
+
+
+    # --- the driver's timers ----------------------------------------------------------------
+
+    async def started_driver(self) -> TimeoutDriver:
+        driver = TimeoutDriver(self.runner, interval=1000)  # the poll stays out of the way
+        driver.startService()
+        self.addCleanup(driver.stopService)
+        await driver._tick  # the first poll, at start
+        return driver
+
+    async def test_a_deadline_set_here_times_out_on_time_without_the_poll(self) -> None:
+        driver = await self.started_driver()
+        await self.runner.handle_event("panda-0001", "go")  # waiting: 10 s x 0.5
+        self.clock.advance(4.99)
+        await driver.idle()
+        self.assertEqual((await self.row())[2], "{}")
+        self.clock.advance(0.02)
+        await driver.idle()
+        self.assertEqual((await self.row())[::2], ("waiting", '{"tries": 1}'))
+        self.clock.advance(5.01)  # and the next deadline, set by that timeout, too
+        await driver.idle()
+        self.assertEqual((await self.row())[::2], ("waiting", '{"tries": 2}'))
+
+    async def test_stopping_cancels_the_timers(self) -> None:
+        driver = await self.started_driver()
+        await self.runner.handle_event("panda-0001", "go")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2, "the poll and the deadline")
+        await driver.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        await self.runner.handle_event("panda-0002", "go")
+        self.assertEqual(self.clock.getDelayedCalls(), [], "a stopped driver arms nothing")
+
+    async def test_timers_run_at_most_the_concurrency_at_once(self) -> None:
+        self.patch(core, "TIMEOUT_CONCURRENCY", 1)
+        driver = await self.started_driver()
+        await self.runner.handle_event("panda-0001", "go")
+        await self.runner.handle_event("panda-0002", "go")
+        running, most = [0], [0]
+        real_timeout = self.toy.timeout
+        gate: defer.Deferred[None] = defer.Deferred()
+
+        async def counted(m: Machine) -> bool:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            await gate
+            running[0] -= 1
+            return await real_timeout(m)
+
+        self.toy.timeout = counted  # type: ignore[method-assign]
+        self.clock.advance(5.01)
+        await self.settle_db(lambda: running[0] > 0)
+        await self.settle_db(lambda: running[0] > 1)
+        self.assertEqual(running[0], 1, "the second waits for the first")
+        gate.callback(None)
+        await driver.idle()
+        self.assertEqual(most[0], 1)
+        self.assertEqual([(await self.row(n))[2] for n in ("panda-0001", "panda-0002")], ['{"tries": 1}'] * 2)
+
+    async def settle_db(self, done: Any, rounds: int = 100) -> None:
+        """Give timer-started work (which reads the database first) ``rounds`` database round
+        trips to make ``done()`` true."""
+        for _ in range(rounds):
+            if done():
+                return
+            await self.db.query("SELECT 1")
 
 
 CoreSQLite, CoreMariaDB = on_both_backends(Core)

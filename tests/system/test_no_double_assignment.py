@@ -4,8 +4,13 @@ device is ever held by two open requests, every request ends `ready` (then expir
 
 Size: ``MOZPOOL_STRESS_REQUESTS`` requests against ``MOZPOOL_STRESS_DEVICES`` devices (half on
 each server); the defaults keep the suite quick, e.g. ``MOZPOOL_STRESS_REQUESTS=1000
-MOZPOOL_STRESS_DEVICES=200`` is the full run (``MOZPOOL_STRESS_TIME_SCALE``, default 0.01, scales
-every state timeout and simulated delay)."""
+MOZPOOL_STRESS_DEVICES=200`` is the full run (``MOZPOOL_STRESS_TIME_SCALE``, default 0.02, scales
+every state timeout and simulated delay).
+
+Why 0.02: the POST to LifeGuard is bounded at 2/3 of contacting_lifeguard's scaled 30 s, i.e.
+0.2 s at 0.01.  With timeouts taken on time, 50 creations at once on two cores make LifeGuard's
+answer slower than that; the request then drops a device that is imaging for it (spec R2, by
+design), and most of the run measures that rather than the races this test is about."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from tests.system.test_two_servers import daemon_errors, two_servers
 
 REQUESTS = int(os.environ.get("MOZPOOL_STRESS_REQUESTS", "200"))
 DEVICES = int(os.environ.get("MOZPOOL_STRESS_DEVICES", "40"))
-TIME_SCALE = float(os.environ.get("MOZPOOL_STRESS_TIME_SCALE", "0.01"))
+TIME_SCALE = float(os.environ.get("MOZPOOL_STRESS_TIME_SCALE", "0.02"))
 #: Seconds a ready request is held: the client renews it to this, so the expiry poll frees it.
 HOLD = (1, 3)
 #: Requests being created at once (HTTP calls in flight).
@@ -157,7 +162,7 @@ class NoDoubleAssignment(TestCase):
         if "MOZPOOL_STRESS_REQUESTS" not in os.environ:
             # At the default size devices freed by expiry serve later requests.  At 1,000
             # requests on 200 devices, two cores image too slowly for that: most requests spend
-            # their 'any' budget (60 attempts, 6 s at time scale 0.01) first, as the spec says.
+            # their 'any' budget (60 attempts of 10 s, scaled) first, as the spec says.
             self.assertGreater(len(ever_ready), len(pool), "devices were reused for later requests")
 
         # Nothing stuck: every device ends ready or in a failed_ state LifeGuard chose, none in
