@@ -24,6 +24,7 @@ so that what is measured is the daemon's overhead.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -100,7 +101,13 @@ def wait_all_ready(daemon: Daemon, n: int, timeout: float) -> tuple[float | None
     start = daemon.started_at
     summary: dict[str, Any] = {}
     while time.monotonic() - start < timeout:
-        summary = get_json(daemon.port, "/api/pool/summary/")
+        code, body = http_call(daemon.port, "GET", "/api/pool/summary/")
+        if code == 503:  # the API listens while start-up creates the schema
+            time.sleep(0.05)
+            continue
+        if code != 200:
+            raise RuntimeError(f"GET /api/pool/summary/ -> {code}: {body[:300]!r}")
+        summary = json.loads(body)
         if summary["by_category"]["idle"] == n:
             return time.monotonic() - start, summary
         time.sleep(0.05)
