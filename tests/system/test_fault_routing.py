@@ -1,6 +1,10 @@
-"""An operator's fault injection: a fifth of the simulated pool always fails while downloading
-Android.  Sequential `any` requests all end `ready` on healthy devices; the failing devices go
-through `failed_android_downloading` (and its automatic self-test) instead of serving anyone."""
+"""An operator's fault injection, the issue's "20% failure rate in one phase" both ways: two of
+ten simulated devices always fail their Android download (``--fail``), and every other device
+fails a fifth of its downloads (``[fakes] android_downloading = 0.2``).
+
+Fifty sequential `any` requests all end `ready`, never on the two broken devices, which end in
+`failed_android_downloading` (and LifeGuard's automatic self-test) when picked; the occasional
+failures on the others are retried by LifeGuard on the same device."""
 
 from __future__ import annotations
 
@@ -10,16 +14,17 @@ from twisted.trial.unittest import TestCase
 
 from tests.system.daemon import Daemon
 
-#: The issue asks for 50 (about 4 minutes here); the suite runs 20 unless told otherwise.
-REQUESTS = int(os.environ.get("MOZPOOL_SEQUENTIAL_REQUESTS", "20"))
+#: ``MOZPOOL_SEQUENTIAL_REQUESTS`` makes the run shorter (each request takes about 4 s).
+REQUESTS = int(os.environ.get("MOZPOOL_SEQUENTIAL_REQUESTS", "50"))
 
 
 class FaultRouting(TestCase):
-    timeout = 600
+    timeout = 900
 
     async def test_requests_route_around_failing_devices(self) -> None:
-        failing = ["panda-0002", "panda-0007"]
-        d = Daemon(self, fakes=10, extra_args=tuple(a for n in failing for a in ("--fail", f"{n}:android_downloading")))
+        broken = ["panda-0002", "panda-0007"]
+        d = Daemon(self, fakes=10, config="android_downloading = 0.2",
+                   extra_args=tuple(a for n in broken for a in ("--fail", f"{n}:android_downloading")))
         await d.start()
         await d.wait_ready()
         served: set[str] = set()
@@ -30,15 +35,17 @@ class FaultRouting(TestCase):
             self.assertEqual(await d.wait_request(rid, timeout=120), "ready")
             device = (await d.get(f"/api/request/{rid}/details/"))["assigned_device"]
             served.add(device)
-            self.assertNotIn(device, failing)
+            self.assertNotIn(device, broken)
             code, _ = await d.call("POST", f"/api/request/{rid}/return/")
             self.assertEqual(code, 204)
         self.assertGreater(len(served), 3, "requests spread over the healthy devices")
-        tried = []
-        for name in failing:
-            log = (await d.get(f"/api/device/{name}/log/"))["log"]
-            messages = [e["message"] for e in log]
-            if any("please_image" in m or "android_downloading" in m for m in messages):
-                tried.append(name)
-                self.assertIn("entering state failed_android_downloading", messages)
-        self.assertTrue(tried, "the failing devices were picked and failed at least once")
+        logs = {}
+        for n in range(1, 11):
+            name = f"panda-{n:04d}"
+            logs[name] = [e["message"] for e in (await d.get(f"/api/device/{name}/log/"))["log"]]
+        tried = [n for n in broken if any("please_image" in m or "android_downloading" in m for m in logs[n])]
+        self.assertTrue(tried, "the broken devices were picked")
+        for name in tried:
+            self.assertIn("entering state failed_android_downloading", logs[name])
+        retried = [n for n in served if "handling timeout on android_downloading" in logs[n]]
+        self.assertTrue(retried, "a served device failed a download and LifeGuard retried it")
