@@ -118,8 +118,6 @@ def one_request(daemon: Daemon, timeout: float) -> tuple[float | None, str, str,
     """POST an ``any`` android request and poll (10 ms) until it is ready; also records the
     assigned device's state transitions with their times, for the phase breakdown, and the
     unscaled sum of the phases the device drew (None if not found in the log)."""
-    import json
-
     t = time.monotonic()
     code, body = http_call(daemon.port, "POST", "/api/device/any/request/",
                            {"assignee": "bench", "duration": 3600, "image": "android", "environment": "any"})

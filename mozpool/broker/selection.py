@@ -135,14 +135,16 @@ def pick(c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = 
     Boot configs are compared as parsed JSON."""
     rng = random.Random(draw)
     where, params = _available(request, exclude)
-    tries = 0 if request.named else SAMPLE_TRIES  # one name: one indexed row either way
+    ids = None  # the id range to sample; one name is one indexed row either way
+    if not request.named and SAMPLE_TRIES:
+        ids = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone()
     if request.reusable:
-        held = _sample(c, request, where, params, rng, tries, preferred=True)
+        held = _sample(c, request, where, params, rng, ids, preferred=True)
         if held is None:
             held = _count_held(c, request, where, params, rng.random())
         if held is not None:
             return held
-    found = _sample(c, request, where, params, rng, tries, preferred=False)
+    found = _sample(c, request, where, params, rng, ids, preferred=False)
     if found is not None:
         return found
     total = int(c.scalar(f"SELECT COUNT(*){where}", params) or 0)
@@ -156,14 +158,14 @@ def _holds(request: RequestInfo, image_id: Any, boot_config: str | None) -> bool
 
 
 def _sample(
-    c: Cursor, request: RequestInfo, where: str, params: list[Any], rng: random.Random, tries: int, preferred: bool
+    c: Cursor, request: RequestInfo, where: str, params: list[Any], rng: random.Random,
+    ids: tuple[Any, ...] | None, preferred: bool,
 ) -> Candidate | None:
-    if tries == 0:
-        return None
-    lo, hi = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone() or (None, None)
+    """Up to SAMPLE_TRIES random ids in ``ids`` (MIN, MAX); None: not sampling."""
+    lo, hi = ids or (None, None)
     if lo is None:
         return None
-    for _ in range(tries):
+    for _ in range(SAMPLE_TRIES):
         row = c.execute(
             f"SELECT d.id, d.name, d.image_id, d.boot_config{where} AND d.id = ?",
             [*params, rng.randint(int(lo), int(hi))],

@@ -153,12 +153,13 @@ class Machine:
                 # away, say).  Leave a deadline so the timeout path runs the entry again rather
                 # than leaving a transient state with no timer stuck for ever.
                 log.failure("entry action of {state} for {key} failed; will retry", state=state, key=self.key)
-                self.row.timeout = self.runner.deadline_in(self.runner.retry_delay())
+                retry = self.runner.retry_delay()
+                self.row.timeout = self.runner.deadline_in(retry)
                 try:
                     await self.runner.write_state(self.row)
                 except Exception:
                     log.warn("could not record the retry for {key}: {error}", key=self.key, error=e)
-                self.runner.arm(self.key, self.runner.retry_delay())
+                self.runner.arm(self.key, retry)
 
     async def log(self, message: str, level: str = "info", source: str = "statemachine") -> None:
         await self.runner.log(self.row, message, level, source)
@@ -205,9 +206,6 @@ class MachineRunner:
 
     def deadline_in(self, delay: float | None) -> str | None:
         return None if delay is None else deadline_text(self.clock.seconds() + delay)
-
-    def deadline(self, state: str) -> str | None:
-        return self.deadline_in(self.delay(state))
 
     def arm(self, key: str, delay: float | None) -> None:
         """Tell the running driver (if any) that this process set ``key``'s deadline."""
