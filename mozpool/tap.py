@@ -249,7 +249,9 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     from mozpool.broker.service import Broker, BrokerService
     from mozpool.lifeguard.service import LifeGuard
     from mozpool.web.api import MozpoolAPI
+    from mozpool.web.events import ChangeFeed, EventHub
     from mozpool.web.site import makeSite
+    from mozpool.web.ui.app import OperatorUI
 
     config: Config = options.config if isinstance(options, Options) else options["config"]
     fqdn = config.server_fqdn
@@ -296,11 +298,20 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
     broker = Broker(db, reactor, fqdn, config.time_scale, http_client, random.Random())
     lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, http_client, broker.request_event)
-    api = MozpoolAPI(db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware))
+    hub = EventHub(reactor)
+    api = MozpoolAPI(db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware), events=hub)
+
+    feed = ChangeFeed(db, hub, reactor)
+    feed.setName("events")
+    feed.setServiceParent(top)
 
     http = StreamServerEndpointService(
         serverFromString(reactor, _listen(config.port, config.listen_host)),
-        makeSite(api, access_log=config.extra.getboolean("server", "access_log", fallback=False)),
+        makeSite(
+            api,
+            ui=OperatorUI(db, fqdn, reactor).resource(),
+            access_log=config.extra.getboolean("server", "access_log", fallback=False),
+        ),
     )
     http.setName("http")
     http.setServiceParent(top)
@@ -339,7 +350,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
         namespace = {
             "config": config, "db": db, "services": top, "api": api, "reactor": reactor,
-            "broker": broker, "lifeguard": lifeguard, "hardware": hardware, "fakes": fakes,
+            "broker": broker, "lifeguard": lifeguard, "hardware": hardware, "fakes": fakes, "events": hub,
         }
         console = makeManholeService(
             config.manhole_endpoint, config.manhole_username, config.manhole_password, namespace, reactor,

@@ -311,14 +311,14 @@ class RequestKind:
         elif state == "contacting_lifeguard":
             await self.contacting(m)
         elif state in CLAIM_CLEARING:
-            await m.db.runInteraction(selection.clear_claim, m.id)
+            await m.db.runInteraction(selection.clear_claim, m.id, m.runner.now())
 
     # --- entry actions ----------------------------------------------------------------------
 
     async def find(self, m: Machine) -> None:
         """Device selection (2.4)."""
         draws = [self.rng.random() for _ in range(CLAIM_TRIES)]
-        n, (info, claimed) = await m.incr_with("finding_device", selection.find, m.id, draws)
+        n, (info, claimed) = await m.incr_with("finding_device", selection.find, m.id, draws, m.runner.now())
         for name in claimed.lost:
             await m.log(f"device {name} was claimed by another request; trying another")
         if claimed.device is not None:

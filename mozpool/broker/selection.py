@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from mozpool.db import changes
 from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor
 
@@ -205,34 +206,35 @@ def _count_held(c: Cursor, request: RequestInfo, where: str, params: list[Any], 
     return None
 
 
-def claim(c: Cursor, request_id: int, device_id: int) -> None:
+def claim(c: Cursor, request_id: int, device_id: int, now: str) -> None:
     """Claim the device for the request; :class:`mozpool.db.errors.Conflict` if it is taken."""
     c.execute(
         "INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES (?, ?, NULL)",
         (request_id, device_id),
     )
+    changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device_id)
 
 
-def find(c: Cursor, request_id: int, draws: Sequence[float]) -> tuple[RequestInfo, Claimed]:
+def find(c: Cursor, request_id: int, draws: Sequence[float], now: str) -> tuple[RequestInfo, Claimed]:
     """The request as selection sees it, and :func:`pick_and_claim` for it."""
     info = request_info(c, request_id)
     assert info is not None, "the request machine loaded this row"
-    return info, pick_and_claim(c, info, draws)
+    return info, pick_and_claim(c, info, draws, now)
 
 
-def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float]) -> Claimed:
+def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float], now: str) -> Claimed:
     """Drop the request's old claim, then pick and claim a device, one ``draw`` per try.
 
     The INSERT of the claim is the only guard: a device another request claimed first makes it
     fail (Conflict), and the next try picks among the rest at once (bmm-protocols 6.4)."""
-    clear_claim(c, request.id)
+    clear_claim(c, request.id, now)
     lost: list[Candidate] = []
     for draw in draws:
         device = pick(c, request, draw, [d.id for d in lost])
         if device is None:
             break
         try:
-            claim(c, request.id, device.id)
+            claim(c, request.id, device.id, now)
         except Conflict:
             lost.append(device)
             continue
@@ -240,11 +242,12 @@ def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float]) -> C
     return Claimed(None, tuple(d.name for d in lost))
 
 
-def clear_claim(c: Cursor, request_id: int) -> None:
+def clear_claim(c: Cursor, request_id: int, now: str) -> None:
     """Drop the request's claim.  Looked up first: on InnoDB a DELETE that matches nothing
     locks the index gap, which an INSERT of a claim in the same transaction can deadlock on."""
     if c.scalar("SELECT 1 FROM device_requests WHERE request_id = ?", (request_id,)) is not None:
         c.execute("DELETE FROM device_requests WHERE request_id = ?", (request_id,))
+        changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=None)
 
 
 def device_state(c: Cursor, name: str) -> str | None:

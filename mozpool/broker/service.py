@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from mozpool.broker import lifeguard, selection
 from mozpool.broker.machine import RequestKind
-from mozpool.db import logs
+from mozpool.db import changes, logs
 from mozpool.db import requests as request_rows
 from mozpool.db.catalog import server_id
 from mozpool.db.pool import Cursor, Database
@@ -85,6 +85,7 @@ class Broker:
                  environment or "any"),
             )
             request_id = c.lastrowid
+            changes.record(c, changes.REQUEST_STATE, now, request_id=request_id, state="new", old_state=None)
             logs.add_log(c, "request", request_id, "statemachine", created, now)
             return request_id
 

@@ -5,18 +5,24 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from mozpool.db import changes
 from mozpool.db.pool import Cursor
-from mozpool.timeutil import DB_FORMAT, parse_dbtime
+from mozpool.timeutil import DB_FORMAT, apitime, parse_dbtime
 
 _TABLES = {"device": ("device_logs", "device_id"), "request": ("request_logs", "request_id")}
+_LOG_CHANGE = {"device": changes.DEVICE_LOG, "request": changes.REQUEST_LOG}
+_OWNER_ARG = {"device": "device_id", "request": "request_id"}
 
 
 def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> None:
-    """Append one line to the device or request log; leading whitespace is trimmed."""
+    """Append one line to the device or request log (and the change journal); leading
+    whitespace is trimmed."""
     table, column = _TABLES[kind]
-    c.execute(
-        f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)",
-        (owner_id, ts, source[:32], message.lstrip()),
+    source, message = source[:32], message.lstrip()
+    c.execute(f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message))
+    changes.record(
+        c, _LOG_CHANGE[kind], ts, **{_OWNER_ARG[kind]: owner_id},
+        id=c.lastrowid, timestamp=apitime(ts), source=source, message=message,
     )
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from mozpool.db import changes
 from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import dbtime, parse_dbtime
 
 BATCH = 1000
+#: The change journal is only read by live followers; a day covers any restart or outage.
+CHANGE_RETENTION_DAYS = 1.0
 
 
 def _cutoff(now: str, days: float) -> str:
@@ -24,7 +27,10 @@ def _marks(ids: list) -> str:
 
 async def purge(db: Database, now: str, log_retention_days: float = 14, request_retention_days: float = 7) -> dict[str, int]:
     """Delete what is past retention; return how many rows of each kind went."""
-    counts = {"device_logs": 0, "request_logs": 0, "requests": 0}
+    counts = {"device_logs": 0, "request_logs": 0, "requests": 0, "changes": 0}
+    change_cutoff = _cutoff(now, CHANGE_RETENTION_DAYS)
+    while (n := await db.runInteraction(changes.purge_before, change_cutoff, BATCH)):
+        counts["changes"] += n
     log_cutoff = _cutoff(now, log_retention_days)
     for table in ("device_logs", "request_logs"):
 

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mozpool.db import logs
+from mozpool.db import changes, logs
 from mozpool.db.jsontext import loads_object
 from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import dbnow, deadline_text
@@ -140,7 +140,7 @@ class Machine:
         lines = [why] if why else []
         if state != old:
             lines.append(f"entering state {state}")
-        await self.runner.write_state(self.row, lines)
+        await self.runner.write_state(self.row, lines, old)
         self.runner.arm(self.key, delay)
         if state in self.runner.kind.timeouts:
             generation = self.generation
@@ -235,8 +235,9 @@ class MachineRunner:
         counters = {k: v for k, v in loads_object(row[3]).items() if isinstance(v, int)}
         return Row(int(row[0]), str(row[1]), row[2], counters, row[4])
 
-    async def write_state(self, row: Row, log_lines: Sequence[str] = ()) -> None:
-        """Write the row's state, deadline and counters, and ``log_lines`` to its log, at once."""
+    async def write_state(self, row: Row, log_lines: Sequence[str] = (), old_state: str | None = None) -> None:
+        """Write the row's state, deadline and counters, and ``log_lines`` to its log, at once;
+        a change from ``old_state`` goes to the change journal too."""
         now = self.now()
 
         def write(c: Cursor) -> None:
@@ -244,6 +245,11 @@ class MachineRunner:
                 f"UPDATE {self.kind.table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
                 (row.state, row.timeout, json.dumps(row.counters), row.id),
             )
+            if old_state is not None and old_state != row.state:
+                changes.record(
+                    c, f"{self.kind.log_kind}_state", now, **{f"{self.kind.log_kind}_id": row.id},
+                    state=row.state, old_state=old_state,
+                )
             for line in log_lines:
                 logs.add_log(c, self.kind.log_kind, row.id, "statemachine", line, now)
 

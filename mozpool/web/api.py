@@ -29,6 +29,7 @@ from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import Database
 from mozpool.errors import UnknownObject
 from mozpool.timeutil import apitime, dbnow
+from mozpool.web import events as event_stream
 from mozpool.web import metrics, openapi, queries, validate
 from mozpool.web.errors import (
     ApiError,
@@ -162,6 +163,7 @@ class MozpoolAPI:
         broker: Any = None,
         lifeguard: Any = None,
         bmm: Any = None,
+        events: event_stream.EventHub | None = None,
     ) -> None:
         self.db = db
         self.fqdn = fqdn
@@ -169,6 +171,7 @@ class MozpoolAPI:
         self.broker = broker
         self.lifeguard = lifeguard
         self.bmm = bmm
+        self.events = events
         self.owners = OwnerCheck(db, fqdn)
         self.snapshot = StateSnapshot(db, clock)
         self.http_metrics = metrics.HTTPMetrics()
@@ -227,6 +230,8 @@ class MozpoolAPI:
         if isinstance(result, Raw):
             request.setHeader(b"Content-Type", result.content_type)
             return result.body
+        if IResource.providedBy(result):
+            return result  # Klein renders it: a stream that writes as it goes
         request.setHeader(b"Content-Type", JSON_TYPE)
         return json.dumps(result).encode("utf-8")
 
@@ -466,14 +471,14 @@ class MozpoolAPI:
     async def set_comments(self, request: IRequest, device: str) -> Any:
         device_id = await self.owners.require(request, "device", device)
         comments = validate.comments(self.body(request))
-        await self.db.runInteraction(queries.set_comments, device_id, comments)
+        await self.db.runInteraction(queries.set_comments, device_id, comments, self.now())
         return {}
 
     @endpoint("/api/device/{device}/set-environment/", "POST", redirecting=True)
     async def set_environment(self, request: IRequest, device: str) -> Any:
         device_id = await self.owners.require(request, "device", device)
         environment = validate.environment(self.body(request))
-        await self.db.runInteraction(queries.set_environment, device_id, environment)
+        await self.db.runInteraction(queries.set_environment, device_id, environment, self.now())
         return {}
 
     @endpoint("/api/environment/list/", "GET")
@@ -497,6 +502,14 @@ class MozpoolAPI:
     @endpoint("/api/openapi.json", "GET")
     async def openapi_document(self, request: IRequest) -> Any:
         return Raw(self._openapi)
+
+    @endpoint("/api/events", "GET")
+    async def event_stream(self, request: IRequest) -> Any:
+        """Server-Sent Events of the whole pool's changes (``mozpool.web.events``)."""
+        devices_, requests_, types = validate.event_filter(request, event_stream.TYPES)
+        last = validate.last_event_id(request)
+        hub = self._need(self.events, "the event stream")
+        return event_stream.EventStream(hub, event_stream.EventFilter(devices_, requests_, types), last)
 
     @endpoint("/api/pool/summary/", "GET")
     async def pool_summary(self, request: IRequest) -> Any:

@@ -91,6 +91,42 @@ SCHEMAS: dict[str, Any] = {
             "items": _closed(name=S, state=S, hardware_type=S, imaging_server=S, environment=NS, comments=NS),
         },
     ),
+    # /api/events: the stream, and the JSON `data:` of each event type
+    "EventStream": {
+        "type": "string",
+        "description": (
+            "text/event-stream: messages of `id:` (grows; send it back as Last-Event-ID to resume),"
+            " `event:` (a type below) and one line of JSON `data:`; `: keep-alive` comments every 15 s."
+            " A resume from an id outside the replay window (the last 10,000 events of this server)"
+            " starts with a `reset` event: fetch the current state again."
+        ),
+        "x-event-types": {
+            "device_state": _ref("EventDeviceState"),
+            "request_state": _ref("EventRequestState"),
+            "request_device": _ref("EventRequestDevice"),
+            "device_log": _ref("EventLog"),
+            "request_log": _ref("EventLog"),
+            "device_comments": _ref("EventDeviceComments"),
+            "device_environment": _ref("EventDeviceEnvironment"),
+            "reset": _ref("Empty"),
+        },
+    },
+    "EventDeviceState": _closed(device=S, imaging_server=S, state=S, old_state=NS, ts=TIME),
+    "EventRequestState": _obj(
+        ["request", "state", "old_state", "ts"], request=I, state=S,
+        old_state={"type": ["string", "null"], "description": "null: the request was just created"}, ts=TIME,
+    ),
+    "EventRequestDevice": _obj(
+        ["request", "device", "ts"], request=I, ts=TIME,
+        device={"type": ["string", "null"], "description": "the device claimed; null when the claim was dropped"},
+        imaging_server=S,
+    ),
+    "EventLog": _obj(
+        ["id", "timestamp", "source", "message", "ts"], device=S, imaging_server=S, request=I, id=I,
+        timestamp=TIME, source=S, message=S, ts=TIME,
+    ),
+    "EventDeviceComments": _closed(device=S, imaging_server=S, comments=NS, ts=TIME),
+    "EventDeviceEnvironment": _closed(device=S, imaging_server=S, environment=S, ts=TIME),
     "OpenAPI": _obj(["openapi", "info", "paths"], openapi=S, info={"type": "object"}, paths={"type": "object"}),
     # request bodies
     "RequestCreationBody": {
@@ -146,6 +182,10 @@ QUERY = {
     "active_only": ("flag", "only active configs"),
     "timeperiod": ("int", "entries from the last N seconds; 0 = no restriction"),
     "limit": ("int", "the N most recent entries; 0 = no restriction"),
+    "device": ("list", "only events of these devices (repeat, or separate with commas)"),
+    "request": ("list", "only events of these request ids (repeat, or separate with commas)"),
+    "type": ("list", "only these event types (repeat, or separate with commas)"),
+    "last_event_id": ("int", "resume after this event id (as the Last-Event-ID header does)"),
 }
 
 # (path, methods, summary, query params, request body schema, success status, success schema,
@@ -204,6 +244,8 @@ _OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, st
     ("/api/bmm/pxe_config/{pxe}/details/", ("get",), "PXE config details", (), None, "200", "PxeConfigDetails",
      ("404", "503"), False),
     ("/api/openapi.json", ("get",), "This document", (), None, "200", "OpenAPI", (), False),
+    ("/api/events", ("get",), "Server-Sent Events of every server's devices and requests",
+     ("device", "request", "type", "last_event_id"), None, "200", "EventStream", ("400", "503"), False),
     ("/api/pool/summary/", ("get",), "Pool summary by category and hardware type", (), None, "200",
      "PoolSummary", ("503",), False),
     ("/metrics", ("get",), "Prometheus metrics", (), None, "200", None, (), False),
@@ -223,9 +265,16 @@ def _query_params(names: tuple[str, ...]) -> list[dict[str, Any]]:
     out = []
     for n in names:
         kind, why = QUERY[n]
-        schema = {"type": "integer", "minimum": 0, "maximum": 2147483647} if kind == "int" else S
-        out.append({"name": n, "in": "query", "required": False, "description": why, "schema": schema,
-                    "allowEmptyValue": kind == "flag"})
+        if kind == "int":
+            schema: dict[str, Any] = {"type": "integer", "minimum": 0,
+                                      "maximum": 999999999999999999 if n == "last_event_id" else 2147483647}
+        else:
+            schema = S
+        param = {"name": n, "in": "query", "required": False, "description": why, "schema": schema,
+                 "allowEmptyValue": kind == "flag"}
+        if kind == "list":
+            param.update(style="form", explode=True)
+        out.append(param)
     return out
 
 
@@ -237,6 +286,9 @@ def _responses(status: str, schema: str | None, errors: tuple[str, ...], path: s
     out: dict[str, Any] = {}
     if status == "204":
         out["204"] = {"description": _WHY["204"]}
+    elif path == "/api/events":
+        out["200"] = {"description": "an endless stream of events",
+                      "content": {"text/event-stream": {"schema": _ref(schema or "EventStream")}}}
     elif path == "/metrics":
         out["200"] = {"description": "Prometheus text exposition format 0.0.4",
                       "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": S}}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mozpool.db import catalog, logs
+from mozpool.db import catalog, changes, logs
 from mozpool.db.pool import Cursor
 from mozpool.db.requests import MAX_REQUEST_ID, get_request
 from mozpool.db.summary import CATEGORIES, category
@@ -113,12 +113,14 @@ def request_log(
     return logs.get_log(c, "request", request_id, now, timeperiod, limit)
 
 
-def set_comments(c: Cursor, device: int, comments: str | None) -> None:
+def set_comments(c: Cursor, device: int, comments: str | None, now: str) -> None:
     c.execute("UPDATE devices SET comments = ? WHERE id = ?", (comments, device))
+    changes.record(c, changes.DEVICE_COMMENTS, now, device_id=device, comments=comments)
 
 
-def set_environment(c: Cursor, device: int, environment: str) -> None:
+def set_environment(c: Cursor, device: int, environment: str, now: str) -> None:
     c.execute("UPDATE devices SET environment = ? WHERE id = ?", (environment, device))
+    changes.record(c, changes.DEVICE_ENVIRONMENT, now, device_id=device, environment=environment)
 
 
 def image(c: Cursor, name: str) -> dict[str, Any] | None:

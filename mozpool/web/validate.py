@@ -106,6 +106,55 @@ def query(request: IRequest) -> dict[bytes, bytes]:
     return found
 
 
+def query_list(request: IRequest, name: str) -> list[str]:
+    """Every value of a query parameter, repeated (``?a=1&a=2``) or comma-separated (``?a=1,2``)."""
+    uri = request.uri
+    values: list[str] = []
+    if b"?" not in uri:
+        return values
+    for item in uri.split(b"?", 1)[1].split(b"&"):
+        key, _, value = item.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) != name.encode("ascii"):
+            continue
+        try:
+            text = unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"query parameter {name} is not UTF-8") from None
+        values += [v for v in text.split(",") if v]
+    return values
+
+
+def event_filter(request: IRequest, known_types: tuple[str, ...]) -> tuple[frozenset[str], frozenset[int], frozenset[str]]:
+    """``/api/events``' filters: device names, request ids, event types."""
+    requests = frozenset(request_id(r) for r in query_list(request, "request"))
+    types = frozenset(query_list(request, "type"))
+    unknown = sorted(types - set(known_types))
+    if unknown:
+        raise BadRequest(f"unknown event type {unknown[0]!r}; known: {', '.join(known_types)}")
+    return frozenset(query_list(request, "device")), requests, types
+
+
+def last_event_id(request: IRequest) -> int | None:
+    """Where a resumed event stream starts: ``?last_event_id=N`` (checked: 400 when malformed),
+    else the ``Last-Event-ID`` header a browser sends back (unchecked: one we cannot read is
+    answered like an id outside the window, with a reset)."""
+    if b"last_event_id" in query(request):
+        return int_param_any(request, "last_event_id")
+    header = request.getHeader(b"last-event-id")
+    if header is None:
+        return None
+    text = header.decode("latin-1").strip()
+    return int(text) if _DIGITS.match(text) and len(text) < 20 else -1
+
+
+def int_param_any(request: IRequest, name: str) -> int:
+    """A non-negative integer query parameter of any size up to 2**63-1."""
+    text = query(request).get(name.encode("ascii"), b"").decode("latin-1")
+    if not _DIGITS.match(text) or len(text) > 18:
+        raise BadRequest(f"query parameter {name} must be decimal digits (at most 18)")
+    return int(text)
+
+
 def flag(request: IRequest, name: str) -> bool:
     """On when present, whatever the value (original quirk: ``?details=0`` is on)."""
     return name.encode("ascii") in query(request)

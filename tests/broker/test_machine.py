@@ -38,11 +38,11 @@ class Table(BrokerTest):
         real_claim = selection.claim
         lost: list[int] = []
 
-        def racing_claim(c, request_id: int, device_id: int) -> None:
+        def racing_claim(c, request_id: int, device_id: int, now: str) -> None:
             if not lost:
                 lost.append(device_id)
                 raise Conflict("someone else got it first")
-            real_claim(c, request_id, device_id)
+            real_claim(c, request_id, device_id, now)
 
         self.patch(selection, "claim", racing_claim)
         created = await self.create()

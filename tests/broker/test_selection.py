@@ -10,6 +10,8 @@ from mozpool.db.pool import Cursor
 from tests.broker.support import BrokerTest
 from tests.support.dbtest import on_both_backends
 
+NOW = "2026-01-01 00:00:00"
+
 
 class Selection(BrokerTest):
     """panda-0001..0004 ready, 0001/0003 in 'prod', 0002/0004 in 'staging'."""
@@ -78,7 +80,7 @@ class Selection(BrokerTest):
     async def test_only_ready_unclaimed_devices_of_the_environment_or_name(self) -> None:
         await self.set_device("panda-0001", state="self_test_running")
         holder = await self.request()
-        await self.db.runInteraction(selection.claim, holder.id, 3)  # panda-0003
+        await self.db.runInteraction(selection.claim, holder.id, 3, NOW)  # panda-0003
         info = await self.request(environment="prod")
         self.assertEqual(await self.picks(info), [None] * 8)
         info = await self.request(environment="staging")
@@ -118,11 +120,11 @@ class Selection(BrokerTest):
 
     async def test_claim_replaces_the_requests_old_claim(self) -> None:
         info = await self.request(device="panda-0002")
-        first = await self.db.runInteraction(selection.pick_and_claim, info, [0.0])
+        first = await self.db.runInteraction(selection.pick_and_claim, info, [0.0], NOW)
         self.assertEqual(first, selection.Claimed(selection.Candidate(2, "panda-0002")))
         await self.db.query("UPDATE requests SET requested_device = 'panda-0003' WHERE id = ?", (info.id,))
         info = await self.db.runInteraction(selection.request_info, info.id)
-        again = await self.db.runInteraction(selection.pick_and_claim, info, [0.0])
+        again = await self.db.runInteraction(selection.pick_and_claim, info, [0.0], NOW)
         self.assertEqual(again.device, selection.Candidate(3, "panda-0003"))
         self.assertEqual(await self.claims(), [(info.id, "panda-0003")])
 
@@ -130,7 +132,7 @@ class Selection(BrokerTest):
         """A selection that read before another request's claim committed: the INSERT loses,
         and the next try excludes the device it lost."""
         rival = await self.request()
-        await self.db.runInteraction(selection.claim, rival.id, 1)
+        await self.db.runInteraction(selection.claim, rival.id, 1, NOW)
         info = await self.request()
         real_pick = selection.pick
         seen: list[Any] = []
@@ -142,7 +144,7 @@ class Selection(BrokerTest):
             return real_pick(c, request, draw, exclude)
 
         self.patch(selection, "pick", stale_then_real)
-        claimed = await self.db.runInteraction(selection.pick_and_claim, info, [0.0, 0.0, 0.0])
+        claimed = await self.db.runInteraction(selection.pick_and_claim, info, [0.0, 0.0, 0.0], NOW)
         assert claimed.device is not None
         self.assertEqual(claimed.lost, ("panda-0001",))
         self.assertIn(claimed.device.name, ("panda-0002", "panda-0003", "panda-0004"))
@@ -152,7 +154,7 @@ class Selection(BrokerTest):
     async def test_nothing_to_claim(self) -> None:
         await self.db.query("UPDATE devices SET state = 'failed_pxe_booting'")
         info = await self.request()
-        self.assertEqual(await self.db.runInteraction(selection.pick_and_claim, info, [0.5]), selection.Claimed(None))
+        self.assertEqual(await self.db.runInteraction(selection.pick_and_claim, info, [0.5], NOW), selection.Claimed(None))
 
 
 SelectionSQLite, SelectionMariaDB = on_both_backends(Selection)

@@ -20,6 +20,7 @@ INDEX = [
     "/api/device/{device}/log/", "/api/device/{device}/bootconfig/", "/api/device/{device}/set-comments/",
     "/api/device/{device}/set-environment/", "/api/environment/list/", "/api/bmm/pxe_config/list/",
     "/api/bmm/pxe_config/{pxe}/details/", "/api/openapi.json", "/api/pool/summary/", "/metrics",
+    "/api/events",
 ]
 
 
@@ -29,7 +30,7 @@ class OpenAPITests(SynchronousTestCase):
 
     def test_paths_are_the_index(self) -> None:
         self.assertEqual(sorted(self.doc["paths"]), sorted(INDEX))
-        self.assertEqual(len(self.doc["paths"]), 30)
+        self.assertEqual(len(self.doc["paths"]), 31)
 
     def test_routes_match_the_document(self) -> None:
         routes = {path: {m.lower() for m in methods} for path, methods in api.ROUTES}

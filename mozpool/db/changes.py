@@ -1,0 +1,101 @@
+"""The change journal: one row per change others may want to follow (a state change, a log
+line, a claim or release, an operator's edit), written in the same transaction as the change.
+
+Every server writes to it and every server reads it, so one server's event stream shows the
+whole pool (``mozpool.web.events``).  Readers go by id; ids of concurrent transactions on
+MySQL become visible out of order (and Galera leaves gaps by design), so :func:`read_after`
+also re-asks for ids a reader saw missing ("holes") until they appear or are given up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from mozpool.db.pool import Cursor
+from mozpool.timeutil import apitime
+
+#: The kinds of change, which are also the event types of /api/events.
+DEVICE_STATE = "device_state"
+REQUEST_STATE = "request_state"
+REQUEST_DEVICE = "request_device"
+DEVICE_LOG = "device_log"
+REQUEST_LOG = "request_log"
+DEVICE_COMMENTS = "device_comments"
+DEVICE_ENVIRONMENT = "device_environment"
+KINDS = (DEVICE_STATE, REQUEST_STATE, REQUEST_DEVICE, DEVICE_LOG, REQUEST_LOG, DEVICE_COMMENTS, DEVICE_ENVIRONMENT)
+
+#: Rows one read returns at most; a reader that gets this many reads again at once.
+READ_BATCH = 1000
+
+
+def record(
+    c: Cursor, kind: str, ts: str, *, device_id: int | None = None, request_id: int | None = None, **data: Any
+) -> None:
+    """Journal one change (inside the transaction that makes it)."""
+    c.execute(
+        "INSERT INTO changes (ts, kind, device_id, request_id, data) VALUES (?, ?, ?, ?, ?)",
+        (ts, kind, device_id, request_id, json.dumps(data, separators=(",", ":"))),
+    )
+
+
+@dataclass(frozen=True)
+class Change:
+    id: int
+    kind: str
+    #: the event's JSON object: the stored fields plus device, request, imaging_server and ts
+    data: dict[str, Any]
+
+
+_READ_SQL = (
+    "SELECT c.id, c.kind, c.ts, d.name, s.fqdn, c.request_id, c.data FROM changes c"
+    " LEFT JOIN devices d ON d.id = c.device_id"
+    " LEFT JOIN imaging_servers s ON s.id = d.imaging_server_id"
+)
+
+
+def _change(row: tuple) -> Change:
+    change_id, kind, ts, device, server, request_id, text = row
+    data: dict[str, Any] = {}
+    if device is not None:
+        data["device"] = device
+        data["imaging_server"] = server
+    elif kind == REQUEST_DEVICE:
+        data["device"] = None  # the claim was dropped
+    if request_id is not None:
+        data["request"] = int(request_id)
+    try:
+        stored = json.loads(text)
+    except ValueError:
+        stored = {}
+    if isinstance(stored, dict):
+        data.update(stored)
+    data.setdefault("ts", apitime(str(ts)))
+    return Change(int(change_id), kind, data)
+
+
+def read_after(c: Cursor, after: int, holes: Iterable[int] = ()) -> list[Change]:
+    """Changes with an id past ``after`` (at most :data:`READ_BATCH`), and those of ``holes``
+    that have appeared since, in id order."""
+    rows = c.execute(_READ_SQL + f" WHERE c.id > ? ORDER BY c.id LIMIT {READ_BATCH}", (after,)).fetchall()
+    wanted = sorted(holes)
+    if wanted:
+        marks = ", ".join("?" * len(wanted))
+        rows += c.execute(_READ_SQL + f" WHERE c.id IN ({marks})", wanted).fetchall()
+    changes = [_change(r) for r in rows]
+    changes.sort(key=lambda ch: ch.id)
+    return changes
+
+
+def last_id(c: Cursor) -> int:
+    """The newest change's id (0 for none): where a reader that wants no history starts."""
+    return int(c.scalar("SELECT MAX(id) FROM changes") or 0)
+
+
+def purge_before(c: Cursor, cutoff: str, batch: int) -> int:
+    """Delete up to ``batch`` changes older than ``cutoff``; how many went."""
+    ids = [r[0] for r in c.execute(f"SELECT id FROM changes WHERE ts < ? LIMIT {int(batch)}", (cutoff,)).fetchall()]
+    if ids:
+        c.execute(f"DELETE FROM changes WHERE id IN ({', '.join('?' * len(ids))})", ids)
+    return len(ids)

@@ -1,0 +1,145 @@
+-- MozPool schema, version 3, MySQL/MariaDB (InnoDB, utf8mb4, case-sensitive names).
+-- state_timeout is DATETIME(3): scaled timeouts keep millisecond precision.
+CREATE TABLE schema_version (version INTEGER NOT NULL) ENGINE=InnoDB;
+
+CREATE TABLE imaging_servers (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    fqdn VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    UNIQUE KEY imaging_servers_fqdn (fqdn)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE pxe_configs (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(32) NOT NULL,
+    description TEXT NOT NULL,
+    contents TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    UNIQUE KEY pxe_configs_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE images (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(32) NOT NULL,
+    boot_config_keys TEXT NOT NULL,
+    can_reuse INTEGER NOT NULL DEFAULT 0,
+    hidden INTEGER NOT NULL DEFAULT 0,
+    has_sut_agent INTEGER NOT NULL DEFAULT 0,
+    UNIQUE KEY images_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE hardware_types (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    type VARCHAR(32) NOT NULL,
+    model VARCHAR(32) NOT NULL,
+    UNIQUE KEY hardware_types_type_model (type, model)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE image_pxe_configs (
+    image_id INTEGER NOT NULL,
+    hardware_type_id INTEGER NOT NULL,
+    pxe_config_id INTEGER NULL,
+    PRIMARY KEY (image_id, hardware_type_id),
+    FOREIGN KEY (image_id) REFERENCES images (id) ON DELETE RESTRICT,
+    FOREIGN KEY (hardware_type_id) REFERENCES hardware_types (id) ON DELETE RESTRICT,
+    FOREIGN KEY (pxe_config_id) REFERENCES pxe_configs (id) ON DELETE RESTRICT
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE devices (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(32) NOT NULL,
+    fqdn VARCHAR(256) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    inventory_id INTEGER NOT NULL,
+    state VARCHAR(32) NOT NULL,
+    state_counters TEXT NOT NULL,
+    state_timeout DATETIME(3) NULL,
+    mac_address VARCHAR(12) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    imaging_server_id INTEGER NOT NULL,
+    relay_info TEXT NULL,
+    image_id INTEGER NULL,
+    boot_config TEXT NULL,
+    next_image_id INTEGER NULL,
+    next_boot_config TEXT NULL,
+    comments TEXT NULL,
+    environment VARCHAR(32) NOT NULL DEFAULT 'none',
+    hardware_type_id INTEGER NULL,
+    UNIQUE KEY devices_name (name),
+    KEY devices_state_timeout (state_timeout),
+    FOREIGN KEY (imaging_server_id) REFERENCES imaging_servers (id),
+    FOREIGN KEY (image_id) REFERENCES images (id),
+    FOREIGN KEY (next_image_id) REFERENCES images (id),
+    FOREIGN KEY (hardware_type_id) REFERENCES hardware_types (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE requests (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    imaging_server_id INTEGER NOT NULL,
+    requested_device VARCHAR(32) NOT NULL,
+    assignee VARCHAR(256) NOT NULL,
+    expires DATETIME NOT NULL,
+    image_id INTEGER NOT NULL,
+    boot_config TEXT NULL,
+    state VARCHAR(32) NOT NULL,
+    state_counters TEXT NOT NULL,
+    state_timeout DATETIME(3) NULL,
+    environment VARCHAR(32) NOT NULL DEFAULT 'any',
+    KEY requests_state_timeout (state_timeout),
+    KEY requests_expires (expires),
+    FOREIGN KEY (imaging_server_id) REFERENCES imaging_servers (id),
+    FOREIGN KEY (image_id) REFERENCES images (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE device_requests (
+    request_id BIGINT NOT NULL,
+    device_id INTEGER NOT NULL,
+    imaging_result VARCHAR(32) NULL,
+    UNIQUE KEY device_requests_request (request_id),
+    UNIQUE KEY device_requests_device (device_id),
+    FOREIGN KEY (request_id) REFERENCES requests (id),
+    FOREIGN KEY (device_id) REFERENCES devices (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE relay_boards (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(32) NOT NULL,
+    fqdn VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    imaging_server_id INTEGER NOT NULL,
+    state VARCHAR(32) NOT NULL,
+    state_counters TEXT NOT NULL,
+    state_timeout DATETIME(3) NULL,
+    UNIQUE KEY relay_boards_name (name),
+    UNIQUE KEY relay_boards_fqdn (fqdn),
+    KEY relay_boards_imaging_server (imaging_server_id),
+    FOREIGN KEY (imaging_server_id) REFERENCES imaging_servers (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE device_logs (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    ts DATETIME NOT NULL,
+    source VARCHAR(32) NOT NULL,
+    message TEXT NOT NULL,
+    KEY device_logs_device (device_id, ts),
+    KEY device_logs_ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE request_logs (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    request_id BIGINT NOT NULL,
+    ts DATETIME NOT NULL,
+    source VARCHAR(32) NOT NULL,
+    message TEXT NOT NULL,
+    KEY request_logs_request (request_id, ts),
+    KEY request_logs_ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- v3: the change journal behind /api/events and the in-memory pool view: one row per state
+-- change, log line, assignment or operator edit, written in the transaction that made it.
+CREATE TABLE changes (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    ts DATETIME NOT NULL,
+    kind VARCHAR(32) NOT NULL,
+    device_id INTEGER NULL,
+    request_id BIGINT NULL,
+    data MEDIUMTEXT NOT NULL,
+    KEY changes_ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

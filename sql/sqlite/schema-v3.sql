@@ -1,0 +1,126 @@
+-- MozPool schema, version 3, SQLite.  Times are UTC text 'YYYY-MM-DD HH:MM:SS'; state_timeout
+-- carries milliseconds ('YYYY-MM-DD HH:MM:SS.mmm') so scaled timeouts keep their precision.
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+
+CREATE TABLE imaging_servers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fqdn VARCHAR(255) NOT NULL UNIQUE
+);
+
+CREATE TABLE pxe_configs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name VARCHAR(32) NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    contents TEXT NOT NULL,
+    active INTEGER NOT NULL
+);
+
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name VARCHAR(32) NOT NULL UNIQUE,
+    boot_config_keys TEXT NOT NULL,
+    can_reuse INTEGER NOT NULL DEFAULT 0,
+    hidden INTEGER NOT NULL DEFAULT 0,
+    has_sut_agent INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE hardware_types (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type VARCHAR(32) NOT NULL,
+    model VARCHAR(32) NOT NULL,
+    UNIQUE (type, model)
+);
+
+CREATE TABLE image_pxe_configs (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+    hardware_type_id INTEGER NOT NULL REFERENCES hardware_types(id) ON DELETE RESTRICT,
+    pxe_config_id INTEGER REFERENCES pxe_configs(id) ON DELETE RESTRICT,
+    PRIMARY KEY (image_id, hardware_type_id)
+);
+
+CREATE TABLE devices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name VARCHAR(32) NOT NULL UNIQUE,
+    fqdn VARCHAR(256) NOT NULL,
+    inventory_id INTEGER NOT NULL,
+    state VARCHAR(32) NOT NULL,
+    state_counters TEXT NOT NULL,
+    state_timeout TEXT,
+    mac_address VARCHAR(12) NOT NULL,
+    imaging_server_id INTEGER NOT NULL REFERENCES imaging_servers(id),
+    relay_info TEXT,
+    image_id INTEGER REFERENCES images(id),
+    boot_config TEXT,
+    next_image_id INTEGER REFERENCES images(id),
+    next_boot_config TEXT,
+    comments TEXT,
+    environment VARCHAR(32) NOT NULL DEFAULT 'none',
+    hardware_type_id INTEGER REFERENCES hardware_types(id)
+);
+CREATE INDEX devices_state_timeout ON devices (state_timeout);
+CREATE INDEX devices_imaging_server ON devices (imaging_server_id);
+
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    imaging_server_id INTEGER NOT NULL REFERENCES imaging_servers(id),
+    requested_device VARCHAR(32) NOT NULL,
+    assignee VARCHAR(256) NOT NULL,
+    expires TEXT NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    boot_config TEXT,
+    state VARCHAR(32) NOT NULL,
+    state_counters TEXT NOT NULL,
+    state_timeout TEXT,
+    environment VARCHAR(32) NOT NULL DEFAULT 'any'
+);
+CREATE INDEX requests_state_timeout ON requests (state_timeout);
+CREATE INDEX requests_expires ON requests (expires);
+
+CREATE TABLE device_requests (
+    request_id INTEGER NOT NULL UNIQUE REFERENCES requests(id),
+    device_id INTEGER NOT NULL UNIQUE REFERENCES devices(id),
+    imaging_result VARCHAR(32)
+);
+
+CREATE TABLE relay_boards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name VARCHAR(32) NOT NULL UNIQUE,
+    fqdn VARCHAR(255) NOT NULL UNIQUE,
+    imaging_server_id INTEGER NOT NULL REFERENCES imaging_servers(id),
+    state VARCHAR(32) NOT NULL,
+    state_counters TEXT NOT NULL,
+    state_timeout TEXT
+);
+CREATE INDEX relay_boards_imaging_server ON relay_boards (imaging_server_id);
+
+CREATE TABLE device_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    source VARCHAR(32) NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX device_logs_device ON device_logs (device_id, ts);
+CREATE INDEX device_logs_ts ON device_logs (ts);
+
+CREATE TABLE request_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    source VARCHAR(32) NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX request_logs_request ON request_logs (request_id, ts);
+CREATE INDEX request_logs_ts ON request_logs (ts);
+
+-- v3: the change journal behind /api/events and the in-memory pool view: one row per state
+-- change, log line, assignment or operator edit, written in the transaction that made it.
+CREATE TABLE changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    kind VARCHAR(32) NOT NULL,
+    device_id INTEGER,
+    request_id INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX changes_ts ON changes (ts);
