@@ -524,7 +524,7 @@ class MozpoolAPI:
         except DatabaseUnavailable as e:
             log.warn("metrics scrape without the database: {error}", error=e)
             pool = None
-        return Raw(metrics.render(__version__, pool, self.http_metrics), metrics.CONTENT_TYPE)
+        return Raw(metrics.render(__version__, pool, self.http_metrics, self.events), metrics.CONTENT_TYPE)
 
     # --- helpers ----------------------------------------------------------------------------
 

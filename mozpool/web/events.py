@@ -109,6 +109,7 @@ class Subscriber:
             self.backlog += len(data)
             if self.backlog > self.hub.max_backlog:
                 log.info("dropping an event-stream client that stopped reading ({n} bytes behind)", n=self.backlog)
+                self.hub.dropped += 1
                 self.close()
                 return
         self.request.write(data)
@@ -154,10 +155,14 @@ class EventHub:
         self.last_id = int(clock.seconds() * 1000)
         self.recent: deque[Event] = deque(maxlen=window)
         self.subscribers: set[Subscriber] = set()
+        #: counters for /metrics
+        self.published = 0
+        self.dropped = 0
         self._keepalive: task.LoopingCall | None = None
 
     def publish(self, event_type: str, data: dict[str, Any]) -> Event:
         self.last_id += 1
+        self.published += 1
         event = Event(self.last_id, event_type, data, encode(self.last_id, event_type, data))
         self.recent.append(event)
         for sub in list(self.subscribers):
@@ -254,7 +259,6 @@ class ChangeFeed(Service):
         self.position: int | None = None
         #: journal id -> when it was first seen missing
         self.holes: dict[int, float] = {}
-        self.published = 0
         self._loop: task.LoopingCall | None = None
         self._failing = False
 
@@ -320,5 +324,4 @@ class ChangeFeed(Service):
         if len(self.holes) > MAX_HOLES:
             for hole in sorted(self.holes)[: len(self.holes) - MAX_HOLES]:
                 del self.holes[hole]
-        self.published += published
         return published

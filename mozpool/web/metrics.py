@@ -54,8 +54,9 @@ class HTTPMetrics:
             yield f"mozpool_http_request_duration_seconds_count{lab} {int(hist[len(BUCKETS)])}"
 
 
-def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics) -> bytes:
-    """The whole scrape; ``pool`` is None when the database did not answer."""
+def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics, events: Any = None) -> bytes:
+    """The whole scrape; ``pool`` is None when the database did not answer; ``events`` is the
+    event hub, when the daemon has one."""
     out = [
         "# HELP mozpool_build_info Version of this daemon.",
         "# TYPE mozpool_build_info gauge",
@@ -78,5 +79,17 @@ def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics) -> byte
         out += ["# HELP mozpool_requests Requests in each state, closed excluded.", "# TYPE mozpool_requests gauge"]
         for state, n in sorted(pool["requests"].items()):
             out.append(f"mozpool_requests{_labels(state=state)} {n}")
+    if events is not None:
+        out += [
+            "# HELP mozpool_event_subscribers Open /api/events streams on this process.",
+            "# TYPE mozpool_event_subscribers gauge",
+            f"mozpool_event_subscribers {len(events.subscribers)}",
+            "# HELP mozpool_events_published_total Events this process published.",
+            "# TYPE mozpool_events_published_total counter",
+            f"mozpool_events_published_total {events.published}",
+            "# HELP mozpool_event_subscribers_dropped_total Streams dropped for not reading.",
+            "# TYPE mozpool_event_subscribers_dropped_total counter",
+            f"mozpool_event_subscribers_dropped_total {events.dropped}",
+        ]
     out.extend(http.lines())
     return ("\n".join(out) + "\n").encode("utf-8")

@@ -189,6 +189,7 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(len(slow.events()), 2, "nothing written after the drop")
         self.assertEqual(len(fast.events()), 3)
         self.assertEqual(self.hub.subscribers, {fast.producer})
+        self.assertEqual((self.hub.dropped, self.hub.published), (1, 3))
 
     def test_a_client_that_reads_again_starts_a_new_backlog(self) -> None:
         request = self.subscribe()
@@ -446,6 +447,9 @@ class StreamOverHTTP(APITest, TestCase):
         self.assertIn(f"id: {third.id}".encode(), body)
         self.assertNotIn(b"request_state", body)
         self.assertEqual(len(self.hub.subscribers), 2)
+        metrics = (await treq.content(await treq.get(self.url + "/metrics", persistent=False))).decode()
+        self.assertIn("mozpool_event_subscribers 2\n", metrics)
+        self.assertIn("mozpool_events_published_total 4\n", metrics)
 
     async def test_bad_filters_are_400(self) -> None:
         for query in ("?type=nonsense", "?request=abc", "?last_event_id=x"):
