@@ -222,6 +222,11 @@ class MozpoolAPI:
 
     async def _serve(self, request: IRequest, template: str, fn: Handler, kw: dict[str, str]) -> Any:
         request.mozpool_route = template  # type: ignore[attr-defined]
+        if request.method == b"HEAD" and template in REDIRECTING:
+            # werkzeug answers HEAD with the GET handler; the GETs kept for the original's
+            # clients act (power-off, events), and a HEAD must never act.
+            methods = dict(ROUTES)[template]
+            raise MethodNotAllowed("HEAD does not run actions", sorted({*methods, "OPTIONS"}))
         validate.read_body(request)  # 413 comes right after routing
         result = await fn(self, request, **kw)
         if result is NO_CONTENT:

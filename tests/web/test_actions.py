@@ -235,5 +235,21 @@ class Actions(APITest):
         await self.error(405, "POST", "/api/device/panda-0001/ping/")
         await self.error(405, "GET", "/api/device/panda-0001/clear-pxe/")
 
+    async def test_head_never_acts(self) -> None:
+        """A HEAD of a GET kept for the original's clients answers 405 and touches nothing."""
+        acting = [
+            ("/api/device/panda-0001/power-off/", "GET, OPTIONS, POST"),
+            ("/api/device/panda-0001/ping/", "GET, OPTIONS"),
+            ("/api/relay/localhost-20001/test/", "GET, OPTIONS"),
+            ("/api/device/panda-0001/event/please_self_test/", "GET, OPTIONS, POST"),
+        ]
+        rid = await self.add_request()
+        acting.append((f"/api/request/{rid}/event/close/", "GET, OPTIONS, POST"))
+        for path, allow in acting:
+            answer = await self.call("HEAD", path)
+            self.assertEqual((answer.code, answer.header("allow")), (405, allow), path)
+        self.assertEqual((self.bmm.calls, self.lifeguard.calls, self.broker.calls), ([], [], []))
+        self.assertEqual((await self.call("HEAD", "/api/device/list/")).code, 200, "reads still answer HEAD")
+
 
 ActionsSQLite, ActionsMariaDB = on_both_backends(Actions)
