@@ -2,10 +2,52 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 from twisted.web import server
 from twisted.web.resource import IResource
 
-from mozpool.web.api import MozpoolAPI
+from mozpool.web.api import JSON_TYPE, MozpoolAPI
+from mozpool.web.validate import MAX_BODY
+
+
+class BoundedRequest(server.Request):
+    """A request whose body is refused as soon as it is known to be too large: from its
+    ``Content-Length`` before a byte of it is read, or, chunked, the moment it passes the
+    limit.  (twisted.web would spool any body to a temporary file first, so one client could
+    fill the disk before the API's 413.)  Bodies within the limit stay in memory."""
+
+    max_body = MAX_BODY
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self.max_body:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = json.dumps({"error": f"request body larger than {self.max_body} bytes"}).encode("utf-8")
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: " + JSON_TYPE
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        self.channel.loseConnection()
 
 
 def makeSite(api: MozpoolAPI, ui: IResource | None = None, access_log: bool = False) -> server.Site:
@@ -15,7 +57,7 @@ def makeSite(api: MozpoolAPI, ui: IResource | None = None, access_log: bool = Fa
 
     The per-request access log is off unless asked for: formatting it cost about a fifth of the
     CPU of the cheapest endpoint (bench/api.py), and ``/metrics`` counts every call anyway."""
-    site = server.Site(api.resource(ui), parsePOSTFormSubmission=False)
+    site = server.Site(api.resource(ui), requestFactory=BoundedRequest, parsePOSTFormSubmission=False)
     if not access_log:
         site.log = lambda request: None  # type: ignore[method-assign]
     return site
