@@ -18,7 +18,12 @@ from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
 from twisted.cred import checkers, portal
 from twisted.internet import protocol
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
 from zope.interface import implementer
 
 from mozpool.config import ConfigError
@@ -33,14 +38,19 @@ def _split_kind(endpoint: str) -> tuple[str, str]:
 
 
 def _interface(description: str) -> str | None:
-    """The interface a tcp/tcp6 endpoint description binds, '' for all, None for unix."""
-    parts = description.replace("\\:", "\0").split(":")
-    if parts[0] == "unix":
+    """The interface a tcp/tcp6 endpoint description binds, '' for all, None for unix: read by
+    Twisted's own parser, so a repeated ``interface=`` or a positional interface means here what
+    it will mean to the listener (the last one wins)."""
+    try:
+        parsed = serverFromString(None, description)  # builds the endpoint; binds nothing
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"unreadable manhole endpoint {description!r}: {e}") from None
+    if isinstance(parsed, UNIXServerEndpoint):
         return None
-    for p in parts[1:]:
-        if p.startswith("interface="):
-            return p[len("interface="):].replace("\0", ":")
-    return ""
+    interface = getattr(parsed, "_interface", None)
+    if not isinstance(parsed, (TCP4ServerEndpoint, TCP6ServerEndpoint)) or not isinstance(interface, str):
+        raise ConfigError(f"manhole endpoint must listen on TCP or a unix socket: {description!r}")
+    return interface
 
 
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:

@@ -17,12 +17,16 @@ class EndpointChecks(SynchronousTestCase):
             check_endpoint(e, allow_remote=False)
 
     def test_remote_refused_unless_allowed(self) -> None:
-        for e in ("tcp:2222", "tcp:2222:interface=0.0.0.0", "telnet:tcp:2222:interface=10.1.2.3"):
+        for e in ("tcp:2222", "tcp:2222:interface=0.0.0.0", "telnet:tcp:2222:interface=10.1.2.3",
+                  # read as Twisted reads them: the last interface= wins, a positional one counts
+                  "tcp:2222:interface=127.0.0.1:interface=0.0.0.0", "tcp:2222:0.0.0.0",
+                  "tcp6:2222:interface=\\:\\:1:interface=\\:\\:", "tcp:port=2222:interface=0.0.0.0"):
             self.assertRaises(ConfigError, check_endpoint, e, False)
             check_endpoint(e, allow_remote=True)
 
     def test_unsupported_endpoint(self) -> None:
         self.assertRaises(ConfigError, check_endpoint, "ssl:2222:interface=127.0.0.1", False)
+        self.assertRaises(ConfigError, check_endpoint, "tcp:notaport:interface=127.0.0.1", False)
 
     def test_password_required(self) -> None:
         self.assertRaises(ConfigError, makeManholeFactory, "ssh", "admin", "", {})
