@@ -16,7 +16,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["mozpool", "mozpool.*"]) + ["twisted.plugins"],
-    package_data={"mozpool": ["config.ini.dist"]},
+    package_data={
+        "mozpool": ["config.ini.dist"],
+        "mozpool.web.ui": ["templates/*", "static/*"],
+    },
     # The schema lives in sql/ (the design card's layout); installed copies go under
     # share/mozpool/sql, where mozpool.db.schema looks when it is not run from a checkout.
     data_files=[
@@ -32,10 +35,14 @@ setup(
         "PyMySQL>=1.1",
         "zope.interface>=6.0",
     ],
-    extras_require={"test": []},
+    # selenium drives Debian's chromium + chromedriver in the browser tests (no driver download);
+    # schemathesis fuzzes /api/openapi.json against a --fakes daemon (tests/system/test_openapi_fuzz.py,
+    # written for its 4.x command line and config file).
+    extras_require={"test": ["selenium>=4.20", "schemathesis>=4.32,<5"]},
     entry_points={
         "console_scripts": [
             "mozpool-db = mozpool.cli.db:main",
+            "mozpool-token = mozpool.cli.token:main",
             "pxe-config = mozpool.cli.pxe_config:main",
             "relay = mozpool.cli.relay:main",
         ],

@@ -25,16 +25,40 @@ class Config:
     request_retention_days: float = 7.0
     tftp_port: int = 69
     tftp_root: str = "/var/lib/tftpboot"
+    #: TFTP transfers at once, and per client address (0: no per-client limit); the defaults are
+    #: mozpool.bmm.tftp's DEFAULT_MAX_TRANSFERS and DEFAULT_MAX_TRANSFERS_PER_CLIENT
+    tftp_max_transfers: int = 128
+    tftp_max_transfers_per_client: int = 8
     time_scale: float = 1.0
     fakes: int = 0
     manhole_endpoint: str = ""
     manhole_username: str = "admin"
     manhole_password: str = ""
     manhole_allow_remote: bool = False
+    #: a Twisted endpoint string for the API (e.g. ssl:8443:...), instead of port/listen_host
+    http_endpoint: str = ""
+    #: PEM CA certificates that other servers' TLS certificates are verified against
+    ca_certs: str = ""
+    #: "required", "open", or "" for the default (open only when listening on loopback)
+    auth_mode: str = ""
+    anonymous_read: bool = True
     #: simulated-device failures from --fail: (device or None for all, phase, probability)
     fail: list[tuple[str | None, str, float]] = field(default_factory=list)
     #: the raw parser, for sections later capabilities add (inventory, fakes faults, ...)
     extra: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, repr=False)
+
+    @property
+    def effective_auth_mode(self) -> str:
+        """The configured mode, else ``open`` when the API listens on loopback only."""
+        from mozpool.endpoints import listening_interface
+        from mozpool.web.auth import default_mode
+
+        if self.auth_mode:
+            return self.auth_mode
+        if self.http_endpoint:
+            interface = listening_interface(self.http_endpoint)
+            return default_mode("127.0.0.1" if interface is None else interface)  # a unix socket is local
+        return default_mode(self.listen_host)
 
     @property
     def server_fqdn(self) -> str:
@@ -59,6 +83,8 @@ _KEYS = {
     ("database", "request_retention_days"): "request_retention_days",
     ("tftp", "port"): "tftp_port",
     ("tftp", "root"): "tftp_root",
+    ("tftp", "max_transfers"): "tftp_max_transfers",
+    ("tftp", "max_transfers_per_client"): "tftp_max_transfers_per_client",
     ("paths", "tftp_root"): "tftp_root",
     ("testing", "time_scale"): "time_scale",
     ("testing", "fakes"): "fakes",
@@ -66,6 +92,10 @@ _KEYS = {
     ("manhole", "username"): "manhole_username",
     ("manhole", "password"): "manhole_password",
     ("manhole", "allow_remote"): "manhole_allow_remote",
+    ("server", "endpoint"): "http_endpoint",
+    ("server", "ca_certs"): "ca_certs",
+    ("auth", "mode"): "auth_mode",
+    ("auth", "anonymous_read"): "anonymous_read",
 }
 
 
@@ -114,6 +144,19 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
     for attr, value in (overrides or {}).items():
         if value is not None:
             setattr(config, attr, _convert(attr, value))
+    if config.tftp_max_transfers < 1:
+        raise ConfigError("[tftp] max_transfers must be at least 1")
+    if config.http_endpoint:
+        from mozpool.endpoints import listening_interface
+
+        try:
+            listening_interface(config.http_endpoint)
+        except ValueError as e:
+            raise ConfigError(f"[server] endpoint: {e}") from None
+    if config.ca_certs and not os.path.isfile(config.ca_certs):
+        raise ConfigError(f"[server] ca_certs: no such file {config.ca_certs}")
+    if config.auth_mode not in ("", "required", "open"):
+        raise ConfigError(f"[auth] mode must be required or open, not {config.auth_mode!r}")
     if config.manhole_endpoint and not config.manhole_password:
         raise ConfigError("[manhole] password is required when the manhole is enabled")
     return config

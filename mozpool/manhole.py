@@ -18,15 +18,11 @@ from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
 from twisted.cred import checkers, portal
 from twisted.internet import protocol
-from twisted.internet.endpoints import (
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    UNIXServerEndpoint,
-    serverFromString,
-)
+from twisted.internet.endpoints import serverFromString
 from zope.interface import implementer
 
 from mozpool.config import ConfigError
+from mozpool.endpoints import listening_interface
 
 
 def _split_kind(endpoint: str) -> tuple[str, str]:
@@ -42,15 +38,9 @@ def _interface(description: str) -> str | None:
     Twisted's own parser, so a repeated ``interface=`` or a positional interface means here what
     it will mean to the listener (the last one wins)."""
     try:
-        parsed = serverFromString(None, description)  # builds the endpoint; binds nothing
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"unreadable manhole endpoint {description!r}: {e}") from None
-    if isinstance(parsed, UNIXServerEndpoint):
-        return None
-    interface = getattr(parsed, "_interface", None)
-    if not isinstance(parsed, (TCP4ServerEndpoint, TCP6ServerEndpoint)) or not isinstance(interface, str):
-        raise ConfigError(f"manhole endpoint must listen on TCP or a unix socket: {description!r}")
-    return interface
+        return listening_interface(description)
+    except ValueError as e:
+        raise ConfigError(f"manhole: {e}") from None
 
 
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:

@@ -17,9 +17,12 @@ from twisted.python import usage
 
 from mozpool import __version__
 from mozpool.config import Config, ConfigError, load_config
-from mozpool.db import catalog, devices, fixtures, schema
+from mozpool.db import catalog, devices, fixtures, schema, tokens
 from mozpool.db.pool import Database
 from mozpool.db.purge import purge
+from mozpool.serverurl import base_url
+from mozpool.serverurl import host as server_host
+from mozpool.serverurl import host_port
 from mozpool.timeutil import dbnow
 
 log = Logger()
@@ -35,6 +38,8 @@ _OVERRIDES = {
     "fakes": ("fakes", int),
     "time-scale": ("time_scale", float),
     "manhole": ("manhole_endpoint", str),
+    "auth": ("auth_mode", str),
+    "endpoint": ("http_endpoint", str),
 }
 
 #: In fakes mode, unless given: an unprivileged TFTP port, a local TFTP root and database.
@@ -61,6 +66,10 @@ class Options(usage.Options):
         ["fakes", None, None, "Run N simulated devices (seeds an empty SQLite database)."],
         ["time-scale", None, None, "Multiply every state-machine timeout and simulated delay by X."],
         ["manhole", None, None, "Endpoint of the Python console, e.g. tcp:2222:interface=127.0.0.1."],
+        ["endpoint", None, None, "Twisted endpoint of the HTTP API, e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem "
+                                 "(instead of --port and --listen-host)."],
+        ["auth", None, None, "required (mutating calls need a token) or open (trusted network). "
+                             "Default: open on loopback, else required."],
     ]
 
     def __init__(self) -> None:
@@ -152,7 +161,7 @@ async def prepare_database(db: Database, config: Config, clock: Any) -> None:
         owned = await db.runInteraction(devices.count_owned, fqdn)
         if not owned:
             taken = set(await devices.list_names(db))
-            prefix = "panda" if not taken else fqdn.split(".")[0].replace(":", "-") + "-panda"
+            prefix = "panda" if not taken else host_port(fqdn).split(".")[0].replace(":", "-") + "-panda"
             base = config.extra.getint("fakes", "relay_base_port", fallback=fixtures.DEFAULT_RELAY_BASE_PORT)
             n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix, relay_base_port=base)
             log.info("seeded {n} simulated devices for {fqdn}", n=n, fqdn=fqdn)
@@ -173,6 +182,8 @@ class MozpoolService(MultiService):
         self._children_running = False
         #: the BMM facade, whose PXE address is resolved at start-up when not configured
         self.hardware: Any = None
+        #: the API's authority, which learns the cluster secret from the database at start-up
+        self.authority: Any = None
 
     def startService(self) -> None:
         Service.startService(self)
@@ -184,6 +195,8 @@ class MozpoolService(MultiService):
         while self.running:
             try:
                 await prepare_database(self.db, self.config, self.reactor)
+                if self.authority is not None:
+                    self.authority.cluster_secret = await self.db.runInteraction(tokens.cluster_secret)
                 break
             except Exception as e:
                 # Not ready yet, or racing another server that is creating the same schema:
@@ -192,8 +205,16 @@ class MozpoolService(MultiService):
                 await task.deferLater(self.reactor, RETRY_START_INTERVAL, lambda: None)
         if not self.running:
             return
+        if self.authority is not None:
+            if self.authority.mode == "open":
+                log.warn(
+                    "auth mode open: anyone who can reach this server's API may change anything "
+                    "(set [auth] mode = required, or listen on loopback only)"
+                )
+            else:
+                log.info("auth mode required: changes need a token (mozpool-token create NAME --role ROLE)")
         if self.hardware is not None and not self.hardware.ipaddress:
-            host = self.config.server_fqdn.rsplit(":", 1)[0]
+            host = server_host(self.config.server_fqdn)
             try:
                 self.hardware.ipaddress = await self.reactor.resolve(host)
             except Exception as e:
@@ -242,13 +263,14 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from mozpool.bmm.facade import BMMActions, Hardware, database_logger
+    from mozpool.bmm.facade import BMMActions, Hardware, database_boot_tokens, database_logger
     from mozpool.bmm.ping import FpingPinger, TCPProbePinger
     from mozpool.bmm.relay import RelayClient, RelayTiming
     from mozpool.bmm.sut import SUT_PORT, SUTClient, defaultAddress
     from mozpool.broker.service import Broker, BrokerService
     from mozpool.lifeguard.service import LifeGuard
     from mozpool.web.api import MozpoolAPI
+    from mozpool.web.auth import Authority, SignedClient
     from mozpool.web.events import ChangeFeed, EventHub
     from mozpool.web.site import makeSite
     from mozpool.web.ui.app import OperatorUI
@@ -258,7 +280,12 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     db = Database.fromURL(config.db_url, reactor)
     top = MozpoolService(config, db, reactor)
 
-    http_client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
+    from mozpool.endpoints import tls_policy
+
+    tls = tls_policy(config.ca_certs)
+    http_client = treq.client.HTTPClient(
+        Agent(reactor, contextFactory=tls, pool=HTTPConnectionPool(reactor, persistent=True))
+    )
 
     fakes = None
     if config.fakes:
@@ -269,7 +296,11 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
                 lambda rows: FakePool(
                     reactor,
                     rows_for_server(rows, fqdn),
-                    api_url=f"http://{_loopback_or(config.listen_host)}:{config.port}",
+                    api_url=(base_url(fqdn) if config.http_endpoint
+                             else f"http://{_loopback_or(config.listen_host)}:{config.port}"),
+                    http=treq.client.HTTPClient(
+                        Agent(reactor, contextFactory=tls, pool=HTTPConnectionPool(reactor, persistent=False))
+                    ),
                     tftp_address=(_loopback_or(config.listen_host), config.tftp_port),
                     time_scale=config.time_scale,
                     failures=fake_failures(config),
@@ -293,20 +324,29 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         # Simulated boards pause as real ones do, scaled like every simulated delay; real boards
         # keep the hardware's pauses whatever the time scale.
         timing = RelayTiming(cycle_pause=config.time_scale, recovery_pause=config.time_scale)
-    hardware = Hardware(RelayClient(reactor, timing), pinger, sut, config.tftp_root, ipaddress, database_logger(db, reactor))
+    hardware = Hardware(
+        RelayClient(reactor, timing), pinger, sut, config.tftp_root, ipaddress, database_logger(db, reactor),
+        database_boot_tokens(db),
+    )
     top.hardware = hardware
 
-    broker = Broker(db, reactor, fqdn, config.time_scale, http_client, random.Random())
-    lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, http_client, broker.request_event)
+    authority = Authority(db, reactor, config.effective_auth_mode, config.anonymous_read)
+    top.authority = authority
+    servers_client = SignedClient(http_client, authority, fqdn)
+    broker = Broker(db, reactor, fqdn, config.time_scale, servers_client, random.Random())
+    lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, servers_client, broker.request_event)
     hub = EventHub(reactor)
-    api = MozpoolAPI(db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware), events=hub)
+    api = MozpoolAPI(
+        db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware), events=hub,
+        authority=authority,
+    )
 
     feed = ChangeFeed(db, hub, reactor)
     feed.setName("events")
     feed.setServiceParent(top)
 
     http = StreamServerEndpointService(
-        serverFromString(reactor, _listen(config.port, config.listen_host)),
+        serverFromString(reactor, config.http_endpoint or _listen(config.port, config.listen_host)),
         makeSite(
             api,
             ui=OperatorUI(db, fqdn, reactor).resource(),
@@ -319,7 +359,10 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     if config.tftp_port:
         from mozpool.bmm.tftp import makeTFTPService
 
-        tftp = makeTFTPService(config.tftp_root, config.tftp_port, config.listen_host, reactor)
+        tftp = makeTFTPService(
+            config.tftp_root, config.tftp_port, config.listen_host, reactor,
+            max_transfers=config.tftp_max_transfers, max_transfers_per_client=config.tftp_max_transfers_per_client,
+        )
         tftp.setName("tftp")
         tftp.setServiceParent(top)
 

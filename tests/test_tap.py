@@ -120,3 +120,34 @@ class TacFile(SynchronousTestCase):
         self.assertEqual(top.config.server_fqdn, "tac.example.com")
         self.assertEqual({s.name for s in top}, {"events", "http", "lifeguard", "broker", "purge"})
         top.db.close()
+
+
+class Wiring(SynchronousTestCase):
+    def build(self, *argv: str, config: str = "") -> Any:
+        from mozpool.tap import makeService
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"[database]\nurl = sqlite:///{self.mktemp()}.sqlite\n{config}")
+        top = makeService(parse("--config", path, "--port", "0", *argv))
+        self.addCleanup(top.db.close)
+        return top
+
+    def test_tftp_limits_reach_the_server(self) -> None:
+        top = self.build("--tftp-port", "6999", config="[tftp]\nmax_transfers = 40\nmax_transfers_per_client = 3\n")
+        server = top.getServiceNamed("tftp").tftpServer
+        self.assertEqual((server.max_transfers, server.max_transfers_per_client), (40, 3))
+
+    def test_auth_mode_defaults_by_listener(self) -> None:
+        self.assertEqual(self.build("--listen-host", "127.0.0.1", "--tftp-port", "0").authority.mode, "open")
+        self.assertEqual(self.build("--listen-host", "::1", "--tftp-port", "0").authority.mode, "open")
+        self.assertEqual(self.build("--listen-host", "0.0.0.0", "--tftp-port", "0").authority.mode, "required")
+        self.assertEqual(self.build("--listen-host", "10.1.2.3", "--tftp-port", "0").authority.mode, "required")
+        self.assertEqual(
+            self.build("--listen-host", "0.0.0.0", "--auth", "open", "--tftp-port", "0").authority.mode, "open")
+        self.assertEqual(
+            self.build("--listen-host", "127.0.0.1", "--tftp-port", "0", config="[auth]\nmode = required\n")
+            .authority.mode, "required")
+
+    def test_bad_auth_mode_is_a_usage_error(self) -> None:
+        self.assertRaises(usage.UsageError, parse, "--auth", "maybe")

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from mozpool.bmm import pxe
 from mozpool.bmm.interfaces import IBMM, DeviceInfo, IDeviceHardware
-from mozpool.db import catalog, devices, logs
+from mozpool.db import catalog, devices, logs, tokens
 from mozpool.db.pool import Cursor, Database
 from mozpool.errors import UnknownObject
 from mozpool.timeutil import dbnow
@@ -26,6 +26,17 @@ log = Logger()
 
 #: (device name, source, message) -> fire-and-forget log write
 DeviceLogger = Callable[[str, str, str], Any]
+#: (device name, token hash) -> the write of a new boot token's hash
+BootTokenStore = Callable[[str, str], Any]
+
+
+def database_boot_tokens(db: Database) -> BootTokenStore:
+    def store(name: str, hashed: str) -> "defer.Deferred[Any]":
+        d = db.runInteraction(tokens.store_boot_token, name, hashed)
+        d.addErrback(lambda f: log.warn("boot token for {name} not stored: {f}", name=name, f=f.getErrorMessage()))
+        return d
+
+    return store
 
 
 def database_logger(db: Database, clock: Any) -> DeviceLogger:
@@ -42,9 +53,12 @@ def database_logger(db: Database, clock: Any) -> DeviceLogger:
 @implementer(IDeviceHardware)
 class Hardware:
     def __init__(
-        self, power: Any, pinger: Any, sut: Any, tftp_root: str, ipaddress: str, device_log: DeviceLogger
+        self, power: Any, pinger: Any, sut: Any, tftp_root: str, ipaddress: str, device_log: DeviceLogger,
+        boot_tokens: BootTokenStore | None = None,
     ) -> None:
         self.power = power
+        #: stores the hash of a new boot's token (device name, hash); None: no boot tokens
+        self.boot_tokens = boot_tokens
         self.pinger = pinger
         self.sut = sut
         self.tftp_root = tftp_root
@@ -97,7 +111,11 @@ class Hardware:
         return self._sut(device, "SD card check", self.sut.checkSDCard)
 
     def set_pxe(self, device: DeviceInfo, contents: str) -> None:
-        pxe.set_pxe_config(self.tftp_root, device.mac_address, contents, self.ipaddress)
+        token = ""
+        if pxe.BOOTTOKEN in contents and self.boot_tokens is not None:
+            token = tokens.new_token(tokens.BOOT_PREFIX)
+            self._write_later(self.boot_tokens(device.name, tokens.token_hash(token)))
+        pxe.set_pxe_config(self.tftp_root, device.mac_address, contents, self.ipaddress, token)
         self._log_later(device, "PXE config set")
 
     def clear_pxe(self, device: DeviceInfo) -> None:
@@ -106,7 +124,9 @@ class Hardware:
 
     def _log_later(self, device: DeviceInfo, message: str) -> None:
         """The PXE calls are synchronous: their log lines are written in the background."""
-        d = self.device_log(device.name, "bmm", message)
+        self._write_later(self.device_log(device.name, "bmm", message))
+
+    def _write_later(self, d: Any) -> None:
         if isinstance(d, defer.Deferred) and not d.called:
             self.log_writes.add(d)
             d.addBoth(lambda r: (self.log_writes.discard(d), r)[1])

@@ -35,12 +35,18 @@ def pxe_path(tftp_root: str, mac: str) -> str:
     return os.path.join(tftp_root, "pxelinux.cfg", pxe_filename(mac))
 
 
-def render(contents: str, ipaddress: str) -> str:
-    """The only substitution: every ``%IPADDRESS%`` becomes this server's address."""
-    return contents.replace("%IPADDRESS%", ipaddress)
+#: Replaced by this server's address.
+IPADDRESS = "%IPADDRESS%"
+#: Replaced by the boot's own token, with which the live image posts its events (mozpool.web.auth).
+BOOTTOKEN = "%BOOTTOKEN%"
 
 
-def set_pxe_config(tftp_root: str, mac: str, contents: str, ipaddress: str) -> str:
+def render(contents: str, ipaddress: str, boot_token: str = "") -> str:
+    """The substitutions: this server's address, and the device's token for this boot."""
+    return contents.replace(IPADDRESS, ipaddress).replace(BOOTTOKEN, boot_token)
+
+
+def set_pxe_config(tftp_root: str, mac: str, contents: str, ipaddress: str, boot_token: str = "") -> str:
     """Write the rendered config for ``mac``; return its path."""
     target = pxe_path(tftp_root, mac)
     directory = os.path.dirname(target)
@@ -48,7 +54,7 @@ def set_pxe_config(tftp_root: str, mac: str, contents: str, ipaddress: str) -> s
     tmp = os.path.join(directory, f".tmp-{os.path.basename(target)}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(render(contents, ipaddress))
+            f.write(render(contents, ipaddress, boot_token))
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:

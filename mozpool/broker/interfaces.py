@@ -22,12 +22,14 @@ class IBroker(Interface):
     """MozPool's request layer (requests and their state machines), owner of the requests."""
 
     def create_request(
-        device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str
+        device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str,
+        created_by: str | None = None,
     ) -> Any:
         """Create a request owned by this server and apply ``find_device``.
 
         ``device`` is a name or ``"any"``; ``environment`` is ``"any"`` for no restriction;
-        ``boot_config`` is JSON text.  Fires with the public request object (spec 3.4), or fails
+        ``boot_config`` is JSON text; ``created_by`` names the token that asked (a ``user`` may
+        renew and return only its own requests).  Fires with the public request object (spec 3.4), or fails
         with :class:`DeviceHeld`."""
 
     def renew(request_id: int, duration: int) -> Any:

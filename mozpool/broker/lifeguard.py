@@ -16,6 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mozpool.serverurl import base_url
+
 log = Logger()
 
 #: Nominal bound on one call, redirect included (shorter than contacting_lifeguard's 30 s).
@@ -35,7 +37,7 @@ class ContactFailed(Exception):
 
 
 def event_url(server: str, device: str, event: str) -> str:
-    return f"http://{server}/api/device/{quote(device, safe='')}/event/{event}/"
+    return f"{base_url(server)}/api/device/{quote(device, safe='')}/event/{event}/"
 
 
 async def _drain(response: Any) -> None:

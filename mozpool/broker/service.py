@@ -64,7 +64,8 @@ class Broker:
     # --- IBroker ----------------------------------------------------------------------------
 
     async def _create(
-        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str
+        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str,
+        created_by: str | None,
     ) -> dict[str, Any]:
         now = dbnow(self.clock)
         expires = dbnow(self.clock, duration)
@@ -79,10 +80,10 @@ class Broker:
                 raise ValueError(f"unknown image {image}")
             c.execute(
                 "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id,"
-                " boot_config, state, state_counters, state_timeout, environment)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?)",
+                " boot_config, state, state_counters, state_timeout, environment, created_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?, ?)",
                 (server_id(c, self.server_fqdn), device, assignee, expires, image_id, boot_config,
-                 environment or "any"),
+                 environment or "any", created_by),
             )
             request_id = c.lastrowid
             changes.record(c, changes.REQUEST_STATE, now, request_id=request_id, state="new", old_state=None)
@@ -99,10 +100,11 @@ class Broker:
         return public
 
     def create_request(
-        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str
+        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str,
+        created_by: str | None = None,
     ) -> "defer.Deferred[dict[str, Any]]":
         return defer.Deferred.fromCoroutine(
-            self._create(device, assignee, duration, image, environment, boot_config)
+            self._create(device, assignee, duration, image, environment, boot_config, created_by)
         )
 
     async def _public(self, request_id: int) -> dict[str, Any]:

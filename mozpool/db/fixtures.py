@@ -31,7 +31,8 @@ _PXE_TEMPLATE = (
     "label linux\n"
     "  kernel http://%IPADDRESS%/live/uImage\n"
     "  initrd http://%IPADDRESS%/live/uInitrd\n"
-    "  append console=ttyO2,115200n8 rootwait ro mobile-imaging-url=http://%IPADDRESS%/scripts/{stage}.sh\n"
+    "  append console=ttyO2,115200n8 rootwait ro mobile-imaging-url=http://%IPADDRESS%/scripts/{stage}.sh"
+    " mozpool-boot-token=%BOOTTOKEN%\n"
 )
 
 

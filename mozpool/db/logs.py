@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -14,11 +15,20 @@ _LOG_CHANGE = {"device": changes.DEVICE_LOG, "request": changes.REQUEST_LOG}
 _OWNER_ARG = {"device": "device_id", "request": "request_id"}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines included) written as escapes, so nothing a
+    caller supplies (an event name in a URL, say) can forge or split a log line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> None:
     """Append one line to the device or request log (and the change journal); leading
     whitespace is trimmed."""
     table, column = _TABLES[kind]
-    source, message = source[:32], message.lstrip()
+    source, message = printable(source[:32]), printable(message.lstrip())
     c.execute(f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message))
     changes.record(
         c, _LOG_CHANGE[kind], ts, **{_OWNER_ARG[kind]: owner_id},

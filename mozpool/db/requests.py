@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mozpool.serverurl import base_url
 from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import apitime
 
@@ -66,7 +67,7 @@ def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
         "image": row[5],
         "boot_config": row[6] or "{}",
         "assigned_device": row[7] or "",
-        "url": f"http://{row[8]}/api/request/{int(row[0])}/",
+        "url": f"{base_url(row[8])}/api/request/{int(row[0])}/",
         "imaging_server": row[8],
         "state": row[9],
     }

@@ -78,6 +78,7 @@ EVENT_TIMEOUT = 10.0
 REBOOT_SECONDS = 1.0
 
 _URL = re.compile(r"mobile-imaging-url=(\S+)")
+_BOOT_TOKEN = re.compile(r"mozpool-boot-token=(\S+)")
 
 
 def second_stage(config: str) -> Optional[str]:
@@ -203,6 +204,8 @@ class SimulatedDevice:
         self._clock = clock
         self._http = http
         self.api_url = api_url.rstrip("/")
+        #: the current boot's token, read from the PXE config (None: the config carried none)
+        self.boot_token: Optional[str] = None
         self._fetch_pxe = fetch_pxe
         self._rng = rng or random.Random()
         self.failures = failures or FailureSettings()
@@ -388,6 +391,9 @@ class SimulatedDevice:
             await self._run_sdcard()
             return
         self._ping = _ALWAYS  # the live image
+        # The live image authenticates its events with the token of this boot (mozpool.web.auth).
+        found = _BOOT_TOKEN.search(config or "")
+        self.boot_token = found.group(1) if found else None
         self._set_state("mobile_init_started")
         await self._post_event("mobile_init_started")
         await self._wait("mobile_init_started")
@@ -479,7 +485,7 @@ class SimulatedDevice:
         self.events.append(event)
         url = f"{self.api_url}/api/device/{self.name}/event/{event}/"
         try:
-            response = await self._bounded(self._http.post(url))
+            response = await self._bounded(self._http.post(url, headers=self._credential()))
             body = await self._bounded(response.content())
             if response.code != 200:
                 log.warn("{device}: event {event} answered {code}: {body!r}", device=self.name,
@@ -495,7 +501,7 @@ class SimulatedDevice:
     async def _get_bootconfig(self) -> Any:
         url = f"{self.api_url}/api/device/{self.name}/bootconfig/"
         try:
-            response = await self._bounded(self._http.get(url))
+            response = await self._bounded(self._http.get(url, headers=self._credential()))
             body = await self._bounded(response.content())
         except CancelledError:
             raise
@@ -513,6 +519,11 @@ class SimulatedDevice:
             return None
 
     # ------------------------------------------------------------------ helpers
+
+    def _credential(self) -> dict[bytes, list[bytes]]:
+        if not self.boot_token:
+            return {}
+        return {b"Authorization": [b"Bearer " + self.boot_token.encode("ascii")]}
 
     def _stop_agent(self) -> None:
         if self.agent is not None:

@@ -7,6 +7,15 @@ from typing import Any
 from zope.interface import Interface
 
 
+#: The live-boot protocol's events (state-machines.md 3): what a device posts about itself while
+#: its live image runs.  A device's per-boot token may post these and nothing else.
+DEVICE_EVENTS = frozenset({
+    "mobile_init_started", "android_downloading", "android_extracting", "android_rebooting",
+    "b2g_downloading", "b2g_extracting", "b2g_rebooting", "maint_mode", "self_test_running",
+    "self_test_ok", "failed_self_test",
+})
+
+
 class StateMismatch(Exception):
     """A conditional state change found the device in another state (HTTP 409)."""
 

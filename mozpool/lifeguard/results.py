@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mozpool.lifeguard import queries
+from mozpool.serverurl import base_url
 from mozpool.statemachine.core import Machine
 
 log = Logger()
@@ -80,7 +81,7 @@ class ImagingResults:
         if self.http_client is None:
             await m.log(f"no HTTP client: imaging result for request {request_id} not delivered", "warn")
             return
-        url = f"http://{server}/api/request/{request_id}/event/lifeguard_finished/"
+        url = f"{base_url(server)}/api/request/{request_id}/event/lifeguard_finished/"
         post = defer.Deferred.fromCoroutine(self._post(url, body))
         expired: list[bool] = []
 

@@ -274,7 +274,9 @@ class MachineRunner:
     def echo(self, row: Row, message: str, level: str = "info") -> None:
         """To the twisted log only: for a line written to the log table by the caller's own
         transaction."""
-        getattr(self._log, level)("{kind} {key}: {message}", kind=self.kind.log_kind, key=row.key, message=message)
+        getattr(self._log, level)(
+            "{kind} {key}: {message}", kind=self.kind.log_kind, key=logs.printable(row.key), message=logs.printable(message)
+        )
 
     # -- serialization ----------------------------------------------------------------------
 

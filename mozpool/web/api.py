@@ -24,16 +24,19 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from werkzeug import exceptions as wz
 
 from mozpool import __version__
-from mozpool.db import catalog, devices, requests, summary
+from mozpool.db import catalog, devices, logs, requests, summary, tokens
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import Database
 from mozpool.errors import UnknownObject
 from mozpool.timeutil import apitime, dbnow
+from mozpool.lifeguard.interfaces import DEVICE_EVENTS
+from mozpool.web import auth
 from mozpool.web import events as event_stream
 from mozpool.web import metrics, openapi, queries, validate
 from mozpool.web.errors import (
     ApiError,
     BadRequest,
+    Conflict,
     MethodNotAllowed,
     NotAvailable,
     NotFound,
@@ -164,6 +167,7 @@ class MozpoolAPI:
         lifeguard: Any = None,
         bmm: Any = None,
         events: event_stream.EventHub | None = None,
+        authority: auth.Authority | None = None,
     ) -> None:
         self.db = db
         self.fqdn = fqdn
@@ -172,6 +176,8 @@ class MozpoolAPI:
         self.lifeguard = lifeguard
         self.bmm = bmm
         self.events = events
+        #: who may call what; without one, every call is allowed (auth mode ``open``)
+        self.authority = authority or auth.Authority(db, clock, auth.OPEN)
         self.owners = OwnerCheck(db, fqdn)
         self.snapshot = StateSnapshot(db, clock)
         self.http_metrics = metrics.HTTPMetrics()
@@ -190,8 +196,8 @@ class MozpoolAPI:
 
         Monitoring polls every device with this call, so it is the API's hottest read: the
         usual way served 0.39 of a bare twisted.web resource's rate (bench/api.py)."""
-        if request.method != b"GET":
-            return None
+        if request.method != b"GET" or not self.authority.reads_are_open or request.getHeader(b"authorization"):
+            return None  # a credential to check: the route does
         found = _CACHED_STATE_PATH.match(request.path)
         if found is None or not validate.flag(request, "cache"):
             return None
@@ -227,8 +233,12 @@ class MozpoolAPI:
             # clients act (power-off, events), and a HEAD must never act.
             methods = dict(ROUTES)[template]
             raise MethodNotAllowed("HEAD does not run actions", sorted({*methods, "OPTIONS"}))
+        caller = await self.authority.authorize(request, template, kw)
+        request.mozpool_caller = caller  # type: ignore[attr-defined]
         validate.read_body(request)  # 413 comes right after routing
         result = await fn(self, request, **kw)
+        if request.method not in (b"OPTIONS", b"HEAD") and not auth.rule_for(template, request.method.decode()).reads:
+            await self._audit(request, caller, kw, result)
         if result is NO_CONTENT:
             request.setResponseCode(204)
             return b""
@@ -281,6 +291,35 @@ class MozpoolAPI:
         request.setHeader(b"Content-Type", JSON_TYPE)
         return json.dumps(err.body()).encode("utf-8")
 
+    async def _audit(self, request: IRequest, caller: auth.Caller, kw: dict[str, str], result: Any) -> None:
+        """One line in the object's log for an authorised change, naming the caller.  Machines
+        are not audited: another server's call and a device's live-boot events are recorded by
+        the machines they drive."""
+        if caller.kind in ("server", "device") or kw.get("event") in DEVICE_EVENTS:
+            return
+        who = f"{caller.name} ({caller.role})" if caller.role else f"{caller.name} (auth {self.authority.mode})"
+        path = request.path.decode("utf-8", "replace")
+        line = logs.printable(f"{request.method.decode('ascii', 'replace')} {path} by {who}")
+        log.info("audit: {line}", line=line)
+        if isinstance(result, dict) and isinstance(result.get("request"), dict):
+            target: tuple[str, Any] | None = ("request", result["request"]["id"])  # a new request
+        elif "device" in kw:
+            target = ("device", kw["device"])
+        elif "id" in kw:
+            target = ("request", validate.request_id(kw["id"]))
+        else:
+            target = None
+        if target is None:
+            return
+        kind, key = target
+        try:
+            if kind == "device":
+                await self.db.runInteraction(logs.add_device_log_by_name, key, "audit", line, self.now())
+            else:
+                await self.db.runInteraction(logs.add_log, "request", key, "audit", line, self.now())
+        except Exception as e:
+            log.warn("audit line not written ({error}): {line}", error=e, line=line)
+
     def body(self, request: IRequest) -> dict[str, Any]:
         return validate.json_object(validate.read_body(request))
 
@@ -308,6 +347,7 @@ class MozpoolAPI:
     async def request_device(self, request: IRequest, device: str) -> Any:
         if device != "any" and await self.db.runInteraction(queries.device_id, device) is None:
             raise NotFound(f"unknown device {device}")
+        await self.owners.check_origin(request)
         body = self.body(request)
         fields = validate.request_creation(body)
         image = await self.db.runInteraction(queries.image, fields["image"])
@@ -315,8 +355,10 @@ class MozpoolAPI:
             raise NotFound(f"unknown image {fields['image']}")
         boot_config = validate.boot_config_from(body, image["boot_config_keys"])
         broker = self._need(self.broker, "request creation")
+        caller: auth.Caller = request.mozpool_caller  # type: ignore[attr-defined]
         created = await broker.create_request(
-            device, fields["assignee"], fields["duration"], fields["image"], fields["environment"], boot_config
+            device, fields["assignee"], fields["duration"], fields["image"], fields["environment"], boot_config,
+            created_by=caller.name if caller.kind == "token" else None,
         )
         return {"request": created}
 
@@ -515,6 +557,42 @@ class MozpoolAPI:
         last = validate.last_event_id(request)
         hub = self._need(self.events, "the event stream")
         return event_stream.EventStream(hub, event_stream.EventFilter(devices_, requests_, types), last)
+
+    @endpoint("/api/whoami/", "GET")
+    async def whoami(self, request: IRequest) -> Any:
+        """The caller as this server sees it, and what it may do (the UI hides the rest)."""
+        caller: auth.Caller = request.mozpool_caller  # type: ignore[attr-defined]
+        role = caller.role
+        if self.authority.mode == auth.OPEN and role is None:
+            role = "admin"  # open: anyone may do anything
+        elif role is None and self.authority.anonymous_read:
+            role = "reader"
+        return {"name": caller.name, "kind": caller.kind, "role": role, "mode": self.authority.mode}
+
+    @endpoint("/api/token/list/", "GET")
+    async def token_list(self, request: IRequest) -> Any:
+        rows = await self.db.runInteraction(tokens.list_tokens)
+        return {"tokens": [{"name": t.name, "role": t.role, "created": t.created.replace(" ", "T"),
+                            "revoked": t.revoked and t.revoked.replace(" ", "T")} for t in rows]}
+
+    @endpoint("/api/token/create/", "POST")
+    async def token_create(self, request: IRequest) -> Any:
+        body = self.body(request)
+        name = validate.string(body, "name")
+        role = validate.string(body, "role")
+        try:
+            token = await self.db.runInteraction(tokens.create, name, role, self.now())
+        except tokens.TokenError as e:
+            raise (Conflict(str(e)) if "exists" in str(e) else BadRequest(str(e))) from None
+        return {"name": name, "role": role, "token": token}
+
+    @endpoint("/api/token/{name}/revoke/", "POST")
+    async def token_revoke(self, request: IRequest, name: str) -> Any:
+        try:
+            await self.db.runInteraction(tokens.revoke, name, self.now())
+        except tokens.TokenError as e:
+            raise NotFound(str(e)) from None
+        return {}
 
     @endpoint("/api/pool/summary/", "GET")
     async def pool_summary(self, request: IRequest) -> Any:

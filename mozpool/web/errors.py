@@ -27,6 +27,16 @@ class BadRequest(ApiError):
     status = 400
 
 
+class Unauthorized(ApiError):
+    """No credential, or one that is not (or no longer) valid."""
+
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="mozpool"'
+
+
 class Forbidden(ApiError):
     status = 403
 

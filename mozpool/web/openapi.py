@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mozpool.web import auth
+from mozpool.web.validate import DEVICE_STATES
+
 JSON = "application/json; charset=utf-8"
 
 
@@ -33,9 +36,32 @@ I = {"type": "integer"}
 NI = {"type": ["integer", "null"]}
 B = {"type": "boolean"}
 TIME = {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?$", "description": "UTC"}
+
+
+def _one_to(limit: int) -> str:
+    """A pattern matching exactly the decimal spellings (leading zeros allowed) of 1 ... ``limit``."""
+    top = str(limit)
+    shorter = [f"[1-9][0-9]{{0,{len(top) - 2}}}"] if len(top) > 1 else []
+    same = []
+    for i, digit in enumerate(top):
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            rest = len(top) - i - 1
+            below = str(low) if int(digit) - 1 == low else f"[{low}-{int(digit) - 1}]"
+            same.append(top[:i] + below + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "^0*(" + "|".join(shorter + same + [top]) + ")$"
+
+
 DURATION = {
-    "oneOf": [{"type": "integer", "minimum": 1, "maximum": 2147483647}, {"type": "string", "pattern": "^[0-9]+$"}],
-    "description": "seconds; an integral number or a string of decimal digits",
+    "oneOf": [{"type": "integer", "minimum": 1, "maximum": 2147483647},
+              {"type": "string", "pattern": _one_to(2147483647)}],
+    "description": "seconds, 1 ... 2147483647: an integral number or a string of decimal digits",
+}
+#: A string holding JSON text (or empty), as the boot configs are; null counts as absent.
+JSON_TEXT = {
+    "type": ["string", "null"],
+    "contentMediaType": "application/json",
+    "description": "JSON text, or empty; at most 65535 bytes",
 }
 
 _REQUEST_OBJECT = _closed(
@@ -73,7 +99,7 @@ SCHEMAS: dict[str, Any] = {
         environment=S, assigned_device=S, device_state=S, device_status=S,
     ),
     "RequestList": _closed(requests={"type": "array", "items": _ref("RequestListEntry")}),
-    "BootConfig": {"type": "object", "description": "the device's next boot config, as stored"},
+    "BootConfig": {"description": "the device's next boot config exactly as stored: any JSON text ({} when none)"},
     "EnvironmentList": _closed(environments={"type": "array", "items": S}),
     "PxeConfigList": _closed(pxe_configs={"type": "array", "items": S}),
     "PxeConfigDetails": _closed(details=_closed(name=S, description=S, contents=S, active=B)),
@@ -127,28 +153,43 @@ SCHEMAS: dict[str, Any] = {
     ),
     "EventDeviceComments": _closed(device=S, imaging_server=S, comments=NS, ts=TIME),
     "EventDeviceEnvironment": _closed(device=S, imaging_server=S, environment=S, ts=TIME),
+    "Whoami": _closed(
+        name=S, kind={"type": "string", "enum": ["token", "server", "device", "anonymous"]},
+        role={"type": ["string", "null"], "description": "what the caller may do (null: nothing without a token)"},
+        mode={"type": "string", "enum": ["required", "open"]},
+    ),
+    "Token": _closed(name=S, role=S, created=TIME, revoked={"type": ["string", "null"]}),
+    "TokenList": _closed(tokens={"type": "array", "items": _ref("Token")}),
+    "TokenCreateBody": _obj(["name", "role"], name={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$"},
+                            role={"type": "string", "enum": ["reader", "user", "operator", "admin"]}),
+    "TokenCreated": _closed(name=S, role=S, token={"type": "string", "description": "shown only now"}),
     "OpenAPI": _obj(["openapi", "info", "paths"], openapi=S, info={"type": "object"}, paths={"type": "object"}),
     # request bodies
     "RequestCreationBody": {
         **_obj(
             ["duration", "image"],
             assignee={"type": "string", "maxLength": 256},
-            requester={"type": "string", "maxLength": 256, "description": "used only without assignee"},
+            requester={"description": "read only without assignee, and then as assignee"},
             duration=DURATION,
             image=S,
             environment={"type": ["string", "null"], "maxLength": 32},
         ),
-        "additionalProperties": {"type": "string", "description": "the image's boot_config_keys"},
+        # assignee, or else requester
+        "anyOf": [
+            {"required": ["assignee"]},
+            {"required": ["requester"], "properties": {"requester": {"type": "string", "maxLength": 256}}},
+        ],
+        "additionalProperties": {
+            "description": "the image's boot_config_keys (/api/image/list/) are required strings; others are ignored"
+        },
     },
     "RenewBody": _obj(["duration"], duration=DURATION),
-    "RequestEventBody": _obj(
-        imaging_result={"type": "string", "enum": ["complete", "failed-bad-image", "failed-bad-device"]}
+    "IgnoredBody": {"type": "object", "description": "any JSON object: this event ignores it"},
+    "LifeguardFinishedBody": _obj(
+        imaging_result={"type": ["string", "null"], "description": "complete, failed-bad-image or failed-bad-device"}
     ),
-    "DeviceEventBody": _obj(
-        image={"type": "string", "description": "required for please_image"},
-        boot_config={"type": "string", "description": "JSON text or empty"},
-    ),
-    "PowerCycleBody": _obj(pxe_config=S, boot_config={"type": "string", "description": "JSON text or empty"}),
+    "PleaseImageBody": _obj(["image"], image=S, boot_config=JSON_TEXT),
+    "PowerCycleBody": _obj(pxe_config=NS, boot_config=JSON_TEXT),
     "CommentsBody": _obj(["comments"], comments={"type": ["string", "null"], "description": "at most 65535 bytes"}),
     "EnvironmentBody": _obj(["environment"], environment={"type": "string", "minLength": 1, "maxLength": 32}),
 }
@@ -163,6 +204,8 @@ _WHY = {
     "409": "conflict",
     "413": "body larger than 1 MiB",
     "503": "the database could not be reached",
+    "401": "no credential where one is needed, or an invalid or revoked one (Authorization: Bearer <token>)",
+    "403": "the caller's role may not do this (or, for browsers, the Origin is not a known imaging server)",
 }
 
 PARAMS = {
@@ -173,6 +216,7 @@ PARAMS = {
     "new": "a device state name (section 6.2)",
     "relay": "a relay-board name",
     "pxe": "a PXE-config name",
+    "name": "a token name",
 }
 
 QUERY = {
@@ -208,11 +252,15 @@ _OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, st
      ("302", "400", "403", "404", "413", "503"), R),
     ("/api/request/{id}/return/", ("post",), "Return a request (body ignored)", (), None, "204", None,
      ("302", "400", "403", "404", "413", "503"), R),
-    ("/api/request/{id}/event/{event}/", ("get", "post"), "Feed an event to a request", (), "RequestEventBody",
-     "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/request/{id}/event/{event}/", ("get", "post"), "Feed an event to a request (but lifeguard_finished)",
+     (), "IgnoredBody", "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/request/{id}/event/lifeguard_finished/", ("get", "post"), "Feed LifeGuard's imaging result to a request",
+     (), "LifeguardFinishedBody", "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
     ("/api/image/list/", ("get",), "Images that are not hidden", (), None, "200", "ImageList", ("503",), False),
-    ("/api/device/{device}/event/{event}/", ("get", "post"), "Feed an event to a device", (), "DeviceEventBody",
-     "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/event/{event}/", ("get", "post"), "Feed an event to a device (but please_image)", (),
+     "IgnoredBody", "200", "Empty", ("302", "400", "403", "404", "413", "503"), R),
+    ("/api/device/{device}/event/please_image/", ("get", "post"), "Image the device", (), "PleaseImageBody", "200",
+     "Empty", ("302", "400", "403", "404", "413", "503"), R),
     ("/api/device/{device}/state-change/{old}/to/{new}/", ("post",), "Conditional state change (body ignored)",
      (), None, "200", "Empty", ("302", "400", "403", "404", "409", "413", "503"), R),
     ("/api/device/{device}/status/", ("get",), "Device state and recent log", (), None, "200", "Status",
@@ -246,17 +294,36 @@ _OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, st
     ("/api/openapi.json", ("get",), "This document", (), None, "200", "OpenAPI", (), False),
     ("/api/events", ("get",), "Server-Sent Events of every server's devices and requests",
      ("device", "request", "type", "last_event_id"), None, "200", "EventStream", ("400", "503"), False),
+    ("/api/whoami/", ("get",), "Who the caller is, its role and the server's auth mode", (), None, "200",
+     "Whoami", (), False),
+    ("/api/token/list/", ("get",), "API tokens (admin)", (), None, "200", "TokenList", ("503",), False),
+    ("/api/token/create/", ("post",), "Make an API token (admin); the token is in the answer only",
+     (), "TokenCreateBody", "200", "TokenCreated", ("400", "409", "413", "503"), False),
+    ("/api/token/{name}/revoke/", ("post",), "Revoke an API token (admin)", (), None, "200", "Empty",
+     ("404", "413", "503"), False),
     ("/api/pool/summary/", ("get",), "Pool summary by category and hardware type", (), None, "200",
      "PoolSummary", ("503",), False),
     ("/metrics", ("get",), "Prometheus metrics", (), None, "200", None, (), False),
 ]
 
 
+PATH_SCHEMAS: dict[str, Any] = {
+    "id": {"type": "string", "pattern": "^[0-9]+$"},
+    "new": {"type": "string", "enum": sorted(DEVICE_STATES)},
+}
+
+#: Paths that spell out one value of a route's placeholder, for the body that value reads.  As
+#: OpenAPI matches paths, the concrete one wins; the route's own entry describes every other value.
+SPECIALISED = {
+    "/api/request/{id}/event/lifeguard_finished/": "/api/request/{id}/event/{event}/",
+    "/api/device/{device}/event/please_image/": "/api/device/{device}/event/{event}/",
+}
+
+
 def _path_params(path: str) -> list[dict[str, Any]]:
     names = [p[1:-1] for p in path.split("/") if p.startswith("{")]
     return [
-        {"name": n, "in": "path", "required": True, "description": PARAMS[n],
-         "schema": {"type": "string", "pattern": "^[0-9]+$"} if n == "id" else S}
+        {"name": n, "in": "path", "required": True, "description": PARAMS[n], "schema": PATH_SCHEMAS.get(n, S)}
         for n in names
     ]
 
@@ -282,7 +349,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {JSON: {"schema": schema}}
 
 
-def _responses(status: str, schema: str | None, errors: tuple[str, ...], path: str) -> dict[str, Any]:
+def _responses(method: str, status: str, schema: str | None, errors: tuple[str, ...], path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if status == "204":
         out["204"] = {"description": _WHY["204"]}
@@ -312,12 +379,18 @@ def _responses(status: str, schema: str | None, errors: tuple[str, ...], path: s
             out[code] = {"description": _WHY[code], "content": _json(_ref("Error"))}
     if path.startswith("/api/"):
         out["404"] = out.get("404") or {"description": "unknown path", "content": _json(_ref("Error"))}
+    rule = auth.rule_for(SPECIALISED.get(path, path), method.upper())
+    if rule.role != auth.PUBLIC:
+        out["401"] = {"description": _WHY["401"], "headers": {"WWW-Authenticate": {"schema": S}},
+                      "content": _json(_ref("Error"))}
+        if not rule.reads or rule.role != "reader":
+            out["403"] = {"description": _WHY["403"], "content": _json(_ref("Error"))}
     out["405"] = {"description": _WHY["405"], "headers": {"Allow": {"schema": S}}, "content": _json(_ref("Error"))}
     return dict(sorted(out.items()))
 
 
-def _options() -> dict[str, Any]:
-    return {
+def _options(path: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
         "summary": "CORS preflight, answered locally",
         "responses": {
             "204": {"description": "preflight accepted",
@@ -329,6 +402,11 @@ def _options() -> dict[str, Any]:
             "503": {"description": _WHY["503"], "content": _json(_ref("Error"))},
         },
     }
+    if "{new}" in path:
+        # The preflight checks a request id, but not the state name a POST would.
+        op["parameters"] = [{"name": "new", "in": "path", "required": True, "schema": S,
+                             "description": "any text: the preflight does not read it"}]
+    return op
 
 
 def document(version: str) -> dict[str, Any]:
@@ -342,21 +420,23 @@ def document(version: str) -> dict[str, Any]:
             op: dict[str, Any] = {
                 "operationId": method + "_" + path.strip("/").replace("/", "_").replace("{", "").replace("}", ""),
                 "summary": summary,
-                "responses": _responses(status, schema, errors, path),
+                "responses": _responses(method, status, schema, errors, path),
             }
             if query:
                 op["parameters"] = _query_params(query)
             if body is not None and method == "post":
                 op["requestBody"] = {
-                    "required": False,
+                    "required": "required" in SCHEMAS[body] or "anyOf" in SCHEMAS[body],
                     "description": "read as UTF-8 JSON whatever the Content-Type; empty means {}",
                     "content": {"application/json": {"schema": _ref(body)}},
                 }
             if method == "get" and body is not None:
                 op["description"] = "acts as a POST with an empty body"
+                if "required" in SCHEMAS[body]:
+                    op["description"] += ", which this call refuses (400)"
             item[method] = op
         if redirecting:
-            item["options"] = _options()
+            item["options"] = _options(path)
         paths[path] = item
     return {
         "openapi": "3.1.0",

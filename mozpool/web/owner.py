@@ -12,29 +12,32 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from mozpool.db.pool import Database
+from mozpool.serverurl import base_url
 from mozpool.web import queries
 from mozpool.web.errors import Forbidden, NotFound, Redirect
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
-ALLOW_HEADERS = "Content-Type"
+ALLOW_HEADERS = "Authorization, Content-Type, X-CSRF-Token"
 
 _WHAT = {"device": "device", "request": "request", "relay": "relay board"}
 
 
-def origin_host(request: IRequest) -> str | None:
-    """HOST of an ``Origin: http://HOST`` header; None when absent or not ``http://``."""
+def origin_of(request: IRequest) -> str | None:
+    """The ``Origin`` header as sent; None when absent (not a browser's cross-origin call).
+    Every origin a browser sends is checked: ``http://`` and ``https://`` ones by their host,
+    and ``null`` (a sandboxed frame, a file) or anything malformed is refused."""
     raw = request.getHeader(b"origin")
     if raw is None:
         return None
-    text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
-    if not text.startswith("http://"):
-        return None
-    return text[len("http://"):]
+    return raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+
+
 
 
 def location(request: IRequest, owner: str) -> bytes:
-    """``http://{owner}{path as received}[?{query}]``: the raw request target, unchanged."""
-    return b"http://" + owner.encode("utf-8") + request.uri
+    """``http://{owner}{path as received}[?{query}]`` (``https://`` for a TLS server): the raw
+    request target, unchanged."""
+    return base_url(owner).encode("utf-8") + request.uri
 
 
 class OwnerCheck:
@@ -44,29 +47,39 @@ class OwnerCheck:
         self.db = db
         self.fqdn = fqdn
 
-    def _check_origin(self, request: IRequest, host: str, servers: set[str]) -> None:
-        if host != self.fqdn and host not in servers:
-            raise Forbidden(f"origin http://{host} is not a known imaging server")
-        request.setHeader(b"Access-Control-Allow-Origin", b"http://" + host.encode("utf-8"))
+    def _check_origin(self, request: IRequest, origin: str, servers: set[str]) -> None:
+        known = {base_url(s) for s in (*servers, self.fqdn)}
+        scheme, _, host = origin.partition("://")
+        same_origin = scheme in ("http", "https") and host and host.encode("latin-1", "replace") == request.getHeader(b"host")
+        if origin not in known and not same_origin:
+            raise Forbidden(f"origin {origin!r} is not a known imaging server")
+        request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
+        request.setHeader(b"Vary", b"Origin")
+
+    async def check_origin(self, request: IRequest) -> None:
+        """The Origin check alone, for calls any server answers (request creation)."""
+        origin = origin_of(request)
+        if origin is not None:
+            self._check_origin(request, origin, await self.db.runInteraction(queries.known_servers))
 
     async def require(self, request: IRequest, kind: str, key: Any) -> int:
         """The object's database id, once it exists, is ours and the origin is acceptable."""
-        host = origin_host(request)
-        found = await self.db.runInteraction(queries.owner, kind, key, host is not None)
+        origin = origin_of(request)
+        found = await self.db.runInteraction(queries.owner, kind, key, origin is not None)
         if found is None:
             raise NotFound(f"unknown {_WHAT[kind]} {key}")
         object_id, owner, servers = found
         if owner != self.fqdn:
             raise Redirect(location(request, owner))
-        if host is not None:
-            self._check_origin(request, host, servers)
+        if origin is not None:
+            self._check_origin(request, origin, servers)
         return int(object_id)
 
     async def preflight(self, request: IRequest) -> None:
         """A browser preflight (OPTIONS): answered here, whoever owns the object."""
-        host = origin_host(request)
-        if host is not None:
+        origin = origin_of(request)
+        if origin is not None:
             servers = await self.db.runInteraction(queries.known_servers)
-            self._check_origin(request, host, servers)
+            self._check_origin(request, origin, servers)
         request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS.encode("ascii"))
         request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS.encode("ascii"))

@@ -62,6 +62,7 @@ CREATE TABLE devices (
     comments TEXT NULL,
     environment VARCHAR(32) NOT NULL DEFAULT 'none',
     hardware_type_id INTEGER NULL,
+    boot_token CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
     UNIQUE KEY devices_name (name),
     KEY devices_state_timeout (state_timeout),
     FOREIGN KEY (imaging_server_id) REFERENCES imaging_servers (id),
@@ -82,6 +83,7 @@ CREATE TABLE requests (
     state_counters TEXT NOT NULL,
     state_timeout DATETIME(3) NULL,
     environment VARCHAR(32) NOT NULL DEFAULT 'any',
+    created_by VARCHAR(64) NULL,
     KEY requests_state_timeout (state_timeout),
     KEY requests_expires (expires),
     FOREIGN KEY (imaging_server_id) REFERENCES imaging_servers (id),
@@ -142,4 +144,22 @@ CREATE TABLE changes (
     request_id BIGINT NULL,
     data MEDIUMTEXT NOT NULL,
     KEY changes_ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- v3: API tokens (only their SHA-256 is stored) and settings shared by every server (the
+-- cluster secret that signs inter-server calls).
+CREATE TABLE tokens (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(64) NOT NULL,
+    role VARCHAR(16) NOT NULL,
+    hash CHAR(64) NOT NULL,
+    created DATETIME NOT NULL,
+    revoked DATETIME NULL,
+    UNIQUE KEY tokens_name (name),
+    UNIQUE KEY tokens_hash (hash)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE settings (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -1,4 +1,5 @@
--- v3: the change journal (see schema-v3.sql).
+-- v3: the change journal, API tokens, shared settings, per-boot device tokens, request creators
+-- (see schema-v3.sql).
 CREATE TABLE changes (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     ts DATETIME NOT NULL,
@@ -7,4 +8,21 @@ CREATE TABLE changes (
     request_id BIGINT NULL,
     data MEDIUMTEXT NOT NULL,
     KEY changes_ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+ALTER TABLE devices ADD COLUMN boot_token CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL;
+ALTER TABLE requests ADD COLUMN created_by VARCHAR(64) NULL;
+CREATE TABLE tokens (
+    id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(64) NOT NULL,
+    role VARCHAR(16) NOT NULL,
+    hash CHAR(64) NOT NULL,
+    created DATETIME NOT NULL,
+    revoked DATETIME NULL,
+    UNIQUE KEY tokens_name (name),
+    UNIQUE KEY tokens_hash (hash)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE settings (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

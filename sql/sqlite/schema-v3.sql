@@ -55,7 +55,8 @@ CREATE TABLE devices (
     next_boot_config TEXT,
     comments TEXT,
     environment VARCHAR(32) NOT NULL DEFAULT 'none',
-    hardware_type_id INTEGER REFERENCES hardware_types(id)
+    hardware_type_id INTEGER REFERENCES hardware_types(id),
+    boot_token CHAR(64)
 );
 CREATE INDEX devices_state_timeout ON devices (state_timeout);
 CREATE INDEX devices_imaging_server ON devices (imaging_server_id);
@@ -71,7 +72,8 @@ CREATE TABLE requests (
     state VARCHAR(32) NOT NULL,
     state_counters TEXT NOT NULL,
     state_timeout TEXT,
-    environment VARCHAR(32) NOT NULL DEFAULT 'any'
+    environment VARCHAR(32) NOT NULL DEFAULT 'any',
+    created_by VARCHAR(64)
 );
 CREATE INDEX requests_state_timeout ON requests (state_timeout);
 CREATE INDEX requests_expires ON requests (expires);
@@ -124,3 +126,19 @@ CREATE TABLE changes (
     data TEXT NOT NULL
 );
 CREATE INDEX changes_ts ON changes (ts);
+
+-- v3: API tokens (only their SHA-256 is stored) and settings shared by every server (the
+-- cluster secret that signs inter-server calls).
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name VARCHAR(64) NOT NULL UNIQUE,
+    role VARCHAR(16) NOT NULL,
+    hash CHAR(64) NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    revoked TEXT
+);
+
+CREATE TABLE settings (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -1,4 +1,5 @@
--- v3: the change journal (see schema-v3.sql).
+-- v3: the change journal, API tokens, shared settings, per-boot device tokens, request creators
+-- (see schema-v3.sql).
 CREATE TABLE changes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts TEXT NOT NULL,
@@ -8,3 +9,18 @@ CREATE TABLE changes (
     data TEXT NOT NULL
 );
 CREATE INDEX changes_ts ON changes (ts);
+ALTER TABLE devices ADD COLUMN boot_token CHAR(64);
+ALTER TABLE requests ADD COLUMN created_by VARCHAR(64);
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name VARCHAR(64) NOT NULL UNIQUE,
+    role VARCHAR(16) NOT NULL,
+    hash CHAR(64) NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    revoked TEXT
+);
+
+CREATE TABLE settings (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -495,7 +495,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.assertEqual(P.parseOack(second.take()[0][0]), {"tsize": "1", "blksize": "1468"})
 
     def test_serverBusy(self) -> None:
-        self.server.maxSessions = 1
+        self.server.max_transfers = 1
         self.write("k", b"x")
         self.assertIsNotNone(self.rrq("k", addr=STRANGER))
         self.assertIsNone(self.rrq("k"))

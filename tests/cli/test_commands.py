@@ -78,3 +78,50 @@ class Commands(TestCase):
         _, err, code = await run("mozpool.cli.pxe_config", "--db", self.url, "delete", "android-install")
         self.assertEqual(code, 1)
         self.assertIn("used by an image", err)
+
+
+class TokenCommand(TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.url = "sqlite:///" + os.path.abspath(self.mktemp()) + ".sqlite"
+        out, err, code = await run("mozpool.cli.db", "--db", self.url, "create-schema")
+        self.assertEqual(code, 0, err)
+
+    async def test_lifecycle(self) -> None:
+        from mozpool.db import tokens
+        from mozpool.db.pool import Database
+        from twisted.internet import reactor
+
+        out, err, code = await run("mozpool.cli.token", "--db", self.url, "create", "ci-bot", "--role", "user")
+        self.assertEqual(code, 0, err)
+        token = out.strip().splitlines()[-1]
+        self.assertTrue(token.startswith("mpt_") and len(token) > 40, out)
+        db = Database.fromURL(self.url, reactor)
+        self.addCleanup(db.close)
+        found = await db.runInteraction(tokens.lookup, token)
+        self.assertEqual((found.name, found.role), ("ci-bot", "user"))
+        stored = await db.query("SELECT hash FROM tokens")
+        self.assertEqual(stored, [(tokens.token_hash(token),)], "only the hash is stored")
+
+        out, _, code = await run("mozpool.cli.token", "--db", self.url, "list")
+        self.assertEqual(code, 0)
+        self.assertRegex(out, r"ci-bot\s+user\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+-")
+        self.assertNotIn(token, out)
+
+        _, err, code = await run("mozpool.cli.token", "--db", self.url, "create", "ci-bot", "--role", "user")
+        self.assertEqual(code, 1)
+        self.assertIn("exists", err)
+        _, err, code = await run("mozpool.cli.token", "--db", self.url, "create", "bad name", "--role", "user")
+        self.assertEqual(code, 1)
+        _, err, code = await run("mozpool.cli.token", "--db", self.url, "create", "x", "--role", "root")
+        self.assertEqual(code, 2, "argparse refuses the role")
+
+        out, err, code = await run("mozpool.cli.token", "--db", self.url, "revoke", "ci-bot")
+        self.assertEqual(code, 0, err)
+        self.assertIsNone(await db.runInteraction(tokens.lookup, token))
+        out, _, _ = await run("mozpool.cli.token", "--db", self.url, "list")
+        self.assertNotRegex(out, r"ci-bot\s+user\s+\S+ \S+\s+-\n")
+        _, err, code = await run("mozpool.cli.token", "--db", self.url, "revoke", "ci-bot")
+        self.assertEqual(code, 1)
+        self.assertIn("no live token", err)

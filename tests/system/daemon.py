@@ -72,17 +72,33 @@ class _Output(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
+class _PooledClient:
+    """treq's module functions' signature (``pool=``) over an HTTPClient with its own agent."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def get(self, url: str, pool: Any = None, **kw: Any) -> Any:
+        return self.client.get(url, **kw)
+
+    def request(self, method: str, url: str, pool: Any = None, **kw: Any) -> Any:
+        return self.client.request(method, url, **kw)
+
+
 class Daemon:
     """One imaging server: its own directory, HTTP and TFTP ports, relay-board ports."""
 
     def __init__(self, test: TestCase, fakes: int = 4, db: str | None = None, time_scale: float = 0.01,
-                 fqdn: str | None = None, config: str = "", extra_args: tuple[str, ...] = ()) -> None:
+                 fqdn: str | None = None, config: str = "", extra_args: tuple[str, ...] = (),
+                 tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: (key file, certificate file, CA file): the API listens with TLS, its name
+        is ``https://127.0.0.1:PORT``, and it trusts that CA for other servers."""
         self.dir = os.path.abspath(test.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
         self.tftp_port = free_port(socket.SOCK_DGRAM)
         self.relay_base = free_board_ports(max(1, (fakes + 31) // 32))
-        self.fqdn = fqdn or f"127.0.0.1:{self.port}"
+        self.fqdn = fqdn or (f"https://127.0.0.1:{self.port}" if tls else f"127.0.0.1:{self.port}")
         self.db = db or "sqlite:///" + os.path.join(self.dir, "mozpool.sqlite")
         self.config_path = os.path.join(self.dir, "mozpool.ini")
         with open(self.config_path, "w") as f:
@@ -93,10 +109,24 @@ class Daemon:
             "--db", self.db, "--fqdn", self.fqdn, "--fakes", str(fakes), "--time-scale", str(time_scale),
             *extra_args,
         ]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http: Any = treq
+        if tls:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent
+
+            from mozpool.endpoints import tls_policy
+
+            key, cert, ca = tls
+            self.args += ["--endpoint", f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+            with open(self.config_path, "a") as f:
+                f.write(f"[server]\nca_certs = {ca}\n")
+            self.http = _PooledClient(HTTPClient(Agent(reactor, contextFactory=tls_policy(ca), pool=self.pool)))
         self.process: Any = None
         self.output: _Output | None = None
+        #: sent as a bearer token with every call when set
+        self.token: str | None = None
         test.addCleanup(self.stop)
 
     @property
@@ -117,7 +147,7 @@ class Daemon:
         deadline = reactor.seconds() + timeout
         while reactor.seconds() < deadline:
             try:
-                response = await treq.get(self.url + "/api/version/", timeout=2, pool=self.pool)
+                response = await self.http.get(self.url + "/api/version/", timeout=2, pool=self.pool)
                 await response.content()
                 if response.code == 200:
                     return
@@ -143,8 +173,9 @@ class Daemon:
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        response = await treq.request(method, self.url + path, data=data, timeout=20, allow_redirects=False,
-                                        pool=self.pool)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        response = await self.http.request(method, self.url + path, data=data, timeout=20, allow_redirects=False,
+                                           pool=self.pool, headers=headers)
         text = await response.content()
         try:
             return response.code, json.loads(text) if text else None

@@ -30,14 +30,15 @@ async def raw_call(d: Daemon, method: str, url: str, body: Any = None) -> tuple[
 
 
 async def two_servers(
-    test: TestCase, fakes: int = 4, time_scale: float = 0.01, access_log: bool = False
+    test: TestCase, fakes: int = 4, time_scale: float = 0.01, access_log: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[Daemon, Daemon]:
     """A, then B once A has created the schema and seeded its devices, on one fresh MariaDB database."""
     url = mariadbURL(test)
     config = "[server]\naccess_log = true" if access_log else ""
     for _ in range(20):
-        a = Daemon(test, fakes=fakes, db=url, time_scale=time_scale, config=config)
-        b = Daemon(test, fakes=fakes, db=url, time_scale=time_scale, config=config)
+        a = Daemon(test, fakes=fakes, db=url, time_scale=time_scale, config=config, extra_args=extra_args)
+        b = Daemon(test, fakes=fakes, db=url, time_scale=time_scale, config=config, extra_args=extra_args)
         if distinct_tcp_ports(a, b, fakes):
             break
     await a.start()

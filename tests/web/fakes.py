@@ -26,8 +26,9 @@ class _Recorder:
 @implementer(IBroker)
 class FakeBroker(_Recorder):
     def create_request(self, device: str, assignee: str, duration: int, image: str, environment: str,
-                       boot_config: str) -> Any:
-        return self._answer("create_request", device, assignee, duration, image, environment, boot_config)
+                       boot_config: str, created_by: str | None = None) -> Any:
+        extra = () if created_by is None else (created_by,)
+        return self._answer("create_request", device, assignee, duration, image, environment, boot_config, *extra)
 
     def renew(self, request_id: int, duration: int) -> Any:
         return self._answer("renew", request_id, duration)

@@ -378,8 +378,10 @@ class JournalFeed(APITest):
 
     async def test_through_the_api(self) -> None:
         await self.ok("POST", "/api/device/panda-0001/set-comments/", {"comments": "via the API"})
-        ((kind, data),) = await self.events()
+        (kind, data), (audit_kind, audit) = await self.events()
         self.assertEqual((kind, data["device"], data["comments"]), ("device_comments", "panda-0001", "via the API"))
+        self.assertEqual((audit_kind, audit["source"]), ("device_log", "audit"))
+        self.assertEqual(audit["message"], "POST /api/device/panda-0001/set-comments/ by anonymous (auth open)")
 
 
 class _DeviceKind:

@@ -106,12 +106,35 @@ class Owner(APITest):
         self.assertEqual((await self.call("GET", "/api/device/panda-0001/status/",
                                           headers={"Origin": "http://evil"})).code, 200)
 
-    async def test_non_http_origins_have_no_effect(self) -> None:
-        for origin in ("https://evil.example.com", "null", "file://", ""):
-            answer = await self.call("POST", "/api/device/panda-0001/set-comments/", {"comments": "ok"},
+    async def test_every_origin_is_checked(self) -> None:
+        """null, https:// and malformed origins are checked like http:// ones (issue 10)."""
+        for origin in ("https://evil.example.com", "null", "file://", "", "http://", "evil.example.com",
+                       "https://b.example.com:8010"):  # (B serves plain HTTP)
+            answer = await self.call("POST", "/api/device/panda-0001/set-comments/", {"comments": "no"},
                                      headers={"Origin": origin})
-            self.assertEqual(answer.code, 200)
+            self.assertEqual(answer.code, 403, origin)
             self.assertIsNone(answer.header("access-control-allow-origin"))
+            await self.error(403, "OPTIONS", "/api/device/panda-0001/ping/", headers={"Origin": origin})
+        rows = await self.sql("SELECT comments FROM devices WHERE name = 'panda-0001'")
+        self.assertEqual(rows, [(None,)])
+        # a server that serves TLS is named with its scheme
+        await self.sql("INSERT INTO imaging_servers (fqdn) VALUES ('https://c.example.com:8443')")
+        answer = await self.call("POST", "/api/device/panda-0001/set-comments/", {"comments": "ok"},
+                                 headers={"Origin": "https://c.example.com:8443"})
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.header("access-control-allow-origin"), "https://c.example.com:8443")
+
+    async def test_same_origin_is_allowed(self) -> None:
+        """The UI served by this server, reached under any host name, calls its own API."""
+        answer = await self.call("POST", "/api/device/panda-0001/set-comments/", {"comments": "ui"},
+                                 headers={"Origin": "http://localhost:8010", "Host": "localhost:8010"})
+        self.assertEqual(answer.code, 200)
+
+    async def test_request_creation_checks_the_origin(self) -> None:
+        body = {"assignee": "x", "duration": 60, "image": "android"}
+        answer = await self.call("POST", "/api/device/any/request/", body, headers={"Origin": "http://evil"})
+        self.assertEqual(answer.code, 403)
+        self.assertEqual(await self.sql("SELECT COUNT(*) FROM requests"), [(0,)])
 
     async def test_preflight_answered_locally(self) -> None:
         for path in ("/api/device/bpanda-0001/set-comments/", "/api/device/panda-0001/power-off",
@@ -122,7 +145,7 @@ class Owner(APITest):
             self.assertEqual(answer.body, b"")
             self.assertEqual(answer.header("access-control-allow-origin"), "http://b.example.com:8010")
             self.assertEqual(answer.header("access-control-allow-methods"), "GET, POST, OPTIONS")
-            self.assertEqual(answer.header("access-control-allow-headers"), "Content-Type")
+            self.assertEqual(answer.header("access-control-allow-headers"), "Authorization, Content-Type, X-CSRF-Token")
             await self.error(403, "OPTIONS", path, headers={"Origin": "http://evil"})
         plain = await self.call("OPTIONS", "/api/device/panda-0001/ping/")
         self.assertEqual(plain.code, 204)

@@ -257,7 +257,7 @@ class Reads(APITest):
         version = await self.ok("GET", "/api/version/")
         self.assertEqual(got["info"]["version"], version["version"])
         self.assertTrue(got["openapi"].startswith("3."))
-        self.assertEqual(len(got["paths"]), 31)
+        self.assertEqual(len(got["paths"]), 35)
 
     async def test_metrics(self) -> None:
         await self.sql("UPDATE devices SET state = 'failed_pxe_booting' WHERE name = 'bpanda-0002'")

@@ -6,7 +6,9 @@ netascii conversion, path confinement and the per-transfer protocol live in the 
 
 from .server import (
     DEFAULT_MAX_BLKSIZE,
-    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_TRANSFERS,
+    DEFAULT_MAX_TRANSFERS_PER_CLIENT,
+    DEFAULT_MAX_WINDOW_BYTES,
     DEFAULT_MAX_WINDOWSIZE,
     DEFAULT_PORT,
     DEFAULT_RETRIES,
@@ -18,7 +20,9 @@ from .transfer import ReadTransfer
 
 __all__ = [
     "DEFAULT_MAX_BLKSIZE",
-    "DEFAULT_MAX_SESSIONS",
+    "DEFAULT_MAX_TRANSFERS",
+    "DEFAULT_MAX_TRANSFERS_PER_CLIENT",
+    "DEFAULT_MAX_WINDOW_BYTES",
     "DEFAULT_MAX_WINDOWSIZE",
     "DEFAULT_PORT",
     "DEFAULT_RETRIES",

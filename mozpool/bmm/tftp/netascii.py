@@ -12,7 +12,10 @@ class BlockSource(Protocol):
         """Up to size bytes; fewer only at the end of the stream."""
 
     def close(self) -> None:
-        """Release the file."""
+        """Release the file and anything read ahead."""
+
+    def buffered_bytes(self) -> int:
+        """Bytes read from the file and not yet handed out."""
 
 
 def toNetascii(data: bytes) -> bytes:
@@ -41,9 +44,16 @@ class OctetSource:
     def close(self) -> None:
         self._f.close()
 
+    def buffered_bytes(self) -> int:
+        return 0  # unbuffered: each read is one read() syscall
+
 
 class NetasciiSource:
-    """Converts on the fly; the bytes a conversion pushes past a block boundary wait in a buffer."""
+    """Converts on the fly; the bytes a conversion pushes past a block boundary wait in a buffer.
+
+    Between reads that carry is under 2 * max(size, _CHUNK) bytes: one raw read of at most
+    max(size, _CHUNK) bytes at most doubles when converted.
+    """
 
     _CHUNK = 8192
 
@@ -63,4 +73,8 @@ class NetasciiSource:
         return out
 
     def close(self) -> None:
+        self._pending = b""
         self._f.close()
+
+    def buffered_bytes(self) -> int:
+        return len(self._pending)

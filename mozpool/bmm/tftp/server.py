@@ -1,11 +1,46 @@
 """The TFTP server's main socket: parses requests, refuses what it must, starts read transfers.
 
-Read-only by design (spec section 5): PXE ROMs, pxelinux and U-Boot fetch configs, kernels and
-ramdisks; nothing is ever written.
+Read-only by design (spec bmm-protocols.md section 5): PXE ROMs, pxelinux and U-Boot fetch configs,
+kernels and ramdisks; nothing is ever written.
+
+Sharing the session table (spec 5.2, hardened after fuzzing). A client is a source IP address
+(whatever its ports). A host that sends RRQs and never acknowledges holds each transfer for its
+whole retransmission schedule (23 s by default), so without these rules it could fill the table and
+lock every other device out of PXE boot. An RRQ that would start a new transfer is checked, before
+any file, socket or timer is allocated for it, against:
+
+1. **Per-client limit**: a client already holding `max_transfers_per_client` transfers (default 8;
+   0 means no limit) gets ERROR 0 "too many transfers from your address". Loopback clients are
+   exempt: they are this machine itself (the kernel drops a 127/8 or ::1 source arriving from
+   outside), and in fakes mode every simulated device boots from 127.0.0.1.
+2. **Fair share of a full table**: with `max_transfers` (N, default 128) running, a client
+   C holding c transfers may displace the oldest transfer of the client M holding the most
+   (among equals, the one whose oldest transfer is oldest) if M holds at least c + 2; that
+   transfer's peer gets ERROR 0 "server busy, transfer cancelled" and its file, socket and
+   timers are released. Otherwise C gets ERROR 0 "server busy".
+
+   So with H clients wanting transfers, a client below its fair share of the table, N // H,
+   is always served (the busiest client then holds more than N // H, and so at least c + 2);
+   a client is refused only when no client holds more than one transfer beyond its own count,
+   i.e. when the table is already shared as evenly as it can be. Every displacement makes the
+   counts strictly more even, so two clients never take turns displacing each other. A flood
+   from one address that never ACKs therefore holds at most `max_transfers_per_client`
+   transfers, and even without that limit, at most what the other clients leave it.
+   The victim is chosen before the file is opened but displaced only once it is: an RRQ refused
+   for any other reason (missing file, access violation) displaces nothing.
+
+Memory. A transfer holds its window of sent, unacknowledged DATA packets, at most
+`max_window_bytes` (default 256 KiB; the windowsize option is answered with no more blocks than
+fit, and never fewer than one), plus, in netascii mode only, a conversion carry of at most
+2 x max(blksize, 8 KiB); the file is read unbuffered, block by block. So the bytes buffered across
+all transfers stay below `max_transfers` times that. A transfer whose peer stops acknowledging
+ends after its retransmission limit (spec 5.4), and every way a transfer ends closes its file,
+socket and timer, drops its window and leaves the session table.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from typing import Any, cast
@@ -47,7 +82,9 @@ DEFAULT_MAX_TIMEOUT = 8.0
 DEFAULT_RETRIES = 5
 DEFAULT_MAX_BLKSIZE = 65464
 DEFAULT_MAX_WINDOWSIZE = 64
-DEFAULT_MAX_SESSIONS = 128
+DEFAULT_MAX_TRANSFERS = 128
+DEFAULT_MAX_TRANSFERS_PER_CLIENT = 8
+DEFAULT_MAX_WINDOW_BYTES = 256 * 1024
 
 MODES = ("octet", "netascii")
 
@@ -57,6 +94,16 @@ def _decimal(value: str) -> int | None:
     if not value or not value.isascii() or not value.isdigit() or len(value) > 20:
         return None
     return int(value)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a client address is this machine (IPv4 127/8, ::1, or 127/8 mapped into IPv6)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
 
 
 def _openRegular(path: bytes) -> tuple[Any, int]:
@@ -90,7 +137,8 @@ class TFTPServer(DatagramProtocol):
     """Listen with `reactor.listenUDP(port, TFTPServer(root, reactor), interface=...)`.
 
     Each accepted RRQ gets its own socket from `reactor.listenUDP(0, ...)` on the same interface
-    (its transfer ID); the main socket only ever answers with ERROR packets.
+    (its transfer ID); the main socket only ever answers with ERROR packets. How the session
+    table is shared between clients is in the module docstring.
     """
 
     def __init__(
@@ -104,8 +152,14 @@ class TFTPServer(DatagramProtocol):
         retries: int = DEFAULT_RETRIES,
         maxBlksize: int = DEFAULT_MAX_BLKSIZE,
         maxWindowsize: int = DEFAULT_MAX_WINDOWSIZE,
-        maxSessions: int = DEFAULT_MAX_SESSIONS,
+        max_transfers: int = DEFAULT_MAX_TRANSFERS,
+        max_transfers_per_client: int = DEFAULT_MAX_TRANSFERS_PER_CLIENT,
+        max_window_bytes: int = DEFAULT_MAX_WINDOW_BYTES,
     ) -> None:
+        if max_transfers < 1:
+            raise ValueError("max_transfers must be at least 1")
+        if max_transfers_per_client < 0:
+            raise ValueError("max_transfers_per_client must be 0 (no limit) or more")
         rootPath: str | bytes = root.path if isinstance(root, FilePath) else root
         self.root: bytes = os.fsencode(rootPath)
         self._reactor = reactor
@@ -116,8 +170,18 @@ class TFTPServer(DatagramProtocol):
         self.maxBlksize = max(8, min(maxBlksize, 65464))
         # Above 32768 blocks in flight, ACK numbers modulo 2^16 would become ambiguous.
         self.maxWindowsize = max(1, min(maxWindowsize, 32768))
-        self.maxSessions = maxSessions
+        self.max_transfers = max_transfers
+        self.max_transfers_per_client = max_transfers_per_client
+        self.max_window_bytes = max_window_bytes
+        #: every running transfer by (client host, client port, filename), oldest first
         self.sessions: dict[tuple[str, int, bytes], ReadTransfer] = {}
+        #: the same transfers by client host, each client's oldest first; no empty entries
+        self.by_client: dict[str, dict[tuple[str, int, bytes], ReadTransfer]] = {}
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the running transfers hold in their windows and conversion buffers."""
+        return sum(transfer.buffered_bytes for transfer in self.sessions.values())
 
     # -- lifecycle
 
@@ -170,9 +234,18 @@ class TFTPServer(DatagramProtocol):
             if recheck:
                 self._reactor.callLater(0, self._readRequest, datagram, addr, False)
             return
-        if len(self.sessions) >= self.maxSessions:
-            self._error(ERR_UNDEFINED, "server busy", addr)
+        held = len(self.by_client.get(key[0], ()))
+        limit = self.max_transfers_per_client
+        if limit and held >= limit and not _is_loopback(key[0]):
+            log.debug("tftp refused {addr}: {held} transfers already", addr=addr, held=held)
+            self._error(ERR_UNDEFINED, "too many transfers from your address", addr)
             return
+        displaced = None
+        if len(self.sessions) >= self.max_transfers:
+            displaced = self._displaceable(held)
+            if displaced is None:
+                self._error(ERR_UNDEFINED, "server busy", addr)
+                return
         name = request.filename.decode("ascii", "backslashreplace")
         try:
             path = resolve(self.root, request.filename)
@@ -184,6 +257,10 @@ class TFTPServer(DatagramProtocol):
             emit("tftp refused {name} to {addr}: {why}", name=name, addr=addr, why=e.message)
             self._error(e.code, e.message, addr)
             return
+        if displaced is not None:
+            log.info("tftp table full: {addr} takes the place of {name} to {peer}",
+                     addr=addr, name=displaced.name, peer=displaced.peer)
+            displaced.displace()
         transfer = self._negotiate(request, f, size, addr, name)
         try:
             self._reactor.listenUDP(0, transfer, interface=self._interface or "")
@@ -193,8 +270,30 @@ class TFTPServer(DatagramProtocol):
             self._error(ERR_UNDEFINED, "no transfer socket", addr)
             return
         self.sessions[key] = transfer
+        self.by_client.setdefault(key[0], {})[key] = transfer
         log.debug("tftp sending {name} to {addr}", name=name, addr=addr)
         transfer.start()
+
+    def _displaceable(self, held: int) -> ReadTransfer | None:
+        """The transfer a client holding `held` transfers may take the place of in a full table:
+        the oldest of the client holding the most, if that client holds at least held + 2."""
+        most = max(len(transfers) for transfers in self.by_client.values())
+        if most < held + 2:
+            return None
+        for (host, _, _), transfer in self.sessions.items():  # oldest first
+            if len(self.by_client[host]) == most:
+                return transfer
+        return None  # not reached: some client holds `most`
+
+    def _forget(self, key: tuple[str, int, bytes], transfer: ReadTransfer) -> None:
+        """A transfer ended: it leaves both tables."""
+        if self.sessions.get(key) is not transfer:
+            return
+        del self.sessions[key]
+        mine = self.by_client[key[0]]
+        del mine[key]
+        if not mine:
+            del self.by_client[key[0]]
 
     def _negotiate(self, request: Request, f: Any, size: int, addr: Any, name: str) -> ReadTransfer:
         """Accept the valid options we know (RFC 2347/2348/2349/7440) and build the transfer."""
@@ -218,13 +317,16 @@ class TFTPServer(DatagramProtocol):
                 accepted[option] = str(value)
             elif option == "windowsize" and 1 <= value <= 65535:
                 windowsize = min(value, self.maxWindowsize)
-                accepted[option] = str(windowsize)
+                accepted[option] = ""  # its value once blksize is known, whatever the order
+        if "windowsize" in accepted:
+            # The window is what a transfer buffers: no more blocks than fit in max_window_bytes.
+            windowsize = max(1, min(windowsize, self.max_window_bytes // (4 + blksize)))
+            accepted["windowsize"] = str(windowsize)
         source: BlockSource = OctetSource(f) if request.mode == "octet" else NetasciiSource(f)
         key = (addr[0], addr[1], request.filename)
 
         def onDone(transfer: ReadTransfer, reason: str) -> None:
-            if self.sessions.get(key) is transfer:
-                del self.sessions[key]
+            self._forget(key, transfer)
 
         return ReadTransfer(
             clock=self._reactor,

@@ -39,6 +39,7 @@ TIMEOUT = "timeout"
 PEER_ERROR = "peer error"
 IO_ERROR = "i/o error"
 ABORTED = "aborted"
+DISPLACED = "displaced"
 
 
 class ReadTransfer(DatagramProtocol):
@@ -135,9 +136,25 @@ class ReadTransfer(DatagramProtocol):
         if not self._finished:
             self._timer = self._clock.callLater(self._interval, self._timedOut)
 
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The client's address and port, fixed at the RRQ."""
+        return self._peer
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this transfer holds: its unacknowledged window and its source's read-ahead."""
+        return sum(len(packet) for packet in self._window) + self._source.buffered_bytes()
+
     def abort(self) -> None:
         """Stop without telling the peer (the server is shutting down)."""
         self._finish(ABORTED)
+
+    def displace(self) -> None:
+        """Give up this transfer's place in a full session table to another client's."""
+        if not self._finished:
+            self._send(encodeError(ERR_UNDEFINED, "server busy, transfer cancelled"))
+        self._finish(DISPLACED)
 
     def _finish(self, reason: str) -> None:
         if self._finished:

@@ -1,0 +1,329 @@
+"""The operator web UI (issue 9): pages under /ui/, rendered from the shared database.
+
+Reads are rendered here, server-side; writes are sent by the browser (static/mozpool.js) to the
+JSON API, so there is one write path.  Pages stay current by following ``/api/events`` in the
+browser and refetching the parts an event touches (``live_region`` in html.py).
+
+Routes raise :class:`PageNotFound` or :class:`params.BadParameter`; :meth:`OperatorUI._errors`
+turns every failure into an HTML error page with the right status, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, NoResource
+from twisted.web.static import File
+from werkzeug import exceptions as wz
+
+from mozpool.db import catalog
+from mozpool.db.errors import DatabaseUnavailable
+from mozpool.db.pool import Database
+from mozpool.timeutil import dbnow
+from mozpool.web.ui import pages, params, queries
+from mozpool.web.ui.html import device_url, flatten, page_bytes, query_url, request_url
+from mozpool.web.validate import DEVICE_STATES
+
+log = Logger()
+
+HTML_TYPE = b"text/html; charset=utf-8"
+#: Scripts and styles only from this server; API calls may go to another imaging server (the
+#: owner of a device, when this one answers 302).
+SECURITY_HEADERS = {
+    b"Content-Security-Policy": b"default-src 'self'; connect-src 'self' http: https:; img-src 'self' data:;"
+    b" style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    b"X-Content-Type-Options": b"nosniff",
+    b"Referrer-Policy": b"same-origin",
+}
+#: The original UI's pages -> ours, so old bookmarks keep working.
+OLD_PAGES = {
+    "index.html": "/ui/",
+    "mozpool.html": "/ui/requests",
+    "lifeguard.html": "/ui/devices",
+    "bmm.html": "/ui/lab",
+}
+OVERVIEW_LIMIT = 50
+
+
+class PageNotFound(Exception):
+    """No such device, request or page; the message says which."""
+
+
+class _StaticFiles(File):
+    """The files of static/, without directory listings."""
+
+    def directoryListing(self) -> IResource:
+        return NoResource()
+
+
+class OperatorUI:
+    """The pages of one imaging server (``fqdn``) over the shared database."""
+
+    app = Klein()
+
+    def __init__(self, db: Database, fqdn: str, clock: IReactorTime) -> None:
+        self.db = db
+        self.fqdn = fqdn
+        self.clock = clock
+        self.static = _StaticFiles(_static_dir())
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _page(
+        self, request: IRequest, title: str, body: Any, section: str, events: str | None = None
+    ) -> bytes:
+        _html_headers(request)
+        return await page_bytes(title, body, section, self.fqdn, events)
+
+    async def _fragment(self, request: IRequest, *parts: Any) -> bytes:
+        _html_headers(request)
+        return await flatten(list(parts))
+
+    def _read(self, fn: Any, *args: Any) -> Any:
+        return self.db.runInteraction(fn, *args)
+
+    @app.handle_errors(Exception)
+    async def _errors(self, request: IRequest, failure: Failure) -> bytes:
+        exc = failure.value
+        if isinstance(exc, PageNotFound):
+            status, message = 404, str(exc)
+        elif isinstance(exc, params.BadParameter):
+            status, message = 400, str(exc)
+        elif isinstance(exc, wz.MethodNotAllowed):
+            status, message = 405, "This page is read with GET; changes go through the JSON API."
+            request.setHeader(b"Allow", ", ".join(sorted(exc.valid_methods or ["GET"])).encode("ascii"))
+        elif isinstance(exc, wz.HTTPException):
+            status, message = 404, "There is no such page."
+        elif isinstance(exc, DatabaseUnavailable):
+            status, message = 503, f"The database is unavailable ({exc}); try again in a moment."
+        else:
+            log.failure("bug rendering {uri}", failure, uri=request.uri.decode("latin-1"))
+            status, message = 500, "Something went wrong rendering this page; it has been logged."
+        request.setResponseCode(status)
+        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 503: "Unavailable"}.get(
+            status, "Error"
+        )
+        try:
+            return await self._page(request, title, pages.error(status, message), "")
+        except Exception:
+            log.failure("could not render the error page for {uri}", uri=request.uri.decode("latin-1"))
+            return b"<!DOCTYPE html>\n<title>MozPool error</title><p>" + title.encode("utf-8") + b"</p>"
+
+    # --- redirects --------------------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    @app.route("/ui", methods=["GET"])
+    def root(self, request: IRequest) -> bytes:
+        return _redirect(request, "/ui/", 302)
+
+    @app.route("/ui/<string:old>", methods=["GET"])
+    def old_page(self, request: IRequest, old: str) -> bytes:
+        """The original's pages; ``log.html?device=NAME`` (or ``?request=ID``) was its log view."""
+        if old == "log.html":
+            device = params.text(request, "device")
+            if device:
+                return _redirect(request, device_url(device), 301)
+            request_id = params.text(request, "request")
+            if request_id.isdigit():
+                return _redirect(request, request_url(int(request_id)), 301)
+            return _redirect(request, "/ui/devices", 302)
+        if old not in OLD_PAGES:
+            raise PageNotFound(f"There is no page /ui/{old}.")
+        return _redirect(request, OLD_PAGES[old], 301)
+
+    @app.route("/ui/static/", branch=True, methods=["GET"])
+    def static_files(self, request: IRequest) -> IResource:
+        """Versioned URLs (``?v=``), so browsers may keep them a day."""
+        request.setHeader(b"Cache-Control", b"public, max-age=86400")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return self.static
+
+    # --- pool-wide pages --------------------------------------------------------------------
+
+    @app.route("/ui/", methods=["GET"])
+    async def overview(self, request: IRequest) -> bytes:
+        counts = await self._read(queries.category_counts)
+        needing, needing_total = await self._read(queries.needs_a_human, OVERVIEW_LIMIT)
+        open_requests, open_total = await self._read(queries.request_page, False, 1, OVERVIEW_LIMIT)
+        servers = await self._read(queries.imaging_servers)
+        body = pages.overview(counts, needing, needing_total, open_requests, open_total, servers, self.fqdn,
+                              self.clock.seconds())
+        return await self._page(request, "Pool overview", body, "overview", _pool_events())
+
+    @app.route("/ui/lab", methods=["GET"])
+    async def lab(self, request: IRequest) -> bytes:
+        """``?server=FQDN`` shows one server's boards (a pool of thousands makes a long map)."""
+        server = params.text(request, "server")
+        boards = await self._read(queries.relay_boards, server)
+        devices = await self._read(queries.wired_devices, server)
+        servers = await catalog.server_fqdns(self.db)
+        body = pages.lab_map(boards, devices, self.fqdn, servers, server)
+        return await self._page(request, "Lab map", body, "lab", _pool_events("device_state", "request_device"))
+
+    @app.route("/ui/lab/board/<string:address>", methods=["GET"])
+    async def lab_board(self, request: IRequest, address: str) -> bytes:
+        """One board of the lab map, refetched when one of its devices changes."""
+        board, candidates = await self._read(queries.relay_board, address)
+        wired, _ = pages.wiring(candidates)
+        if board is None and address not in wired:
+            raise PageNotFound(f"There is no relay board {address}.")
+        board = board or pages.unknown_board(address)
+        return await self._fragment(request, pages.board_section(board, wired.get(address, {})))
+
+    @app.route("/ui/devices", methods=["GET"])
+    async def devices(self, request: IRequest) -> bytes:
+        query = params.device_query(request)
+        if request.getHeader(b"HX-Request"):
+            # The address bar shows this view's tidy URL (the filter form sends empty fields too).
+            canonical = query_url("/ui/devices", params.device_query_params(query))
+            request.setHeader(b"HX-Replace-Url", canonical.encode("utf-8"))
+        rows, total = await self._read(queries.device_page, query)
+        choices = await self._read(queries.device_filter_choices)
+        return await self._page(request, "Devices", pages.devices(rows, total, query, choices), "devices",
+                                _pool_events())
+
+    @app.route("/ui/requests", methods=["GET"])
+    async def requests(self, request: IRequest) -> bytes:
+        include_closed = params.flag(request, "closed")
+        number, per_page = params.page(request)
+        rows, total = await self._read(queries.request_page, include_closed, number, per_page)
+        body = pages.requests(rows, total, include_closed, number, per_page, self.clock.seconds())
+        return await self._page(request, "Requests", body, "requests",
+                                _pool_events("request_state", "request_device", "device_state"))
+
+    @app.route("/ui/requests/new", methods=["GET"])
+    async def new_request(self, request: IRequest) -> bytes:
+        device = params.text(request, "device")
+        images = await catalog.list_images(self.db)
+        environments = await catalog.list_environments(self.db)
+        body = pages.new_request(images, environments, device, self.fqdn)
+        return await self._page(request, "New request", body, "new-request")
+
+    @app.route("/ui/images", methods=["GET"])
+    async def images(self, request: IRequest) -> bytes:
+        return await self._page(request, "Images", pages.images(await self._read(queries.images)), "images")
+
+    @app.route("/ui/environments", methods=["GET"])
+    async def environments(self, request: IRequest) -> bytes:
+        found = await self._read(queries.environments)
+        return await self._page(request, "Environments", pages.environments(found), "environments")
+
+    @app.route("/ui/pxe-configs", methods=["GET"])
+    async def pxe_configs(self, request: IRequest) -> bytes:
+        found = await self._read(queries.pxe_configs)
+        return await self._page(request, "PXE configs", pages.pxe_configs(found), "pxe-configs")
+
+    @app.route("/ui/servers", methods=["GET"])
+    async def servers(self, request: IRequest) -> bytes:
+        found = await self._read(queries.imaging_servers)
+        return await self._page(request, "Imaging servers", pages.servers(found, self.fqdn), "servers")
+
+    # --- one device -------------------------------------------------------------------------
+
+    async def _device(self, name: str) -> dict[str, Any]:
+        found = await self._read(queries.device_by_name, name)
+        if found is None:
+            raise PageNotFound(f"There is no device {name}.")
+        return found
+
+    @app.route("/ui/device/<string:name>", methods=["GET"])
+    async def device(self, request: IRequest, name: str) -> bytes:
+        found = await self._device(name)
+        log_lines = await self._read(queries.newest_log, "device", found["id"], dbnow(self.clock), pages.LOG_LIMIT)
+        pxe = [p["name"] for p in await catalog.list_pxe_configs(self.db, True)]
+        images = await self._read(queries.images)
+        environments = await catalog.list_environments(self.db)
+        body = pages.device(found, log_lines, pxe, images, environments, sorted(DEVICE_STATES), self.fqdn,
+                            self.clock.seconds())
+        return await self._page(request, name, body, "devices", "/api/events?device=" + quote(name, safe=""))
+
+    @app.route("/ui/device/<string:name>/summary", methods=["GET"])
+    async def device_summary(self, request: IRequest, name: str) -> bytes:
+        """The live parts of the device page: state and details, comments and environment."""
+        found = await self._device(name)
+        environments = await catalog.list_environments(self.db)
+        return await self._fragment(
+            request, pages.device_summary(found, self.fqdn, self.clock.seconds()),
+            pages.device_editors(found, environments),
+        )
+
+    @app.route("/ui/device/<string:name>/log", methods=["GET"])
+    async def device_log(self, request: IRequest, name: str) -> bytes:
+        """The log list alone, refetched after the event stream lost track (``reset``)."""
+        lines = await self._read(queries.device_log_by_name, name, dbnow(self.clock), pages.LOG_LIMIT)
+        if lines is None:
+            raise PageNotFound(f"There is no device {name}.")
+        return await self._fragment(
+            request, pages.log_list(lines, self.clock.seconds(), "device_log", name, device_url(name) + "/log")
+        )
+
+    # --- one request ------------------------------------------------------------------------
+
+    async def _request(self, request_id: str) -> dict[str, Any]:
+        number = _request_number(request_id)
+        found = await self._read(queries.request_by_id, number) if number is not None else None
+        if found is None:
+            raise PageNotFound(f"There is no request {request_id}.")
+        return found
+
+    @app.route("/ui/request/<string:request_id>", methods=["GET"])
+    async def request_page(self, request: IRequest, request_id: str) -> bytes:
+        found = await self._request(request_id)
+        log_lines = await self._read(queries.newest_log, "request", found["id"], dbnow(self.clock), pages.LOG_LIMIT)
+        body = pages.request(found, log_lines, self.fqdn, self.clock.seconds())
+        return await self._page(request, f"Request {found['id']}", body, "requests",
+                                f"/api/events?request={found['id']}")
+
+    @app.route("/ui/request/<string:request_id>/summary", methods=["GET"])
+    async def request_summary(self, request: IRequest, request_id: str) -> bytes:
+        found = await self._request(request_id)
+        return await self._fragment(request, pages.request_summary(found, self.clock.seconds()))
+
+    @app.route("/ui/request/<string:request_id>/log", methods=["GET"])
+    async def request_log(self, request: IRequest, request_id: str) -> bytes:
+        found = await self._request(request_id)
+        lines = await self._read(queries.newest_log, "request", found["id"], dbnow(self.clock), pages.LOG_LIMIT)
+        return await self._fragment(
+            request,
+            pages.log_list(lines, self.clock.seconds(), "request_log", str(found["id"]), request_url(found["id"]) + "/log"),
+        )
+
+
+def _static_dir() -> str:
+    return FilePath(__file__).sibling("static").path
+
+
+def _html_headers(request: IRequest) -> None:
+    request.setHeader(b"Content-Type", HTML_TYPE)
+    request.setHeader(b"Cache-Control", b"no-store")
+    for name, value in SECURITY_HEADERS.items():
+        request.setHeader(name, value)
+
+
+def _redirect(request: IRequest, location: str, status: int) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Location", location.encode("utf-8"))
+    _html_headers(request)
+    return b""
+
+
+def _request_number(text: str) -> int | None:
+    if not text.isdigit() or len(text) > 19:
+        return None
+    return int(text)
+
+
+def _pool_events(*types: str) -> str:
+    """The /api/events URL of a pool-wide page: the given types, or every type but the logs."""
+    chosen = types or tuple(pages.POOL_EVENTS.split())
+    return "/api/events?type=" + ",".join(chosen)
