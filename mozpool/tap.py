@@ -12,7 +12,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from mozpool import __version__
@@ -20,6 +20,7 @@ from mozpool.config import Config, ConfigError, load_config
 from mozpool.db import catalog, devices, fixtures, schema, tokens
 from mozpool.db.pool import Database
 from mozpool.db.purge import purge
+from mozpool.logconfig import Logger, hygiene
 from mozpool.serverurl import base_url
 from mozpool.serverurl import host as server_host
 from mozpool.serverurl import host_port
@@ -112,6 +113,10 @@ class Options(usage.Options):
                 check_endpoint(config.manhole_endpoint, config.manhole_allow_remote)
             except ConfigError as e:
                 raise usage.UsageError(str(e)) from None
+        try:
+            logging_settings(config)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if config.fakes:
             try:
                 fake_failures(config)
@@ -120,6 +125,22 @@ class Options(usage.Options):
         elif config.fail:
             raise usage.UsageError("--fail applies to simulated devices: add --fakes N")
         self.config = config
+
+
+def logging_settings(config: Config) -> dict[str, Any]:
+    """``[logging]``: level, syslog target and facility, JSON file; ValueError when wrong."""
+    from mozpool.logconfig import level_named
+    from mozpool.syslog import FACILITIES, parse_target
+
+    section = "logging"
+    get = lambda key, default: config.extra.get(section, key, fallback=default).strip()  # noqa: E731
+    settings = {"level": level_named(get("level", "info")), "syslog": get("syslog", ""),
+                "facility": get("facility", "local0"), "json": get("json", "")}
+    if settings["syslog"]:
+        parse_target(settings["syslog"])
+    if settings["facility"] not in FACILITIES:
+        raise ValueError(f"[logging] facility must be one of {', '.join(FACILITIES)}")
+    return settings
 
 
 def _in_file(config: Config, attr: str) -> bool:
@@ -184,9 +205,16 @@ class MozpoolService(MultiService):
         self.hardware: Any = None
         #: the API's authority, which learns the cluster secret from the database at start-up
         self.authority: Any = None
+        #: observers of the whole log (syslog, JSON file), attached before anything else starts
+        self.log_observers: list[Any] = []
 
     def startService(self) -> None:
         Service.startService(self)
+        hygiene.limit_repeats = True
+        for observer in self.log_observers:
+            if isinstance(observer, Service):
+                observer.startService()
+            globalLogPublisher.addObserver(observer)
         defer.Deferred.fromCoroutine(self._prepare_then_start()).addErrback(
             lambda f: log.failure("start-up failed", f)
         )
@@ -244,6 +272,14 @@ class MozpoolService(MultiService):
                     except Exception:
                         log.failure("stopping {name} failed", name=child.name)
             self.db.close()
+            hygiene.flush(self.reactor.seconds())
+            hygiene.limit_repeats = False
+            for observer in self.log_observers:
+                globalLogPublisher.removeObserver(observer)
+                if isinstance(observer, Service):
+                    await defer.maybeDeferred(observer.stopService)
+                elif hasattr(observer, "close"):
+                    observer.close()
 
         return defer.Deferred.fromCoroutine(stop_all())
 
@@ -279,6 +315,16 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     fqdn = config.server_fqdn
     db = Database.fromURL(config.db_url, reactor)
     top = MozpoolService(config, db, reactor)
+    logs = logging_settings(config)
+    hygiene.level = logs["level"]
+    if logs["syslog"]:
+        from mozpool.syslog import SyslogObserver
+
+        top.log_observers.append(SyslogObserver(reactor, logs["syslog"], logs["facility"]))
+    if logs["json"]:
+        from mozpool.logconfig import json_observer
+
+        top.log_observers.append(json_observer(logs["json"]))
 
     from mozpool.endpoints import tls_policy
 

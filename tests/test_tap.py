@@ -151,3 +151,25 @@ class Wiring(SynchronousTestCase):
 
     def test_bad_auth_mode_is_a_usage_error(self) -> None:
         self.assertRaises(usage.UsageError, parse, "--auth", "maybe")
+
+    def test_logging_section(self) -> None:
+        from twisted.logger import LogLevel
+
+        from mozpool.logconfig import hygiene
+        from mozpool.syslog import SyslogObserver
+
+        self.addCleanup(setattr, hygiene, "level", hygiene.level)
+        top = self.build("--tftp-port", "0", config="[logging]\nsyslog = udp:127.0.0.1:5514\nfacility = local2\n"
+                                                     f"json = {self.mktemp()}\nlevel = warn\n")
+        kinds = [type(o) for o in top.log_observers]
+        self.assertEqual(kinds[0], SyslogObserver)
+        self.assertEqual(top.log_observers[0].facility, 18)
+        self.assertEqual(len(kinds), 2)
+        top.log_observers[1].close()
+        self.assertEqual(hygiene.level, LogLevel.warn)
+        for bad in ("[logging]\nsyslog = syslog.example.com\n", "[logging]\nfacility = local9\n",
+                    "[logging]\nlevel = loud\n"):
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(bad)
+            self.assertRaises(usage.UsageError, parse, "--config", path)

@@ -12,7 +12,7 @@ from functools import wraps
 from typing import Any, Callable, Coroutine
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from zope.interface import implementer
 
 from mozpool.bmm import pxe
@@ -43,6 +43,7 @@ def database_logger(db: Database, clock: Any) -> DeviceLogger:
     """Log lines into ``device_logs`` by device name; a failed write is only logged."""
 
     def write(name: str, source: str, message: str) -> "defer.Deferred[Any]":
+        log.info("device {device}: {message}", device=name, source=source, message=logs.printable(message))
         d = db.runInteraction(logs.add_device_log_by_name, name, source, message, dbnow(clock))
         d.addErrback(lambda f: log.warn("device log for {name} not written: {f}", name=name, f=f.getErrorMessage()))
         return d

@@ -34,7 +34,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 from mozpool.bmm.endpoints import tcp_endpoint
 from zope.interface import Interface, implementer

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
 from mozpool.serverurl import base_url

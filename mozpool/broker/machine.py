@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Mapping, Protocol
 
 from automat import NoTransition, TypeMachineBuilder
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 
 from mozpool.broker import selection
 from mozpool.db.errors import Conflict

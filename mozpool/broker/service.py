@@ -14,7 +14,9 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
+
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from zope.interface import implementer

@@ -18,7 +18,7 @@ import pymysql
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
 from mozpool.db.errors import Conflict, DatabaseUnavailable

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 
 from mozpool.db.errors import SchemaError
 from mozpool.db.pool import Cursor, Database

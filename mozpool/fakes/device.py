@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
 from mozpool.bmm.pxe import pxe_filename

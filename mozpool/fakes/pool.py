@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
 from mozpool.bmm.sut import defaultAddress

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTCP, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
 log = Logger()

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 
 from mozpool.bmm.tftp.packets import (
     DATA,

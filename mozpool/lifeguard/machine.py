@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from automat import NoTransition, TypeMachineBuilder
 from twisted.internet import defer
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
 from mozpool.bmm.interfaces import DeviceInfo, IDeviceHardware

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import treq
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 
 from mozpool.lifeguard import queries
 from mozpool.serverurl import base_url

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from zope.interface import implementer
 
 from mozpool.bmm.interfaces import IDeviceHardware

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.web import server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource

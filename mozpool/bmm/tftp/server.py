@@ -49,7 +49,7 @@ from twisted.application import internet
 from twisted.application.service import IService
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.filepath import FilePath
 
 from .netascii import BlockSource, NetasciiSource, OctetSource

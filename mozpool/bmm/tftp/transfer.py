@@ -17,7 +17,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 
 from .netascii import BlockSource
 from .packets import ACK_PREFIX, ERR_UNDEFINED, ERR_UNKNOWN_TID, ERROR_PREFIX, encodeError

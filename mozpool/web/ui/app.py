@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
@@ -295,7 +295,9 @@ class OperatorUI:
         lines = await self._read(queries.newest_log, "request", found["id"], dbnow(self.clock), pages.LOG_LIMIT)
         return await self._fragment(
             request,
-            pages.log_list(lines, self.clock.seconds(), "request_log", str(found["id"]), request_url(found["id"]) + "/log"),
+            pages.log_list(
+                lines, self.clock.seconds(), "request_log", str(found["id"]), request_url(found["id"]) + "/log"
+            ),
         )
 
 

@@ -16,6 +16,7 @@ from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer,
 
 from mozpool import __version__
 from mozpool.db.summary import category
+from mozpool.serverurl import base_url
 from mozpool.web.ui.queries import PARKED_STATES
 
 TEMPLATES = FilePath(__file__).sibling("templates")
@@ -205,7 +206,8 @@ def request_link(request_id: int | None, **attrs: Any) -> Any:
 
 
 def server_ui_url(fqdn: str, path: str = "/ui/") -> str:
-    return f"http://{fqdn}{path}"
+    """``path`` on the imaging server ``fqdn`` (``https://`` for one named so)."""
+    return base_url(fqdn) + path
 
 
 def query_url(path: str, params: dict[str, Any]) -> str:
@@ -219,21 +221,17 @@ def query_url(path: str, params: dict[str, Any]) -> str:
 
 def table(
     headers: Sequence[Any], rows: Iterable[Sequence[Any]], testid: str, row_testid: str | None = None,
-    empty: str = "Nothing here.", caption: str | None = None,
+    empty: str = "Nothing here.",
 ) -> Tag:
     """A plain data table that scrolls sideways on narrow screens."""
     body = []
     for row in rows:
         attrs = {"data-testid": row_testid} if row_testid else {}
-        cells = list(row)
-        body.append(tags.tr([tags.td(cell) for cell in cells], **attrs))
+        body.append(tags.tr([tags.td(cell) for cell in row], **attrs))
     if not body:
         return tags.p(empty, class_="empty", **{"data-testid": testid + "-empty"})
     head = tags.thead(tags.tr([tags.th(h, scope="col") for h in headers]))
-    inner = [tags.caption(caption)] if caption else []
-    return tags.div(
-        tags.table(inner, head, tags.tbody(body), **{"data-testid": testid}), class_="table-wrap"
-    )
+    return tags.div(tags.table(head, tags.tbody(body), **{"data-testid": testid}), class_="table-wrap")
 
 
 def definition_list(items: Iterable[tuple[str, Any]], testid: str | None = None) -> Tag:

@@ -17,6 +17,7 @@ from twisted.web.template import Tag, tags
 
 from mozpool.bmm.relay import BANKS, RELAYS, RelayConfigError, parse_relay_info
 from mozpool.db.summary import CATEGORIES
+from mozpool.serverurl import base_url
 from mozpool.web.ui import params
 from mozpool.web.ui.html import (
     CATEGORY_MARKS,
@@ -30,6 +31,7 @@ from mozpool.web.ui.html import (
     query_url,
     request_badge,
     request_link,
+    request_url,
     server_ui_url,
     state_badge,
     state_mark,
@@ -54,13 +56,14 @@ def _section(title: str, *content: Any, testid: str | None = None, **attrs: Any)
     return tags.section(tags.h2(title), *content, **extra, **attrs)
 
 
-def _owner_note(owner: str, this_server: str, what: str) -> Any:
+def _owner_note(owner: str, this_server: str, what: str, path: str) -> Any:
+    """Says that another server owns what this page shows (``path`` on that server)."""
     if owner == this_server:
         return ""
     return tags.p(
         f"This {what} belongs to imaging server {owner}; actions are sent to it. ",
-        tags.a(f"Open it on {owner}", href=server_ui_url(owner)), ".",
-        class_="note",
+        tags.a(f"Open this page on {owner}", href=server_ui_url(owner, path)), ".",
+        class_="note", **_ids("owner-note"),
     )
 
 
@@ -74,8 +77,11 @@ def api_form(
 ) -> Tag:
     """A form mozpool.js sends to the API; its outcome is written to its ``action-result``.
 
-    ``path`` may hold ``{field}`` markers, filled from the form's fields of that name."""
-    options: dict[str, Any] = {"data-api-method": method, "data-api-path": path, "data-owner": owner}
+    ``path`` may hold ``{field}`` markers, filled from the form's fields of that name.  ``owner``
+    is the server that owns the object: where the call is repeated when this server redirects."""
+    options: dict[str, Any] = {
+        "data-api-method": method, "data-api-path": path, "data-owner": owner, "data-owner-url": base_url(owner),
+    }
     if confirm:
         options["data-confirm"] = confirm
     if result:
@@ -112,6 +118,10 @@ def select(name: str, options: Iterable[tuple[str, str]], selected: str = "", **
 
 
 # --- overview ----------------------------------------------------------------------------------
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _count_link(count: int, **filters: str) -> Tag:
@@ -151,7 +161,8 @@ def overview(
     )
     more = ""
     if needing_total > len(needing):
-        more = tags.p(tags.a(f"All {needing_total} …", href="/ui/devices?category=failed"))
+        more = tags.p(f"The first {len(needing)} of {needing_total}. ",
+                      tags.a("All failed devices …", href="/ui/devices?category=failed"))
     human = table(
         ["device", "state", "server", "environment", "comments"],
         [[device_link(d["name"]), state_badge(d["state"], d["category"]), d["imaging_server"], d["environment"],
@@ -168,7 +179,8 @@ def overview(
     server_list = tags.ul(
         [tags.li(
             tags.a(s["fqdn"], href=server_ui_url(s["fqdn"])), " ",
-            tags.span(f"{s['devices']} devices, {s['open_requests']} open requests", class_="muted"),
+            tags.span(f"{_count(s['devices'], 'device')}, {_count(s['open_requests'], 'open request')}",
+                      class_="muted"),
             " (this server)" if s["fqdn"] == this_server else "",
             **_ids("server-item"),
         ) for s in servers],
@@ -416,7 +428,7 @@ def device(
     this_server: str, now: float,
 ) -> list[Any]:
     return [
-        _owner_note(found["imaging_server"], this_server, "device"),
+        _owner_note(found["imaging_server"], this_server, "device", device_url(found["name"])),
         device_summary(found, this_server, now),
         device_editors(found, environments),
         _device_actions(found, pxe_configs, images, states),
@@ -485,7 +497,8 @@ def device_editors(found: dict[str, Any], environments: Sequence[str]) -> Tag:
                                         required="required", id="environment-input", **_ids("environment-input"))),
         tags.datalist([tags.option(value=e) for e in environments], id="environment-names"),
         _cancel("environment-cancel"),
-        label="Save", testid="environment-save", done="Environment saved", owner=owner, after="close-editor", hidden="hidden",
+        label="Save", testid="environment-save", done="Environment saved", owner=owner, after="close-editor",
+        hidden="hidden",
         id="environment-form", **{"data-editor": "environment"},
     )
     return live_region(
@@ -634,14 +647,15 @@ def request(found: dict[str, Any], log: Sequence[dict[str, Any]], this_server: s
                            tags.input(type="number", name="duration", value="3600", min="1", max="2147483647",
                                       required="required", **_ids("renew-duration", **{"data-type": "int"}))),
                      label="Renew", testid="action-renew", owner=owner, done="Request renewed"),
-            api_form("POST", base + "/return/", label="Return", testid="action-return", owner=owner, done="Request returned",
+            api_form("POST", base + "/return/", label="Return", testid="action-return", owner=owner,
+                     done="Request returned",
                      confirm=f"Return request {request_id}? Its device goes back to the pool."),
             class_="actions",
         ),
         **_ids("request-actions"),
     )
     return [
-        _owner_note(owner, this_server, "request"),
+        _owner_note(owner, this_server, "request", request_url(request_id)),
         request_summary(found, now),
         actions,
         _section("Log", tags.p(f"Newest first; the last {LOG_LIMIT} lines, then new ones as they come.",
@@ -733,8 +747,10 @@ def environments(found: Sequence[dict[str, Any]]) -> Tag:
 def pxe_configs(found: Sequence[dict[str, Any]]) -> list[Tag]:
     return [
         tags.section(
-            tags.h2(config["name"], " ", tags.span("active" if config["active"] else "inactive",
-                                                   class_="badge " + ("cat-idle" if config["active"] else "cat-closed"))),
+            tags.h2(config["name"], " ", tags.span(
+                "active" if config["active"] else "inactive",
+                class_="badge " + ("cat-idle" if config["active"] else "cat-closed"),
+            )),
             tags.p(config["description"]),
             tags.p("Used by: ", ", ".join(config["used_by"]) or "no image", class_="muted"),
             tags.pre(config["contents"], **_ids("pxe-contents")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mozpool.db import logs
+from mozpool.db import catalog, logs
 from mozpool.db.pool import Cursor
 from mozpool.db.requests import MAX_REQUEST_ID, get_request
 from mozpool.timeutil import apitime
@@ -329,9 +329,8 @@ def imaging_servers(c: Cursor) -> list[dict[str, Any]]:
 
 def images(c: Cursor) -> list[dict[str, Any]]:
     """Every image, hidden ones too, with its PXE config per hardware type and device count."""
-    from mozpool.db.catalog import _IMAGE_COLUMNS, _image
-
-    found = [_image(r) for r in c.execute(f"SELECT {_IMAGE_COLUMNS} FROM images ORDER BY name").fetchall()]
+    names = [r[0] for r in c.execute("SELECT name FROM images ORDER BY name").fetchall()]
+    found = [image for image in (catalog.get_image(c, name) for name in names) if image is not None]
     pxe: dict[int, list[tuple[str, str]]] = {}
     for image_id, hwtype, model, config in c.execute(
         "SELECT ip.image_id, h.type, h.model, p.name FROM image_pxe_configs ip"
@@ -339,7 +338,9 @@ def images(c: Cursor) -> list[dict[str, Any]]:
         " LEFT JOIN pxe_configs p ON p.id = ip.pxe_config_id ORDER BY h.type, h.model"
     ).fetchall():
         pxe.setdefault(int(image_id), []).append((f"{hwtype} {model}".strip(), config or ""))
-    installed = dict(c.execute("SELECT image_id, COUNT(*) FROM devices WHERE image_id IS NOT NULL GROUP BY image_id").fetchall())
+    installed = dict(c.execute(
+        "SELECT image_id, COUNT(*) FROM devices WHERE image_id IS NOT NULL GROUP BY image_id"
+    ).fetchall())
     for image in found:
         image["pxe_configs"] = pxe.get(int(image["id"]), [])
         image["devices"] = int(installed.get(image["id"], 0))

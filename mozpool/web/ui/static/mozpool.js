@@ -102,24 +102,31 @@
     this.data = data;
   }
 
+  function cookie(name) {
+    var found = document.cookie.split('; ').filter(function (c) { return c.indexOf(name + '=') === 0; })[0];
+    return found ? decodeURIComponent(found.slice(name.length + 1)) : '';
+  }
+
   /* One API call.  A call the API redirects (302: another server owns the object) is repeated,
    * same method and body, at the owning server, as the API asks (spec http-api 2.3); fetch
    * cannot follow a redirected POST with its body, so the redirect is taken manually. */
-  function callApi(method, path, body, owner) {
+  function callApi(method, path, body, ownerUrl) {
     var init = { method: method, redirect: 'manual', headers: { 'Accept': 'application/json' } };
     if (method !== 'GET') {
       init.body = JSON.stringify(body || {});
       init.headers['Content-Type'] = 'application/json';
+      var csrf = cookie('mozpool_csrf');
+      if (csrf) init.headers['X-CSRF-Token'] = csrf;  // a signed-in browser echoes it on changes
     }
     return fetch(path, init).then(function (response) {
       if (response.type !== 'opaqueredirect') return response;
-      if (!owner || owner === location.host) {
+      if (!ownerUrl || ownerUrl === location.origin) {
         throw new ApiError(0, 'the server redirected this call, and the owner is unknown', null);
       }
       init.mode = 'cors';
       init.redirect = 'error';
-      return fetch('http://' + owner + path, init).catch(function () {
-        throw new ApiError(0, owner + ' owns this and could not be reached from this page', { owner: owner });
+      return fetch(ownerUrl + path, init).catch(function () {
+        throw new ApiError(0, ownerUrl + ' owns this and could not be reached from this page', { owner: ownerUrl });
       });
     }, function () {
       throw new ApiError(0, 'the server could not be reached', null);
@@ -205,7 +212,7 @@
       if (!yes) { showResult(form, 'error', 'cancelled'); return; }
       if (button) button.disabled = true;
       showResult(form, 'ok', 'sending…');
-      return callApi(method, path, body, form.getAttribute('data-owner')).then(function (data) {
+      return callApi(method, path, body, form.getAttribute('data-owner-url')).then(function (data) {
         var format = RESULTS[form.getAttribute('data-result')];
         var message = format ? format(data) : form.getAttribute('data-done') || label + ': done';
         showResult(form, 'ok', message);
@@ -220,7 +227,7 @@
         if (err.data && err.data.request && err.data.request.id) {
           link = { href: '/ui/request/' + err.data.request.id, text: 'request ' + err.data.request.id };
         } else if (err.data && err.data.owner) {
-          link = { href: 'http://' + err.data.owner + location.pathname, text: 'open this page on ' + err.data.owner };
+          link = { href: err.data.owner + location.pathname, text: 'open this page on ' + err.data.owner };
         }
         flash('error', label + ' failed: ' + message, link);
       }).then(function () { if (button) button.disabled = false; });
