@@ -395,7 +395,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         serverFromString(reactor, config.http_endpoint or _listen(config.port, config.listen_host)),
         makeSite(
             api,
-            ui=OperatorUI(db, fqdn, reactor).resource(),
+            ui=OperatorUI(db, fqdn, reactor, authority).resource(),
             access_log=config.extra.getboolean("server", "access_log", fallback=False),
         ),
     )

@@ -204,7 +204,11 @@ class Daemon:
 
     async def wait_ready(self, names: list[str] | None = None, timeout: float = 90) -> None:
         async def ready() -> bool:
-            states = await self.device_states()
+            code, body = await self.call("GET", "/api/device/list/?details")
+            if code == 503:
+                return False  # the schema is still being created
+            assert code == 200, (code, body)
+            states = {d["name"]: d["state"] for d in body["devices"]}
             wanted = names or list(states)
             return all(states.get(n) == "ready" for n in wanted)
 

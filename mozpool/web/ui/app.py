@@ -10,8 +10,9 @@ turns every failure into an HTML error page with the right status, never a trace
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
@@ -19,14 +20,17 @@ from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, NoResource
+from twisted.internet import defer
+from twisted.web.resource import IResource, NoResource, Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 from werkzeug import exceptions as wz
 
-from mozpool.db import catalog
+from mozpool.db import catalog, tokens
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import Database
 from mozpool.timeutil import dbnow
+from mozpool.web import auth
 from mozpool.web.ui import pages, params, queries
 from mozpool.web.ui.html import device_url, flatten, page_bytes, query_url, request_url
 from mozpool.web.validate import DEVICE_STATES
@@ -68,14 +72,15 @@ class OperatorUI:
 
     app = Klein()
 
-    def __init__(self, db: Database, fqdn: str, clock: IReactorTime) -> None:
+    def __init__(self, db: Database, fqdn: str, clock: IReactorTime, authority: auth.Authority | None = None) -> None:
         self.db = db
         self.fqdn = fqdn
         self.clock = clock
+        self.authority = authority or auth.Authority(db, clock, auth.OPEN)
         self.static = _StaticFiles(_static_dir())
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return _SignedInReads(self, self.app.resource())
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -147,6 +152,44 @@ class OperatorUI:
         request.setHeader(b"Cache-Control", b"public, max-age=86400")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         return self.static
+
+    # --- signing in -------------------------------------------------------------------------
+
+    @app.route("/ui/signin", methods=["GET"])
+    async def signin_form(self, request: IRequest) -> bytes:
+        body = pages.signin(self.authority.mode, None, _next_url(params.text(request, "next")))
+        return await self._page(request, "Sign in", body, "")
+
+    @app.route("/ui/signin", methods=["POST"])
+    async def signin(self, request: IRequest) -> bytes:
+        """Checks the token, then keeps it in an HttpOnly, SameSite=Strict cookie, with a CSRF
+        value beside it that the pages' scripts echo on every change (mozpool.web.auth)."""
+        _same_origin_only(request)
+        form = _form(request)
+        next_url = _next_url(form.get("next", ""))
+        token = form.get("token", "").strip()
+        caller = None
+        if token.startswith(tokens.USER_PREFIX):
+            info = await self.db.runInteraction(tokens.lookup, token)
+            caller = info
+        if caller is None:
+            request.setResponseCode(401)
+            body = pages.signin(self.authority.mode, "That token is not valid (or it was revoked).", next_url)
+            return await self._page(request, "Sign in", body, "")
+        secure = request.isSecure()
+        request.addCookie(auth.TOKEN_COOKIE, token.encode("ascii"), path=b"/", httpOnly=True, secure=secure,
+                          sameSite="strict")
+        request.addCookie(auth.CSRF_COOKIE, secrets.token_urlsafe(24).encode("ascii"), path=b"/", secure=secure,
+                          sameSite="strict")
+        log.info("UI sign-in as {name} ({role})", name=caller.name, role=caller.role)
+        return _redirect(request, next_url, 303)
+
+    @app.route("/ui/signout", methods=["POST"])
+    def signout(self, request: IRequest) -> bytes:
+        _same_origin_only(request)
+        for name in (auth.TOKEN_COOKIE, auth.CSRF_COOKIE):
+            request.addCookie(name, b"", path=b"/", max_age=b"0", sameSite="strict")
+        return _redirect(request, "/ui/", 303)
 
     # --- pool-wide pages --------------------------------------------------------------------
 
@@ -299,6 +342,62 @@ class OperatorUI:
                 lines, self.clock.seconds(), "request_log", str(found["id"]), request_url(found["id"]) + "/log"
             ),
         )
+
+
+class _SignedInReads(Resource):
+    """When this server closes reads to anonymous callers (auth required and
+    ``anonymous_read`` off), every page but the sign-in form and the static files needs a
+    signed-in browser; others are sent to the sign-in form."""
+
+    isLeaf = True
+
+    def __init__(self, ui: OperatorUI, inner: IResource) -> None:
+        super().__init__()
+        self.ui = ui
+        self.inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        path = request.path
+        if self.ui.authority.reads_are_open or path.startswith((b"/ui/signin", b"/ui/static/")):
+            return getChildForRequest(self.inner, request).render(request)
+
+        async def check() -> None:
+            try:
+                caller = await self.ui.authority.identify(request)
+            except Exception:
+                caller = auth.ANONYMOUS
+            if caller.role is None:
+                target = "/ui/signin?" + urlencode({"next": request.uri.decode("latin-1")})
+                request.write(_redirect(request, target, 303))
+                request.finish()
+                return
+            request.render(getChildForRequest(self.inner, request))
+
+        defer.Deferred.fromCoroutine(check()).addErrback(
+            lambda f: log.failure("sign-in check failed for {uri}", f, uri=request.uri.decode("latin-1"))
+        )
+        return NOT_DONE_YET
+
+
+def _form(request: IRequest) -> dict[str, str]:
+    """An urlencoded form body (the site leaves bodies unparsed: the API reads JSON)."""
+    content = getattr(request, "content", None)
+    raw = content.read(65536) if content is not None else b""
+    try:
+        return {k: v[0] for k, v in parse_qs(raw.decode("utf-8"), max_num_fields=10).items()}
+    except (UnicodeDecodeError, ValueError):
+        raise params.BadParameter("the form could not be read") from None
+
+
+def _next_url(value: str) -> str:
+    """Only a path on this server (never another site, nor //host)."""
+    return value if value.startswith("/ui") and not value.startswith("//") else "/ui/"
+
+
+def _same_origin_only(request: IRequest) -> None:
+    origin = request.getHeader(b"origin")
+    if origin is not None and origin.split(b"://", 1)[-1] != (request.getHeader(b"host") or b""):
+        raise params.BadParameter("sign-in and sign-out are accepted from this server's own pages only")
 
 
 def _static_dir() -> str:

@@ -73,7 +73,7 @@ def _owner_note(owner: str, this_server: str, what: str, path: str) -> Any:
 def api_form(
     method: str, path: str, *fields: Any, label: str, testid: str, owner: str,
     confirm: str | None = None, result: str | None = None, after: str | None = None, style: str = "",
-    done: str | None = None, **attrs: Any,
+    done: str | None = None, needs: str = "operator", **attrs: Any,
 ) -> Tag:
     """A form mozpool.js sends to the API; its outcome is written to its ``action-result``.
 
@@ -81,6 +81,8 @@ def api_form(
     is the server that owns the object: where the call is repeated when this server redirects."""
     options: dict[str, Any] = {
         "data-api-method": method, "data-api-path": path, "data-owner": owner, "data-owner-url": base_url(owner),
+        # the least role that may make the call: mozpool.js hides the form from smaller roles
+        "data-needs": needs,
     }
     if confirm:
         options["data-confirm"] = confirm
@@ -507,7 +509,7 @@ def device_editors(found: dict[str, Any], environments: Sequence[str]) -> Tag:
             tags.h2("Comments"),
             tags.p(found["comments"] or "", class_="comments-text", **_ids("device-comments")),
             tags.button("Edit comments", type="button", id="comments-edit",
-                        **_ids("comments-edit", **{"data-edit": "comments-form"})),
+                        **_ids("comments-edit", **{"data-edit": "comments-form", "data-needs": "operator"})),
             comments_form,
             class_="editable",
         ),
@@ -515,7 +517,7 @@ def device_editors(found: dict[str, Any], environments: Sequence[str]) -> Tag:
             tags.h2("Environment"),
             tags.p(found["environment"], **_ids("device-environment")),
             tags.button("Edit environment", type="button", id="environment-edit",
-                        **_ids("environment-edit", **{"data-edit": "environment-form"})),
+                        **_ids("environment-edit", **{"data-edit": "environment-form", "data-needs": "operator"})),
             env_form,
             class_="editable",
         ),
@@ -646,8 +648,8 @@ def request(found: dict[str, Any], log: Sequence[dict[str, Any]], this_server: s
                      field("Duration (seconds from now)",
                            tags.input(type="number", name="duration", value="3600", min="1", max="2147483647",
                                       required="required", **_ids("renew-duration", **{"data-type": "int"}))),
-                     label="Renew", testid="action-renew", owner=owner, done="Request renewed"),
-            api_form("POST", base + "/return/", label="Return", testid="action-return", owner=owner,
+                     label="Renew", testid="action-renew", owner=owner, done="Request renewed", needs="user"),
+            api_form("POST", base + "/return/", label="Return", testid="action-return", owner=owner, needs="user",
                      done="Request returned",
                      confirm=f"Return request {request_id}? Its device goes back to the pool."),
             class_="actions",
@@ -714,6 +716,7 @@ def new_request(
                                            **_ids("new-request-boot-config", **{"data-type": "merge-json"})),
               'a JSON object of the image\'s boot config keys, e.g. {"b2gbase": "http://…"}'),
         label="Request", testid="new-request-submit", owner=this_server, after="open-request", done="Request made",
+        needs="user",
         id="new-request-form", style="wide",
     )
 
@@ -776,4 +779,25 @@ def error(status: int, message: str) -> Tag:
     return tags.div(
         tags.p(message, class_="error-message", **_ids("error-message", **{"data-status": str(status)})),
         tags.p(tags.a("Back to the overview", href="/ui/")),
+    )
+
+
+def signin(mode: str, message: str | None, next_url: str) -> Tag:
+    """The sign-in form: a token from ``mozpool-token create``, kept in an HttpOnly cookie."""
+    note = (
+        "This server runs with auth open: anyone may act, and signing in only puts your name in the audit lines."
+        if mode == "open" else
+        "Changes on this server need a token. Ask an admin for one (mozpool-token create NAME --role operator)."
+    )
+    return tags.div(
+        tags.p(message, class_="error-message", **_ids("signin-error", role="alert")) if message else "",
+        tags.p(note),
+        tags.form(
+            tags.input(type="hidden", name="next", value=next_url),
+            field("Token", tags.input(type="password", name="token", id="signin-token", required="required",
+                                      autocomplete="current-password", **_ids("signin-token"))),
+            tags.div(tags.button("Sign in", type="submit", class_="primary", id="signin-submit",
+                                 **_ids("signin-submit")), class_="submit-row"),
+            method="post", action="/ui/signin", class_="signin",
+        ),
     )

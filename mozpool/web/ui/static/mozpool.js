@@ -442,7 +442,60 @@
     if (e.target.hasAttribute && e.target.hasAttribute('data-follow-state')) e.target.setAttribute('data-dirty', '1');
   });
 
-  document.addEventListener('htmx:afterSettle', function () { followShownState(); });
+  // --- who is signed in, and what they may do ----------------------------------------------
+
+  var RANKS = { reader: 1, user: 2, operator: 3, admin: 4 };
+  var myRank = null;  // unknown until /api/whoami/ answers: nothing is hidden before
+
+  /* Actions the caller's role may not take are hidden (the API would refuse them anyway). */
+  function applyRole(root) {
+    if (myRank === null) return;
+    (root || document).querySelectorAll('[data-needs]').forEach(function (el) {
+      el.hidden = myRank < (RANKS[el.getAttribute('data-needs')] || RANKS.operator);
+    });
+  }
+
+  function showWho(me) {
+    var who = document.getElementById('who');
+    myRank = RANKS[me.role] || 0;
+    applyRole();
+    if (!who) return;
+    who.textContent = '';
+    who.setAttribute('data-role', me.role || '');
+    who.setAttribute('data-mode', me.mode);
+    if (me.kind === 'token') {
+      var name = document.createElement('span');
+      name.textContent = me.name + ' (' + me.role + ')';
+      name.setAttribute('data-testid', 'who-name');
+      var out = document.createElement('form');
+      out.method = 'post';
+      out.action = '/ui/signout';
+      out.className = 'signout';
+      var button = document.createElement('button');
+      button.type = 'submit';
+      button.textContent = 'Sign out';
+      button.setAttribute('data-testid', 'signout');
+      out.appendChild(button);
+      who.appendChild(name);
+      who.appendChild(out);
+      return;
+    }
+    var link = document.createElement('a');
+    link.href = '/ui/signin?next=' + encodeURIComponent(location.pathname + location.search);
+    link.textContent = me.mode === 'open' ? 'Sign in (auth open)' : 'Sign in (read only)';
+    link.id = 'signin-link';
+    link.setAttribute('data-testid', 'signin-link');
+    who.appendChild(link);
+  }
+
+  function loadWho() {
+    fetch('/api/whoami/', { credentials: 'same-origin', headers: { Accept: 'application/json' } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (me) { if (me) showWho(me); })
+      .catch(function () { /* the page still works; actions stay as rendered */ });
+  }
+
+  document.addEventListener('htmx:afterSettle', function (e) { followShownState(); applyRole(e.target); });
 
   document.addEventListener('visibilitychange', function () {
     if (document.hidden) return;
@@ -450,6 +503,7 @@
   });
 
   function start() {
+    loadWho();
     refreshTimes();
     setInterval(refreshTimes, 15000);
     var url = document.body.getAttribute('data-events');
