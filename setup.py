@@ -34,6 +34,8 @@ setup(
         "Automat>=24.8",
         "PyMySQL>=1.1",
         "zope.interface>=6.0",
+        # the inventory sync's YAML device lists (mozpool.inventory.filesource)
+        "PyYAML>=6.0",
     ],
     # selenium drives Debian's chromium + chromedriver in the browser tests (no driver download);
     # schemathesis fuzzes /api/openapi.json against a --fakes daemon (tests/system/test_openapi_fuzz.py,
@@ -41,7 +43,9 @@ setup(
     extras_require={"test": ["selenium>=4.20", "schemathesis>=4.32,<5"]},
     entry_points={
         "console_scripts": [
+            "mozpool = mozpool.client.cli:main",
             "mozpool-db = mozpool.cli.db:main",
+            "mozpool-inventorysync = mozpool.cli.inventorysync:main",
             "mozpool-token = mozpool.cli.token:main",
             "pxe-config = mozpool.cli.pxe_config:main",
             "relay = mozpool.cli.relay:main",

@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from mozpool.inventory.settings import InventorySettings, inventory_settings
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid."""
@@ -46,6 +48,8 @@ class Config:
     fail: list[tuple[str | None, str, float]] = field(default_factory=list)
     #: the raw parser, for sections later capabilities add (inventory, fakes faults, ...)
     extra: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, repr=False)
+    #: [inventory]: the inventory sync's source and interval (mozpool.inventory.settings)
+    inventory: InventorySettings = field(default_factory=InventorySettings)
 
     @property
     def effective_auth_mode(self) -> str:
@@ -157,6 +161,10 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"[server] ca_certs: no such file {config.ca_certs}")
     if config.auth_mode not in ("", "required", "open"):
         raise ConfigError(f"[auth] mode must be required or open, not {config.auth_mode!r}")
+    try:
+        config.inventory = inventory_settings(parser)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if config.manhole_endpoint and not config.manhole_password:
         raise ConfigError("[manhole] password is required when the manhole is enabled")
     return config

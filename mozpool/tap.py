@@ -384,7 +384,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     hub = EventHub(reactor)
     api = MozpoolAPI(
         db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware), events=hub,
-        authority=authority,
+        authority=authority, time_scale=config.time_scale,
     )
 
     feed = ChangeFeed(db, hub, reactor)
@@ -421,6 +421,12 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     brokers.setName("broker")
     brokers.setServiceParent(top)
 
+    from mozpool.liveness import Heartbeat
+
+    heartbeat = Heartbeat(db, fqdn, reactor, config.time_scale,
+                          config.extra.get("server", "heartbeat_file", fallback="") or None)
+    heartbeat.setServiceParent(top)
+
     async def purge_step() -> None:
         try:
             counts = await purge(db, dbnow(reactor), config.log_retention_days, config.request_retention_days)
@@ -433,6 +439,11 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     purger.clock = reactor
     purger.setName("purge")
     purger.setServiceParent(top)
+
+    if config.inventory.timed:
+        from mozpool.inventory.service import make_sync_service
+
+        make_sync_service(db, config.inventory, reactor, fqdn).setServiceParent(top)
 
     if config.manhole_endpoint:
         from mozpool.manhole import makeManholeService

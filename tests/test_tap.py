@@ -118,7 +118,7 @@ class TacFile(SynchronousTestCase):
         top = services[0]
         self.assertIsInstance(top, MozpoolService)
         self.assertEqual(top.config.server_fqdn, "tac.example.com")
-        self.assertEqual({s.name for s in top}, {"events", "http", "lifeguard", "broker", "purge"})
+        self.assertEqual({s.name for s in top}, {"events", "http", "lifeguard", "broker", "purge", "heartbeat"})
         top.db.close()
 
 

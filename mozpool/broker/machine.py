@@ -18,6 +18,7 @@ from typing import Any, Callable, Coroutine, Mapping, Protocol
 from automat import NoTransition, TypeMachineBuilder
 from mozpool.logconfig import Logger
 
+from mozpool import liveness
 from mozpool.broker import selection
 from mozpool.db.errors import Conflict
 from mozpool.statemachine.core import Machine
@@ -318,7 +319,16 @@ class RequestKind:
     async def find(self, m: Machine) -> None:
         """Device selection (2.4)."""
         draws = [self.rng.random() for _ in range(CLAIM_TRIES)]
-        n, (info, claimed) = await m.incr_with("finding_device", selection.find, m.id, draws, m.runner.now())
+        dead_before = liveness.dead_before(m.runner.clock, m.runner.time_scale)
+        n, (info, claimed) = await m.incr_with(
+            "finding_device", selection.find, m.id, draws, m.runner.now(), dead_before
+        )
+        if claimed.unreachable is not None:
+            server, last_seen = claimed.unreachable
+            await m.log(f"device {info.requested_device} belongs to imaging server {server}, which has not been"
+                        f" heard from since {last_seen}", "warn")
+            await m.goto("failed_device_not_found")
+            return
         for name in claimed.lost:
             await m.log(f"device {name} was claimed by another request; trying another")
         if claimed.device is not None:

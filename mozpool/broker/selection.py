@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from mozpool.db import changes
+from mozpool.db import catalog, changes
 from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor
 
@@ -78,6 +78,8 @@ class Claimed:
 
     device: Candidate | None
     lost: tuple[str, ...] = ()
+    #: (server, last seen) when the named device's imaging server is dead
+    unreachable: tuple[str, str] | None = None
 
 
 def request_info(c: Cursor, request_id: int) -> RequestInfo | None:
@@ -99,10 +101,13 @@ _AVAILABLE = (
 )
 
 
-def _available(request: RequestInfo, exclude: Sequence[int]) -> tuple[str, list[Any]]:
+def _available(request: RequestInfo, exclude: Sequence[int], dead_servers: Sequence[int] = ()) -> tuple[str, list[Any]]:
     """FROM/WHERE of the devices in state ``ready`` that no request holds, matching the
-    request's name and environment, less ``exclude``."""
+    request's name and environment, less ``exclude`` and the devices of dead servers."""
     sql, params = _AVAILABLE, []
+    if dead_servers:
+        sql += f" AND d.imaging_server_id NOT IN ({', '.join('?' * len(dead_servers))})"
+        params.extend(dead_servers)
     if request.named:
         sql += " AND d.name = ?"
         params.append(request.requested_device)
@@ -124,7 +129,9 @@ def _nth(c: Cursor, where: str, params: list[Any], n: int) -> Candidate | None:
 SAMPLE_TRIES = 8
 
 
-def pick(c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = ()) -> Candidate | None:
+def pick(
+    c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = (), dead_servers: Sequence[int] = ()
+) -> Candidate | None:
     """One available device, uniformly at random; for a reusable image, among those already
     holding it with an equal boot_config when there is at least one.  Every choice follows
     from ``draw`` (a float in [0, 1) from the request machine's seedable generator).
@@ -135,7 +142,7 @@ def pick(c: Cursor, request: RequestInfo, draw: float, exclude: Sequence[int] = 
     uniform, so a small or empty set costs a few scans, never a fetch of every device.
     Boot configs are compared as parsed JSON."""
     rng = random.Random(draw)
-    where, params = _available(request, exclude)
+    where, params = _available(request, exclude, dead_servers)
     ids = None  # the id range to sample; one name is one indexed row either way
     if not request.named and SAMPLE_TRIES:
         ids = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone()
@@ -215,14 +222,27 @@ def claim(c: Cursor, request_id: int, device_id: int, now: str) -> None:
     changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device_id)
 
 
-def find(c: Cursor, request_id: int, draws: Sequence[float], now: str) -> tuple[RequestInfo, Claimed]:
-    """The request as selection sees it, and :func:`pick_and_claim` for it."""
+def find(
+    c: Cursor, request_id: int, draws: Sequence[float], now: str, dead_before: str | None = None
+) -> tuple[RequestInfo, Claimed]:
+    """The request as selection sees it, and :func:`pick_and_claim` for it; devices of servers
+    silent since before ``dead_before`` are never picked (mozpool.liveness)."""
     info = request_info(c, request_id)
     assert info is not None, "the request machine loaded this row"
-    return info, pick_and_claim(c, info, draws, now)
+    dead = catalog.dead_server_ids(c, dead_before) if dead_before is not None else []
+    if dead and info.named:
+        row = c.execute(
+            "SELECT s.id, s.fqdn, s.last_seen FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id"
+            " WHERE d.name = ?", (info.requested_device,)).fetchone()
+        if row is not None and int(row[0]) in dead:
+            clear_claim(c, info.id, now)
+            return info, Claimed(None, unreachable=(row[1], str(row[2])[:19]))
+    return info, pick_and_claim(c, info, draws, now, dead)
 
 
-def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float], now: str) -> Claimed:
+def pick_and_claim(
+    c: Cursor, request: RequestInfo, draws: Sequence[float], now: str, dead_servers: Sequence[int] = ()
+) -> Claimed:
     """Drop the request's old claim, then pick and claim a device, one ``draw`` per try.
 
     The INSERT of the claim is the only guard: a device another request claimed first makes it
@@ -230,7 +250,7 @@ def pick_and_claim(c: Cursor, request: RequestInfo, draws: Sequence[float], now:
     clear_claim(c, request.id, now)
     lost: list[Candidate] = []
     for draw in draws:
-        device = pick(c, request, draw, [d.id for d in lost])
+        device = pick(c, request, draw, [d.id for d in lost], dead_servers)
         if device is None:
             break
         try:

@@ -139,3 +139,27 @@ def pxe_config_for(c: Cursor, device_id: int, image_name: str) -> dict[str, Any]
         (device_id, image_name),
     ).fetchone()
     return None if row is None else _pxe(row)
+
+
+# --- liveness: every daemon says it is alive; a server silent too long is dead -----------------
+
+
+def heartbeat(c: Cursor, fqdn: str, now: str) -> None:
+    server_id(c, fqdn)
+    c.execute("UPDATE imaging_servers SET last_seen = ? WHERE fqdn = ?", (now, fqdn))
+
+
+def server_list(c: Cursor) -> list[dict[str, Any]]:
+    """Every imaging server with its last heartbeat and how many devices it owns."""
+    rows = c.execute(
+        "SELECT s.fqdn, s.last_seen, COUNT(d.id) FROM imaging_servers s"
+        " LEFT JOIN devices d ON d.imaging_server_id = s.id GROUP BY s.id, s.fqdn, s.last_seen ORDER BY s.fqdn"
+    ).fetchall()
+    return [{"fqdn": r[0], "last_seen": None if r[1] is None else str(r[1]), "devices": int(r[2])} for r in rows]
+
+
+def dead_server_ids(c: Cursor, cutoff: str) -> list[int]:
+    """Servers whose last heartbeat is older than ``cutoff``.  One that never sent one (a
+    server row made by a fixture, or by a daemon of an older version) is not judged."""
+    return [int(r[0]) for r in c.execute(
+        "SELECT id FROM imaging_servers WHERE last_seen IS NOT NULL AND last_seen < ?", (cutoff,)).fetchall()]

@@ -8,7 +8,7 @@ from mozpool.db.pool import Cursor, Database
 
 _DETAIL_SQL = (
     "SELECT d.id, d.name, d.fqdn, d.inventory_id, d.mac_address, s.fqdn, d.relay_info, d.state,"
-    " d.comments, d.environment, i.name, d.boot_config, dr.request_id"
+    " d.comments, d.environment, i.name, d.boot_config, dr.request_id, s.last_seen"
     " FROM devices d"
     " JOIN imaging_servers s ON s.id = d.imaging_server_id"
     " LEFT JOIN images i ON i.id = d.image_id"
@@ -20,8 +20,12 @@ _DETAIL_KEYS = (
 )
 
 
-def _detail(row: tuple) -> dict[str, Any]:
+def _detail(row: tuple, dead_before: str | None = None) -> dict[str, Any]:
     d = dict(zip(_DETAIL_KEYS, row))
+    last_seen = row[len(_DETAIL_KEYS)]
+    dead = dead_before is not None and last_seen is not None and str(last_seen) < dead_before
+    #: when its imaging server was last heard from, if that server is dead (mozpool.liveness)
+    d["unreachable_since"] = str(last_seen)[:19].replace(" ", "T") if dead else None
     d["id"] = int(d["id"])
     d["inventory_id"] = int(d["inventory_id"])
     if d["request_id"] is not None:
@@ -36,9 +40,9 @@ def list_names(db: Database) -> Any:
     return db.runInteraction(q)
 
 
-def list_details(db: Database) -> Any:
+def list_details(db: Database, dead_before: str | None = None) -> Any:
     def q(c: Cursor) -> list[dict[str, Any]]:
-        return [_detail(r) for r in c.execute(_DETAIL_SQL + " ORDER BY d.name").fetchall()]
+        return [_detail(r, dead_before) for r in c.execute(_DETAIL_SQL + " ORDER BY d.name").fetchall()]
 
     return db.runInteraction(q)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mozpool.db import catalog
 from mozpool.db.pool import Cursor, Database
 
 CATEGORIES = ("in_use", "idle", "processing", "failed")
@@ -19,9 +20,9 @@ def category(state: str, held: bool) -> str:
     return "processing"
 
 
-def pool_summary(db: Database) -> Any:
-    """Counts by category and hardware type, and the failed devices (``generated_at`` is the
-    caller's)."""
+def pool_summary(db: Database, dead_before: str | None = None) -> Any:
+    """Counts by category and hardware type, the failed devices, and the imaging servers silent
+    since before ``dead_before`` with their devices (``generated_at`` is the caller's)."""
 
     def q(c: Cursor) -> dict[str, Any]:
         rows = c.execute(
@@ -43,7 +44,13 @@ def pool_summary(db: Database) -> Any:
             if cat == "failed":
                 failed.append({"name": name, "state": state, "hardware_type": hwtype,
                                "imaging_server": server, "environment": env, "comments": comments})
+        unreachable = []
+        if dead_before is not None:
+            unreachable = [
+                {"fqdn": s["fqdn"], "last_seen": s["last_seen"][:19].replace(" ", "T"), "devices": s["devices"]}
+                for s in catalog.server_list(c) if s["last_seen"] is not None and s["last_seen"] < dead_before
+            ]
         return {"total": len(rows), "by_category": by_category, "by_hardware_type": by_type,
-                "failed_devices": failed}
+                "failed_devices": failed, "unreachable_servers": unreachable}
 
     return db.runInteraction(q)

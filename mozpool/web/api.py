@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from werkzeug import exceptions as wz
 
-from mozpool import __version__
+from mozpool import __version__, liveness
 from mozpool.db import catalog, devices, logs, requests, summary, tokens
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import Database
@@ -168,8 +168,11 @@ class MozpoolAPI:
         bmm: Any = None,
         events: event_stream.EventHub | None = None,
         authority: auth.Authority | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.db = db
+        #: scales the liveness bound, like every other interval of this daemon
+        self.time_scale = time_scale
         self.fqdn = fqdn
         self.clock = clock
         self.broker = broker
@@ -340,7 +343,7 @@ class MozpoolAPI:
     @endpoint("/api/device/list/", "GET")
     async def device_list(self, request: IRequest) -> Any:
         if validate.flag(request, "details"):
-            return {"devices": await devices.list_details(self.db)}
+            return {"devices": await devices.list_details(self.db, liveness.dead_before(self.clock, self.time_scale))}
         return {"devices": await devices.list_names(self.db)}
 
     @endpoint("/api/device/{device}/request/", "POST")
@@ -558,6 +561,17 @@ class MozpoolAPI:
         hub = self._need(self.events, "the event stream")
         return event_stream.EventStream(hub, event_stream.EventFilter(devices_, requests_, types), last)
 
+    @endpoint("/api/server/list/", "GET")
+    async def server_list(self, request: IRequest) -> Any:
+        """Every imaging server sharing the database: alive while its heartbeats keep coming."""
+        cutoff = liveness.dead_before(self.clock, self.time_scale)
+        servers = await self.db.runInteraction(catalog.server_list)
+        return {"servers": [
+            {"fqdn": s["fqdn"], "alive": liveness.alive(s["last_seen"], cutoff),
+             "last_seen": apitime(s["last_seen"]), "devices": s["devices"]}
+            for s in servers
+        ]}
+
     @endpoint("/api/whoami/", "GET")
     async def whoami(self, request: IRequest) -> Any:
         """The caller as this server sees it, and what it may do (the UI hides the rest)."""
@@ -597,7 +611,7 @@ class MozpoolAPI:
     @endpoint("/api/pool/summary/", "GET")
     async def pool_summary(self, request: IRequest) -> Any:
         generated_at = apitime(self.now())
-        report = await summary.pool_summary(self.db)
+        report = await summary.pool_summary(self.db, liveness.dead_before(self.clock, self.time_scale))
         return {"generated_at": generated_at, **report}
 
     @endpoint("/metrics", "GET")

@@ -70,6 +70,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("/api/version/", "GET"): Rule(PUBLIC),
     ("/api/openapi.json", "GET"): Rule(PUBLIC),
     ("/api/whoami/", "GET"): Rule(PUBLIC),
+    ("/api/server/list/", "GET"): READ,
     ("/api/device/list/", "GET"): READ,
     ("/api/device/{device}/request/", "POST"): Rule("user"),
     ("/api/request/list/", "GET"): READ,

@@ -84,6 +84,8 @@ SCHEMAS: dict[str, Any] = {
         id=I, name=S, fqdn=S, inventory_id=I, mac_address={"type": "string", "pattern": "^[0-9a-f]{12}$"},
         imaging_server=S, relay_info=NS, state=S, comments=NS, environment=NS, image=NS, boot_config=NS,
         request_id=NI,
+        unreachable_since={"type": ["string", "null"],
+                           "description": "when its imaging server was last heard from, if that server is dead"},
     ),
     "DeviceList": _closed(
         devices={"oneOf": [{"type": "array", "items": S}, {"type": "array", "items": _ref("Device")}]}
@@ -115,6 +117,10 @@ SCHEMAS: dict[str, Any] = {
         failed_devices={
             "type": "array",
             "items": _closed(name=S, state=S, hardware_type=S, imaging_server=S, environment=NS, comments=NS),
+        },
+        unreachable_servers={
+            "type": "array", "description": "imaging servers silent for 3 heartbeats, and their devices",
+            "items": _closed(fqdn=S, last_seen=TIME, devices=I),
         },
     ),
     # /api/events: the stream, and the JSON `data:` of each event type
@@ -153,6 +159,9 @@ SCHEMAS: dict[str, Any] = {
     ),
     "EventDeviceComments": _closed(device=S, imaging_server=S, comments=NS, ts=TIME),
     "EventDeviceEnvironment": _closed(device=S, imaging_server=S, environment=S, ts=TIME),
+    "ServerList": _closed(servers={"type": "array", "items": _closed(
+        fqdn=S, alive=B, last_seen={"type": ["string", "null"], "description": "last heartbeat (UTC)"}, devices=I,
+    )}),
     "Whoami": _closed(
         name=S, kind={"type": "string", "enum": ["token", "server", "device", "anonymous"]},
         role={"type": ["string", "null"], "description": "what the caller may do (null: nothing without a token)"},
@@ -294,6 +303,8 @@ _OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, st
     ("/api/openapi.json", ("get",), "This document", (), None, "200", "OpenAPI", (), False),
     ("/api/events", ("get",), "Server-Sent Events of every server's devices and requests",
      ("device", "request", "type", "last_event_id"), None, "200", "EventStream", ("400", "503"), False),
+    ("/api/server/list/", ("get",), "Imaging servers: alive while their heartbeats come (every 10 s)", (), None,
+     "200", "ServerList", ("503",), False),
     ("/api/whoami/", ("get",), "Who the caller is, its role and the server's auth mode", (), None, "200",
      "Whoami", (), False),
     ("/api/token/list/", ("get",), "API tokens (admin)", (), None, "200", "TokenList", ("503",), False),

@@ -5,6 +5,7 @@ CREATE TABLE schema_version (version INTEGER NOT NULL) ENGINE=InnoDB;
 CREATE TABLE imaging_servers (
     id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
     fqdn VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    last_seen DATETIME(3) NULL,
     UNIQUE KEY imaging_servers_fqdn (fqdn)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
@@ -162,4 +163,12 @@ CREATE TABLE tokens (
 CREATE TABLE settings (
     name VARCHAR(64) NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- v3: leases: work any server may do but only one at a time (the inventory sync) is done by the
+-- holder of its row, taken with one guarded UPDATE and held until `expires` (UTC).
+CREATE TABLE leases (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    holder VARCHAR(255) NOT NULL,
+    expires DATETIME NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

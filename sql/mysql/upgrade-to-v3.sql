@@ -11,6 +11,7 @@ CREATE TABLE changes (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 ALTER TABLE devices ADD COLUMN boot_token CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL;
 ALTER TABLE requests ADD COLUMN created_by VARCHAR(64) NULL;
+ALTER TABLE imaging_servers ADD COLUMN last_seen DATETIME(3) NULL AFTER fqdn;
 CREATE TABLE tokens (
     id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY,
     name VARCHAR(64) NOT NULL,
@@ -25,4 +26,12 @@ CREATE TABLE tokens (
 CREATE TABLE settings (
     name VARCHAR(64) NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- v3: leases: work any server may do but only one at a time (the inventory sync) is done by the
+-- holder of its row, taken with one guarded UPDATE and held until `expires` (UTC).
+CREATE TABLE leases (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    holder VARCHAR(255) NOT NULL,
+    expires DATETIME NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

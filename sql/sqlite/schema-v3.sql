@@ -4,7 +4,8 @@ CREATE TABLE schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE imaging_servers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fqdn VARCHAR(255) NOT NULL UNIQUE
+    fqdn VARCHAR(255) NOT NULL UNIQUE,
+    last_seen TEXT
 );
 
 CREATE TABLE pxe_configs (
@@ -141,4 +142,12 @@ CREATE TABLE tokens (
 CREATE TABLE settings (
     name VARCHAR(64) NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
+);
+
+-- v3: leases: work any server may do but only one at a time (the inventory sync) is done by the
+-- holder of its row, taken with one guarded UPDATE and held until `expires` (UTC).
+CREATE TABLE leases (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    holder VARCHAR(255) NOT NULL,
+    expires TEXT NOT NULL
 );

@@ -137,11 +137,11 @@ class Selection(BrokerTest):
         real_pick = selection.pick
         seen: list[Any] = []
 
-        def stale_then_real(c: Cursor, request: Any, draw: float, exclude: Any = ()) -> Any:
+        def stale_then_real(c: Cursor, request: Any, draw: float, exclude: Any = (), dead: Any = ()) -> Any:
             seen.append(tuple(exclude))
             if len(seen) == 1:
                 return selection.Candidate(1, "panda-0001")  # what a stale read would offer
-            return real_pick(c, request, draw, exclude)
+            return real_pick(c, request, draw, exclude, dead)
 
         self.patch(selection, "pick", stale_then_real)
         claimed = await self.db.runInteraction(selection.pick_and_claim, info, [0.0, 0.0, 0.0], NOW)

@@ -11,7 +11,7 @@ from tests.web.support import APITest, B, A
 LOG_KEYS = {"id", "timestamp", "source", "message"}
 DEVICE_KEYS = {
     "id", "name", "fqdn", "inventory_id", "mac_address", "imaging_server", "relay_info", "state",
-    "comments", "environment", "image", "boot_config", "request_id",
+    "comments", "environment", "image", "boot_config", "request_id", "unreachable_since",
 }
 REQUEST_KEYS = {
     "id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",
@@ -239,8 +239,10 @@ class Reads(APITest):
         await self.add_request(device="panda-0002")
         got = await self.ok("GET", "/api/pool/summary/")
         self.assertEqual(
-            set(got), {"generated_at", "total", "by_category", "by_hardware_type", "failed_devices"}
+            set(got), {"generated_at", "total", "by_category", "by_hardware_type", "failed_devices",
+                       "unreachable_servers"}
         )
+        self.assertEqual(got["unreachable_servers"], [], "no server has sent a heartbeat yet: none is judged")
         self.assertEqual(got["generated_at"], "2013-04-02T17:05:11")
         self.assertEqual(got["total"], 5)
         self.assertEqual(got["by_category"], {"in_use": 1, "idle": 1, "processing": 2, "failed": 1})
@@ -259,7 +261,7 @@ class Reads(APITest):
         self.assertEqual(got["info"]["version"], version["version"])
         self.assertTrue(got["openapi"].startswith("3."))
         # one per route, and the events whose bodies differ spelled out (openapi.SPECIALISED)
-        self.assertEqual(len(got["paths"]), 35 + len(openapi.SPECIALISED))
+        self.assertEqual(len(got["paths"]), 36 + len(openapi.SPECIALISED))
 
     async def test_metrics(self) -> None:
         await self.sql("UPDATE devices SET state = 'failed_pxe_booting' WHERE name = 'bpanda-0002'")

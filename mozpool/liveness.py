@@ -1,0 +1,84 @@
+"""Which imaging servers are alive: each daemon writes a heartbeat to the shared database every
+10 s (scaled by ``time_scale``), and a server silent for three intervals is dead: its devices
+are shown as unreachable, never picked for ``any``, and a request naming one fails at once.
+
+The heartbeat also touches ``[server] heartbeat_file`` when set, the seed's hook for external
+watchdogs: the file's modification time says the daemon's timers and database still work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from mozpool.db import catalog
+from mozpool.db.pool import Database
+from mozpool.logconfig import Logger
+from mozpool.timeutil import deadline_text
+
+log = Logger()
+
+HEARTBEAT_INTERVAL = 10.0
+#: Heartbeats missed before a server counts as dead.
+DEAD_AFTER = 3
+
+
+def dead_before(clock: IReactorTime, time_scale: float) -> str:
+    """The time before which a server's last heartbeat makes it dead."""
+    return deadline_text(clock.seconds() - DEAD_AFTER * HEARTBEAT_INTERVAL * time_scale)
+
+
+def alive(last_seen: str | None, cutoff: str) -> bool:
+    return last_seen is None or last_seen >= cutoff
+
+
+class Heartbeat(Service):
+    """Writes this server's heartbeat every interval; a failed write is logged (once per
+    outage) and tried again at the next one."""
+
+    name = "heartbeat"
+
+    def __init__(self, db: Database, fqdn: str, clock: IReactorTime, time_scale: float = 1.0,
+                 heartbeat_file: str | None = None) -> None:
+        self.db = db
+        self.fqdn = fqdn
+        self.clock = clock
+        self.interval = HEARTBEAT_INTERVAL * time_scale
+        self.heartbeat_file = heartbeat_file
+        self.beats = 0
+        self._loop: task.LoopingCall | None = None
+        self._failing = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(self.beat()))
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return None
+
+    async def beat(self) -> None:
+        try:
+            await self.db.runInteraction(catalog.heartbeat, self.fqdn, deadline_text(self.clock.seconds()))
+        except Exception as e:
+            if not self._failing:
+                log.warn("heartbeat not recorded ({error}); other servers will count this one dead", error=e)
+            self._failing = True
+            return
+        self._failing = False
+        self.beats += 1
+        if self.heartbeat_file:
+            try:
+                with open(self.heartbeat_file, "a"):
+                    pass
+                os.utime(self.heartbeat_file, None)
+            except OSError as e:
+                log.warn("cannot touch heartbeat file {path}: {error}", path=self.heartbeat_file, error=e)
