@@ -451,3 +451,54 @@ class Screenshots(UITestCase):
         b.screenshot(os.path.join(DOCS, "ui-device.png"))
         for name in ("ui-overview.png", "ui-devices.png", "ui-device.png"):
             self.assertGreater(os.path.getsize(os.path.join(DOCS, name)), 10_000)
+
+
+class SignIn(UITestCase):
+    """Auth required (issue 10): a reader sees no actions, signing in with an operator's token
+    shows them and they work (the page echoes its CSRF value), and signing out hides them again."""
+
+    fakes = 2
+    extra_args = ("--auth", "required")
+
+    def token(self, name: str, role: str) -> str:
+        import subprocess
+        import sys
+
+        out = subprocess.run(
+            [sys.executable, "-m", "mozpool.cli.token", "--db", self.daemon.db, "create", name, "--role", role],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        return out.strip().splitlines()[-1]
+
+    def test_sign_in_shows_and_enables_actions(self) -> None:
+        b = self.browser
+        self.open("/ui/device/panda-0001")
+        b.wait_for(lambda: b.find("signin-link").is_displayed(), what="the sign-in link")
+        b.wait_for(lambda: not b.find("comments-edit").is_displayed(), what="actions hidden from an anonymous reader")
+
+        token = self.token(f"op-{int(time.time() * 1000)}", "operator")
+        b.get(self.daemon.url + "/ui/signin?next=/ui/device/panda-0001")
+        b.find("signin-token").send_keys(token)
+        b.find("signin-submit").click()
+        b.wait_for(lambda: "/ui/device/panda-0001" in b.driver.current_url, what="back on the device page")
+        b.wait_for(lambda: "(operator)" in b.text_of("who-name"), what="the signed-in name")
+        b.wait_for(lambda: b.find("comments-edit").is_displayed(), what="actions shown to an operator")
+        self.assertFalse(b.find("comments-save").is_displayed(), "the editor itself starts closed")
+
+        self.click("comments-edit")
+        self.set_value("comments-input", "set by a signed-in operator")
+        self.click("comments-save")
+        self.assertEqual(self.daemon.wait_for(
+            lambda: self._comments("panda-0001") == "set by a signed-in operator" or None, 15, "the comment saved"), True)
+
+        self.click("signout")
+        b.wait_for(lambda: b.find("signin-link").is_displayed(), what="signed out")
+        b.get(self.daemon.url + "/ui/device/panda-0001")
+        b.wait_for(lambda: not b.find("comments-edit").is_displayed(), what="actions hidden again")
+
+    def _comments(self, device: str) -> Any:
+        code, body = self.daemon.call("GET", "/api/device/list/?details")
+        if code != 200:
+            return None
+        found = [d["comments"] for d in body["devices"] if d["name"] == device]
+        return found[0] if found else None

@@ -447,11 +447,12 @@
   var RANKS = { reader: 1, user: 2, operator: 3, admin: 4 };
   var myRank = null;  // unknown until /api/whoami/ answers: nothing is hidden before
 
-  /* Actions the caller's role may not take are hidden (the API would refuse them anyway). */
+  /* Actions the caller's role may not take are hidden (the API would refuse them anyway).  An
+     attribute of its own, so an editor's own open/closed state (``hidden``) is left alone. */
   function applyRole(root) {
     if (myRank === null) return;
     (root || document).querySelectorAll('[data-needs]').forEach(function (el) {
-      el.hidden = myRank < (RANKS[el.getAttribute('data-needs')] || RANKS.operator);
+      el.toggleAttribute('data-not-allowed', myRank < (RANKS[el.getAttribute('data-needs')] || RANKS.operator));
     });
   }
 
