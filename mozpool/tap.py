@@ -181,12 +181,50 @@ async def prepare_database(db: Database, config: Config, clock: Any) -> None:
     if config.fakes:
         owned = await db.runInteraction(devices.count_owned, fqdn)
         if not owned:
+            from mozpool.fakes import ports
+
             taken = set(await devices.list_names(db))
-            prefix = "panda" if not taken else host_port(fqdn).split(".")[0].replace(":", "-") + "-panda"
+            prefix = "panda" if not taken else fake_name_prefix(fqdn)
             base = config.extra.getint("fakes", "relay_base_port", fallback=fixtures.DEFAULT_RELAY_BASE_PORT)
-            n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix, relay_base_port=base)
+            board_ports = None
+            if not config.extra.has_option("fakes", "relay_base_port"):
+                # Ports free now and named by no other server's devices (several daemons may
+                # share this machine and its loopback).
+                boards = -(-config.fakes // fixtures.DEVICES_PER_BOARD)
+                avoid = ports.referenced_ports(await db.runInteraction(ports.all_relay_infos))
+                board_ports = await ports.free_ports(clock, boards, avoid)
+            n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix, relay_base_port=base,
+                                            board_ports=board_ports)
             log.info("seeded {n} simulated devices for {fqdn}", n=n, fqdn=fqdn)
     await check_ping_tool(db, config)
+
+
+def fake_name_prefix(fqdn: str) -> str:
+    """The simulated devices' name prefix of a server that is not the first: its host's first
+    label, and its port when it has one, so every daemon on one host has its own names
+    (``127.0.0.1:8011`` -> ``127-8011-panda``, ``imaging2.example.com`` -> ``imaging2-panda``)."""
+    hp = host_port(fqdn)
+    host, _, port = hp.rpartition(":") if hp.count(":") == 1 else (hp, "", "")
+    label = host.strip("[]").split(".")[0].replace(":", "-") or "server"
+    return f"{label}-{port}-panda" if port else f"{label}-panda"
+
+
+async def wire_fake_boards(db: Database, fqdn: str, reactor: Any) -> list[Any]:
+    """This server's device rows, after moving any simulated board whose port is busy (not
+    ours: another process has it) to a free port no device names."""
+    from mozpool.fakes import ports
+    from mozpool.fakes.pool import rows_for_server
+
+    rows = rows_for_server(await devices.list_details(db), fqdn)
+    for port in sorted(ports.referenced_ports(r.relay_info for r in rows)):
+        if await ports.bindable(reactor, port):
+            continue
+        avoid = ports.referenced_ports(await db.runInteraction(ports.all_relay_infos))
+        (new_port,) = await ports.free_ports(reactor, 1, avoid)
+        moved = await db.runInteraction(ports.move_board, fqdn, port, new_port)
+        log.warn("simulated relay board port {port} is in use by another process: moved its {n} devices to port "
+                 "{new}", port=port, n=moved, new=new_port)
+    return rows_for_server(await devices.list_details(db), fqdn)
 
 
 class MozpoolService(MultiService):
@@ -335,13 +373,13 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
     fakes = None
     if config.fakes:
-        from mozpool.fakes.pool import FakePool, FakePoolService, rows_for_server
+        from mozpool.fakes.pool import FakePool, FakePoolService
 
         def build_pool() -> Any:
-            return devices.list_details(db).addCallback(
+            return defer.Deferred.fromCoroutine(wire_fake_boards(db, fqdn, reactor)).addCallback(
                 lambda rows: FakePool(
                     reactor,
-                    rows_for_server(rows, fqdn),
+                    rows,
                     api_url=(base_url(fqdn) if config.http_endpoint
                              else f"http://{_loopback_or(config.listen_host)}:{config.port}"),
                     http=treq.client.HTTPClient(

@@ -7,7 +7,7 @@ each load their own devices."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 from mozpool.db.catalog import server_id
 from mozpool.db.errors import Conflict
@@ -77,15 +77,17 @@ def seed_catalog(c: Cursor) -> int:
 
 def fake_device_rows(
     count: int, server: int, hw: int, now: str, prefix: str = "panda", relay_base_port: int = DEFAULT_RELAY_BASE_PORT,
-    first: int = 0,
+    first: int = 0, board_ports: Sequence[int] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Rows for devices ``first`` .. ``first+count-1``: device i sits on board i div 32,
-    bank (i mod 32) div 8 + 1, relay i mod 8 + 1, on ``localhost:<base+board>``."""
+    bank (i mod 32) div 8 + 1, relay i mod 8 + 1, on ``localhost:<base+board>`` (or on the
+    board's own port from ``board_ports``)."""
     rows = []
     for i in range(first, first + count):
         board, slot = divmod(i, DEVICES_PER_BOARD)
         name = f"{prefix}-{i + 1:04d}"
-        relay = f"localhost:{relay_base_port + board}:bank{slot // 8 + 1}:relay{slot % 8 + 1}"
+        port = board_ports[board - first // DEVICES_PER_BOARD] if board_ports else relay_base_port + board
+        relay = f"localhost:{port}:bank{slot // 8 + 1}:relay{slot % 8 + 1}"
         mac = f"02{server % 256:02x}{i:08x}"
         rows.append((name, f"{name}.fakes.mozpool.invalid", i + 1, "new", "{}", now, mac, server, relay,
                      ENVIRONMENTS[i % len(ENVIRONMENTS)], hw))
@@ -94,14 +96,14 @@ def fake_device_rows(
 
 def load_fixture(
     db: Database, fqdn: str, devices: int, now: str, prefix: str = "panda",
-    relay_base_port: int = DEFAULT_RELAY_BASE_PORT,
+    relay_base_port: int = DEFAULT_RELAY_BASE_PORT, board_ports: Sequence[int] | None = None,
 ) -> Any:
     """Seed the catalog and add ``devices`` new pandas owned by ``fqdn``."""
 
     def load(c: Cursor) -> int:
         server = server_id(c, fqdn)
         hw = seed_catalog(c)
-        rows = fake_device_rows(devices, server, hw, now, prefix, relay_base_port)
+        rows = fake_device_rows(devices, server, hw, now, prefix, relay_base_port, board_ports=board_ports)
         c.executemany(
             "INSERT INTO devices (name, fqdn, inventory_id, state, state_counters, state_timeout, mac_address,"
             " imaging_server_id, relay_info, environment, hardware_type_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -90,9 +90,10 @@ class Daemon:
 
     def __init__(self, test: TestCase, fakes: int = 4, db: str | None = None, time_scale: float = 0.01,
                  fqdn: str | None = None, config: str = "", extra_args: tuple[str, ...] = (),
-                 tls: tuple[str, str, str] | None = None) -> None:
+                 tls: tuple[str, str, str] | None = None, board_ports: bool = True) -> None:
         """``tls``: (key file, certificate file, CA file): the API listens with TLS, its name
-        is ``https://127.0.0.1:PORT``, and it trusts that CA for other servers."""
+        is ``https://127.0.0.1:PORT``, and it trusts that CA for other servers.  Without
+        ``board_ports`` the daemon picks its simulated boards' ports itself."""
         self.dir = os.path.abspath(test.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
@@ -102,7 +103,8 @@ class Daemon:
         self.db = db or "sqlite:///" + os.path.join(self.dir, "mozpool.sqlite")
         self.config_path = os.path.join(self.dir, "mozpool.ini")
         with open(self.config_path, "w") as f:
-            f.write(f"[fakes]\nrelay_base_port = {self.relay_base}\nseed = 7\n{config}\n")
+            ports = f"relay_base_port = {self.relay_base}\n" if board_ports else ""
+            f.write(f"[fakes]\n{ports}seed = 7\n{config}\n")
         self.args = [
             "--config", self.config_path, "--port", str(self.port), "--listen-host", "127.0.0.1",
             "--tftp-port", str(self.tftp_port), "--tftp-root", os.path.join(self.dir, "tftproot"),
