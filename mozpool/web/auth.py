@@ -178,6 +178,8 @@ class Authority:
             return Caller("device boot token", None, "device", boot_token=credential)
         info = await self._lookup(credential)
         if info is None:
+            if via_cookie:
+                return ANONYMOUS  # a stale sign-in: the browser reads on as anyone does
             raise Unauthorized("invalid or revoked token")
         return Caller(info.name, info.role, "token", via_cookie=via_cookie)
 

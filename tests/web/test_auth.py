@@ -110,6 +110,11 @@ class Roles(APITest):
             self.assertTrue(answer.json()["error"])
         # a bad credential is refused on a read too: it is never silently anonymous
         self.assertEqual(await self.status("mpt_nonsense", "GET", "/api/device/list/"), 401)
+        # ... but a stale sign-in cookie is: the browser reads on, and is asked for a token to act
+        stale = {"Cookie": "mozpool_token=mpt_revoked; mozpool_csrf=x", "X-CSRF-Token": "x"}
+        self.assertEqual((await self.call("GET", "/api/device/list/", headers=stale)).code, 200)
+        self.assertEqual((await self.call("POST", "/api/device/panda-0001/set-comments/", {"comments": "x"},
+                                          headers=stale)).code, 401)
 
     async def test_reads_can_be_closed(self) -> None:
         self.authority.anonymous_read = False
