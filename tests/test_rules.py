@@ -138,6 +138,16 @@ def sources() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
+#: The client's blocking façade runs in its caller's process (a CI job's script), never in the
+#: daemon (issue 13 asks for it): it waits between polls. It still starts no thread or process.
+ALLOWED = {"mozpool/client/sync.py": ("time.sleep",)}
+
+
+def allowed(problem: str) -> bool:
+    filename = problem.split(":", 1)[0]
+    return any(f"uses {what}" in problem for what in ALLOWED.get(filename, ()))
+
+
 class CheckerTests(SynchronousTestCase):
     """The checker itself catches what it must and only that."""
 
@@ -208,6 +218,6 @@ class RulesTests(SynchronousTestCase):
         self.assertNotEqual(files, [])
         for path in files:
             source = path.read_text(encoding="utf-8")
-            problems.extend(check(source, str(path.relative_to(root))))
+            problems.extend(p for p in check(source, str(path.relative_to(root))) if not allowed(p))
         if problems:
             self.fail("DESIGN.md process-model rules broken:\n" + "\n".join(problems))

@@ -1,0 +1,227 @@
+"""The client against real daemons (issue 13): the ``mozpool`` command and the blocking library
+run as child processes, as a CI job runs them; the Twisted client runs in this process.
+
+- a server list whose first entries are dead still serves; ``--json`` output parses;
+- a busy named device and an unknown image fail with one clear line;
+- the context manager returns the device when the block raises;
+- ``log --follow`` follows the event stream;
+- every call is bounded when all servers are gone (refusing, or accepting and never answering);
+- a request made through server A for a device of server B (two daemons, one MariaDB) is
+  followed to ready, then renewed and returned through B (redirected to A, the owner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor, task, utils
+from twisted.trial.unittest import TestCase
+
+from mozpool.client.tx import MozpoolClient
+from tests.system.daemon import ROOT, Daemon, free_port
+from tests.system.test_two_servers import daemon_errors, two_servers
+
+
+async def mozpool(test: TestCase, *args: str) -> tuple[int, str, str]:
+    """Run the ``mozpool`` command; (exit status, stdout, stderr)."""
+    return await _python(test, ["-m", "mozpool.client.cli", *args])
+
+
+async def _python(test: TestCase, args: list[str]) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOZPOOL_")}
+    env.update(PYTHONPATH=ROOT, XDG_CONFIG_HOME=os.path.abspath(test.mktemp()))
+    out, err, code = await utils.getProcessOutputAndValue(sys.executable, args, env=env, path=ROOT)
+    return code, out.decode(), err.decode()
+
+
+def dead_servers(count: int) -> list[str]:
+    """URLs of ports nothing listens on."""
+    return [f"http://127.0.0.1:{free_port()}" for _ in range(count)]
+
+
+CONTEXT_MANAGER_SCRIPT = """
+import json, sys
+from mozpool.client.sync import Client
+
+client = Client(servers=sys.argv[1:], assignee="ci-job")
+try:
+    with client.device("any", image="android", duration=600, timeout=60) as dev:
+        print(json.dumps({"id": dev.request_id, "name": dev.name, "fqdn": dev.fqdn, "state": dev.request.state}))
+        raise RuntimeError("the tests failed")
+except RuntimeError as e:
+    print(json.dumps({"error": str(e), "notes": getattr(e, "__notes__", [])}))
+"""
+
+
+class OneServer(TestCase):
+    timeout = 180
+
+    async def test_ci_job(self) -> None:
+        d = Daemon(self, fakes=3, time_scale=0.01)
+        await d.start()
+        await d.wait_ready()
+        servers = ",".join(dead_servers(3) + [d.url])
+
+        # Reads through a list whose other servers are dead: one JSON document each.
+        code, out, err = await mozpool(self, "--servers", servers, "--json", "devices")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([x["name"] for x in json.loads(out)["devices"]], ["panda-0001", "panda-0002", "panda-0003"])
+        for command in (["summary"], ["servers"], ["requests"], ["device", "panda-0001"], ["log", "panda-0001"]):
+            code, out, err = await mozpool(self, "--servers", servers, "--json", *command)
+            self.assertEqual(code, 0, (command, err))
+            json.loads(out)
+        code, out, _ = await mozpool(self, "--servers", servers, "--json", "servers")
+        self.assertEqual(json.loads(out)["servers"][0]["fqdn"], d.fqdn)
+
+        # A request, waited for: the ready request, with a progress line per change on stderr.
+        code, out, err = await mozpool(self, "--servers", servers, "request", "any", "--image", "android",
+                                       "--duration", "600", "--wait", "--timeout", "90", "--json")
+        self.assertEqual(code, 0, err)
+        ready = json.loads(out)
+        self.assertEqual(ready["state"], "ready")
+        self.assertEqual(ready["url"], f"http://{d.fqdn}/api/request/{ready['id']}/")
+        self.assertEqual(ready["device"]["name"], ready["assigned_device"])
+        self.assertIn(f"request {ready['id']}: ready, device {ready['assigned_device']} ready", err)
+        self.assertEqual(await d.request_state(ready["id"]), "ready")
+
+        # The same device by name: busy; an unknown image: refused.  One line each, exit 1.
+        held = ready["assigned_device"]
+        code, out, err = await mozpool(self, "--servers", servers, "request", held, "--image", "android",
+                                       "--duration", "60")
+        self.assertEqual((code, out, err), (1, "", f"mozpool: device {held} is busy: held by request {ready['id']}\n"))
+        code, out, err = await mozpool(self, "--servers", servers, "request", "any", "--image", "nosuch",
+                                       "--duration", "60", "--wait")
+        self.assertEqual((code, out, err), (1, "", "mozpool: unknown image nosuch\n"))
+
+        code, out, err = await mozpool(self, "--servers", servers, "--json", "return", str(ready["id"]))
+        self.assertEqual((code, json.loads(out)["state"]), (0, "closed"), err)
+        await d.wait_ready()
+
+        # The blocking library's context manager, in a script whose block raises.
+        code, out, err = await _python(self, ["-c", CONTEXT_MANAGER_SCRIPT, *dead_servers(1), d.url])
+        self.assertEqual(code, 0, err)
+        handed, raised = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(handed["state"], "ready")
+        self.assertTrue(handed["fqdn"].startswith(handed["name"]), handed)
+        self.assertEqual(raised, {"error": "the tests failed", "notes": [f"request {handed['id']} was returned"]})
+        self.assertEqual(await d.request_state(handed["id"]), "closed")
+
+        # log --follow reads the event stream while a power-cycle writes to the log.
+        follow = defer.ensureDeferred(mozpool(self, "--servers", d.url, "log", "panda-0002", "--follow", "--limit",
+                                              "1", "--timeout", "8", "--json"))
+        await task.deferLater(reactor, 2, lambda: None)
+        code, out, err = await mozpool(self, "--servers", d.url, "power-cycle", "panda-0002")
+        self.assertEqual(code, 0, err)
+        code, out, err = await follow
+        self.assertEqual(code, 0, err)
+        entries = [json.loads(line) for line in out.splitlines()]
+        self.assertIn("power-cycle started", [e["message"] for e in entries])
+        ids = [e["id"] for e in entries]
+        self.assertEqual(ids, sorted(set(ids)), "in order, none twice")
+
+        self.assertEqual(daemon_errors(d), [])
+
+    async def test_twisted_client(self) -> None:
+        """The Twisted client on this reactor: the event stream and ``async with device()``."""
+        d = Daemon(self, fakes=2, time_scale=0.01)
+        await d.start()
+        await d.wait_ready()
+        client = MozpoolClient(dead_servers(2) + [d.url], reactor=reactor)
+        self.addCleanup(client.close)
+        events: list[Any] = []
+        stream = client.events(events.append, types=["request_state", "device_comments"])
+        stream.addErrback(lambda f: f.trap(defer.CancelledError))
+        self.addCleanup(stream.cancel)
+
+        async def seen(kind: str, **data: Any) -> list[Any]:
+            deadline = reactor.seconds() + 10
+            while reactor.seconds() < deadline:
+                found = [e for e in events if e.type == kind and data.items() <= e.data.items()]
+                if found:
+                    return found
+                await task.deferLater(reactor, 0.1, lambda: None)
+            raise AssertionError(f"no {kind} {data} in {events}")
+
+        # The stream is open once it shows a change made now.
+        while not [e for e in events if e.type == "device_comments"]:
+            await d.call("POST", "/api/device/panda-0001/set-comments/", {"comments": "stream open?"})
+            await task.deferLater(reactor, 0.5, lambda: None)
+        async with client.device("any", image="android", duration=600, timeout=60) as dev:
+            self.assertEqual((await client.status(dev.request)).state, "ready")
+            rid = dev.request_id
+        self.assertEqual(await d.request_state(rid), "closed")
+        await seen("request_state", request=rid, state="closed")
+        states = [e.data["state"] for e in events if e.type == "request_state" and e.data["request"] == rid]
+        self.assertEqual((states[0], states[-1]), ("new", "closed"), states)
+        self.assertIn("ready", states)
+
+
+class AllGone(TestCase):
+    timeout = 120
+
+    async def test_bounded(self) -> None:
+        """Refused connections fail at once; a server that accepts and never answers costs the
+        call's bound at most: one line, exit 1, within the bound."""
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody answers
+        self.addCleanup(silent.close)
+        refused = dead_servers(2)
+        all_gone = ",".join(refused + [f"http://127.0.0.1:{silent.getsockname()[1]}"])
+        for command in (["devices"], ["request", "any", "--image", "android", "--duration", "60", "--wait"],
+                        ["return", "7"], ["log", "panda-0001", "--follow"], ["status", "7"]):
+            started = time.monotonic()
+            code, out, err = await mozpool(self, "--servers", all_gone, "--http-timeout", "3", *command)
+            took = time.monotonic() - started
+            self.assertEqual((code, out), (1, ""), command)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertIn(":" + str(silent.getsockname()[1]) + ": no answer within", err)
+            self.assertLess(took, 3 + 2.5, command)  # the bound, plus starting Python
+            if "not repeated on another server" in err:
+                continue  # a request creation the silent server may have received: not sent twice
+            self.assertTrue(err.startswith("mozpool: no MozPool server answered "), err)
+            for url in refused:  # each tried, unless the silent one, tried first, used the call's time
+                self.assertTrue(f"{url}: connection refused" in err or "not tried" in err and url in err, err)
+        started = time.monotonic()
+        code, out, err = await mozpool(self, "--servers", ",".join(refused), "devices")
+        self.assertEqual(code, 1)
+        self.assertLess(time.monotonic() - started, 2.5)
+
+
+class TwoServers(TestCase):
+    timeout = 240
+
+    async def test_request_through_a_for_a_device_of_b(self) -> None:
+        a, b = await two_servers(self, fakes=2, time_scale=0.01, access_log=True)
+        await a.wait_ready()
+        await b.wait_ready()
+        listed = (await a.get("/api/device/list/?details"))["devices"]
+        target = next(x["name"] for x in listed if x["imaging_server"] == b.fqdn)
+
+        code, out, err = await mozpool(self, "--servers", a.url, "request", target, "--image", "android",
+                                       "--duration", "600", "--wait", "--timeout", "120", "--json")
+        self.assertEqual(code, 0, err)
+        ready = json.loads(out)
+        rid = ready["id"]
+        self.assertEqual((ready["state"], ready["assigned_device"]), ("ready", target))
+        self.assertEqual(ready["url"], f"http://{a.fqdn}/api/request/{rid}/")
+        self.assertEqual(ready["device"]["imaging_server"], b.fqdn)
+
+        # Through B only: B redirects the request's calls to A, the client follows with the body.
+        code, out, err = await mozpool(self, "--servers", b.url, "--json", "renew", str(rid), "--duration", "1200")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["state"], "ready")
+        self.assertIn(f'"POST /api/request/{rid}/renew/ HTTP/1.1" 302', b.log_text())
+        self.assertIn(f'"POST /api/request/{rid}/renew/ HTTP/1.1" 204', a.log_text())
+        code, out, err = await mozpool(self, "--servers", b.url, "--json", "return", str(rid))
+        self.assertEqual((code, json.loads(out)["state"]), (0, "closed"), err)
+        self.assertEqual(await a.request_state(rid), "closed")
+        # A power-cycle of B's device sent to A goes to B.
+        code, out, err = await mozpool(self, "--servers", a.url, "power-cycle", target)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(daemon_errors(a) + daemon_errors(b), [])
