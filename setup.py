@@ -39,8 +39,9 @@ setup(
     ],
     # selenium drives Debian's chromium + chromedriver in the browser tests (no driver download);
     # schemathesis fuzzes /api/openapi.json against a --fakes daemon (tests/system/test_openapi_fuzz.py,
-    # written for its 4.x command line and config file).
-    extras_require={"test": ["selenium>=4.20", "schemathesis>=4.32,<5"]},
+    # written for its 4.x command line and config file); pdudaemon (1.0+: its HTTP listener answers
+    # when the PDU has switched) runs beside the daemon in tests/system/test_pdudaemon.py.
+    extras_require={"test": ["selenium>=4.20", "schemathesis>=4.32,<5", "pdudaemon>=1.0"]},
     entry_points={
         "console_scripts": [
             "mozpool = mozpool.client.cli:main",

@@ -27,9 +27,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (  # noqa: E402
-    Backends, Ceiling, Daemon, finish, free_port, get_json, http_call, load_fixture, say, sql, table, wrk,
-)
+from bench.daemons import Daemon, free_port, get_json, http_call  # noqa: E402
+from bench.databases import Backends, load_fixture, sql  # noqa: E402
+from bench.loadgen import Ceiling, wrk  # noqa: E402
+from bench.report import finish, say, table  # noqa: E402
 
 STATE_PATH = "/api/device/panda-%04d/state/?cache=1"
 UNCACHED_PATH = "/api/device/panda-%04d/state/"

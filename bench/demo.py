@@ -34,9 +34,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (  # noqa: E402
-    Daemon, finish, free_port_range, get_json, http_call, raise_fd_limit, report_log_problems, say, table,
-)
+from bench.daemons import Daemon, free_port_range, get_json, http_call, raise_fd_limit  # noqa: E402
+from bench.report import finish, report_log_problems, say, table  # noqa: E402
 from mozpool.bmm.relay import RelayTiming  # noqa: E402
 from mozpool.fakes.device import PHASE_DURATIONS, REBOOT_SECONDS  # noqa: E402
 from mozpool.fakes.relayboard import DEFAULT_RECOVERY_PAUSE  # noqa: E402

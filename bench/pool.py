@@ -33,10 +33,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (  # noqa: E402
-    Backends, Daemon, MariaDB, cpu_seconds, finish, free_port, free_port_range, get_json, load_fixture,
-    raise_fd_limit, report_log_problems, say, sql, sql_executemany, sql_query, table, utc_text,
+from bench.daemons import cpu_seconds, Daemon, free_port, free_port_range, get_json, raise_fd_limit  # noqa: E402
+from bench.databases import (  # noqa: E402
+    Backends, load_fixture, MariaDB, sql, sql_executemany, sql_query, utc_text,
 )
+from bench.report import finish, report_log_problems, say, table  # noqa: E402
 
 DEVICES_PER_BOARD = 32
 READY_TIMEOUT = 600

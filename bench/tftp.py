@@ -75,7 +75,7 @@ def serve(root: str, port: int, profile: str | None) -> None:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def freeUDPPort() -> int:
+def free_udp_port() -> int:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -91,7 +91,7 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def cpuSeconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """utime+stime of a process plus its reaped children (tftpd-hpa forks one per transfer)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -99,7 +99,7 @@ def cpuSeconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def machineBusySeconds() -> float:
+def machine_busy_seconds() -> float:
     """CPU seconds spent non-idle on all cores (server, clients and kernel together)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
@@ -123,7 +123,7 @@ class Server:
             self.proc.wait()
 
 
-def startOurs(root: str, profile: str | None) -> Server:
+def start_ours(root: str, profile: str | None) -> Server:
     args = [sys.executable, os.path.abspath(__file__), "--serve", root, "0"]
     if profile:
         args += ["--profile", profile]
@@ -133,18 +133,18 @@ def startOurs(root: str, profile: str | None) -> Server:
     return Server("ours", port, proc, True)
 
 
-def startTftpdHpa(root: str) -> Server | None:
+def start_tftpd_hpa(root: str) -> Server | None:
     binary = shutil.which("in.tftpd") or ("/usr/sbin/in.tftpd" if os.path.exists("/usr/sbin/in.tftpd") else None)
     if not binary:
         print("in.tftpd not found (apt-get install tftpd-hpa): skipping tftpd-hpa", file=sys.stderr)
         return None
-    port = freeUDPPort()
+    port = free_udp_port()
     proc = subprocess.Popen([binary, "-L", "-s", root, "-a", f"127.0.0.1:{port}"])
     time.sleep(0.3)
     return Server("tftpd-hpa", port, proc, False)
 
 
-def findAtftpd(explicit: str | None) -> str | None:
+def find_atftpd(explicit: str | None) -> str | None:
     for candidate in (explicit, os.environ.get("ATFTPD"), shutil.which("atftpd"), "/usr/sbin/atftpd",
                       "/opt/atftpd/root/usr/sbin/atftpd"):
         if candidate and os.path.exists(candidate):
@@ -152,12 +152,12 @@ def findAtftpd(explicit: str | None) -> str | None:
     return None
 
 
-def startAtftpd(root: str, explicit: str | None) -> Server | None:
-    binary = findAtftpd(explicit)
+def start_atftpd(root: str, explicit: str | None) -> Server | None:
+    binary = find_atftpd(explicit)
     if not binary:
         print("atftpd not found: skipping atftpd", file=sys.stderr)
         return None
-    port = freeUDPPort()
+    port = free_udp_port()
     proc = subprocess.Popen(
         [binary, "--daemon", "--no-fork", "--port", str(port), "--bind-address", "127.0.0.1",
          "--logfile", "/dev/null", "--maxthread", "128", root],
@@ -170,12 +170,12 @@ def startAtftpd(root: str, explicit: str | None) -> Server | None:
 # -- clients ---------------------------------------------------------------------------------------
 
 
-def curlArgs(port: int, name: str, out: str, blksize: int) -> list[str]:
+def curl_args(port: int, name: str, out: str, blksize: int) -> list[str]:
     return ["curl", "-s", "-S", "--max-time", "300", "--tftp-blksize", str(blksize),
             f"tftp://127.0.0.1:{port}/{name}", "-o", out]
 
 
-def atftpArgs(port: int, name: str, out: str, blksize: int, windowsize: int) -> list[str]:
+def atftp_args(port: int, name: str, out: str, blksize: int, windowsize: int) -> list[str]:
     return ["atftp", "-g", "-r", name, "-l", out, "--option", f"blksize {blksize}",
             "--option", f"windowsize {windowsize}", "--tftp-timeout", "2", "127.0.0.1", str(port)]
 
@@ -210,14 +210,14 @@ class Bench:
         for _, out in files:
             if os.path.exists(out):
                 os.unlink(out)
-        cpu0 = cpuSeconds(server.proc.pid)
-        busy0 = machineBusySeconds()
+        cpu0 = cpu_seconds(server.proc.pid)
+        busy0 = machine_busy_seconds()
         t0 = time.perf_counter()
         procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
         errors = [p.communicate()[1] for p in procs]
         elapsed = time.perf_counter() - t0
-        cpu = cpuSeconds(server.proc.pid) - cpu0
-        machine = machineBusySeconds() - busy0
+        cpu = cpu_seconds(server.proc.pid) - cpu0
+        machine = machine_busy_seconds() - busy0
         if server.name == "tftpd-hpa":
             cpu = float("nan")  # its per-transfer children are not reaped in time to count
         ok = all(p.returncode == 0 for p in procs) and all(
@@ -246,31 +246,31 @@ class Bench:
         return best
 
 
-def firstPacketLatency(port: int, name: bytes, count: int = 50) -> tuple[float, bool]:
+def first_packet_latency(port: int, name: bytes, count: int = 50) -> tuple[float, bool]:
     """Median seconds from RRQ to the first answer, with our codec in a blocking client."""
     sys.path.insert(0, REPO)
-    from mozpool.bmm.tftp.packets import encodeAck, encodeError, encodeRequest, opcodeOf
+    from mozpool.bmm.tftp.packets import encode_ack, encode_error, encode_request, opcode_of
 
     times = []
-    answeredOk = True
+    answered_ok = True
     for _ in range(count):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(2)
         t0 = time.perf_counter()
-        s.sendto(encodeRequest(name, "octet", {"blksize": "1468"}), ("127.0.0.1", port))
+        s.sendto(encode_request(name, "octet", {"blksize": "1468"}), ("127.0.0.1", port))
         try:
             data, addr = s.recvfrom(70000)
         except socket.timeout:
-            answeredOk = False
+            answered_ok = False
             s.close()
             continue
         times.append(time.perf_counter() - t0)
-        if opcodeOf(data) == 6:  # OACK: end politely so the server frees the transfer
-            s.sendto(encodeError(8, "bench"), addr)
-        elif opcodeOf(data) == 3:
-            s.sendto(encodeAck(1), addr)
+        if opcode_of(data) == 6:  # OACK: end politely so the server frees the transfer
+            s.sendto(encode_error(8, "bench"), addr)
+        elif opcode_of(data) == 3:
+            s.sendto(encode_ack(1), addr)
         s.close()
-    return (statistics.median(times) if times else float("nan")), answeredOk
+    return (statistics.median(times) if times else float("nan")), answered_ok
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def main() -> int:
             print(f"{tool} is required (apt-get install -y curl atftp)", file=sys.stderr)
             return 2
 
-    bigSize, concSize = (8 * MiB, 4 * MiB) if args.quick else (64 * MiB, 16 * MiB)
+    big_size, conc_size = (8 * MiB, 4 * MiB) if args.quick else (64 * MiB, 16 * MiB)
     work = tempfile.mkdtemp(prefix="tftp-bench-")
     root = os.path.join(work, "root")
     out = os.path.join(work, "out")
@@ -306,7 +306,7 @@ def main() -> int:
     os.chmod(work, 0o755)
     os.chmod(root, 0o755)  # atftpd and tftpd-hpa drop privileges to nobody/tftp
     digests = {}
-    for name, size in (("big.bin", bigSize), ("conc.bin", concSize), ("pxe.cfg", 4096)):
+    for name, size in (("big.bin", big_size), ("conc.bin", conc_size), ("pxe.cfg", 4096)):
         path = os.path.join(root, name)
         with open(path, "wb") as f:
             remaining = size
@@ -321,8 +321,8 @@ def main() -> int:
     wanted = set(args.only.split(",")) if args.only else {"ours", "tftpd-hpa", "atftpd"}
     try:
         if "ours" in wanted:
-            servers.append(startOurs(root, args.profile))
-        for start in (lambda: startTftpdHpa(root), lambda: startAtftpd(root, args.atftpd)):
+            servers.append(start_ours(root, args.profile))
+        for start in (lambda: start_tftpd_hpa(root), lambda: start_atftpd(root, args.atftpd)):
             s = start()
             if s is not None and s.name in wanted:
                 servers.append(s)
@@ -330,17 +330,17 @@ def main() -> int:
                 s.stop()
         bench = Bench(root, out, digests, args.repeat)
         n = args.concurrency
-        bigMiB, concMiB = bigSize // MiB, concSize // MiB
-        t1 = f"{bigMiB} MiB lock-step blksize 1428"
-        t2 = f"{bigMiB} MiB windowsize 16 blksize 1428"
-        t3 = f"{n} x {concMiB} MiB concurrent"
+        big_mib, conc_mib = big_size // MiB, conc_size // MiB
+        t1 = f"{big_mib} MiB lock-step blksize 1428"
+        t2 = f"{big_mib} MiB windowsize 16 blksize 1428"
+        t3 = f"{n} x {conc_mib} MiB concurrent"
         print(f"files in {root}; servers: " + ", ".join(f"{s.name}:{s.port}" for s in servers))
         tests = set(args.tests.split(","))
         if "lockstep" in tests:
-            bench.cell(t1, [(s, [curlArgs(s.port, "big.bin", os.path.join(out, f"{s.name}-big"), 1428)],
+            bench.cell(t1, [(s, [curl_args(s.port, "big.bin", os.path.join(out, f"{s.name}-big"), 1428)],
                              [("big.bin", os.path.join(out, f"{s.name}-big"))]) for s in servers])
         if "window" in tests:
-            cells = bench.cell(t2, [(s, [atftpArgs(s.port, "big.bin", os.path.join(out, f"{s.name}-win"), 1428, 16)],
+            cells = bench.cell(t2, [(s, [atftp_args(s.port, "big.bin", os.path.join(out, f"{s.name}-win"), 1428, 16)],
                                      [("big.bin", os.path.join(out, f"{s.name}-win"))]) for s in servers])
             for s in servers:
                 if not s.windowsize:
@@ -349,11 +349,11 @@ def main() -> int:
             jobs = []
             for s in servers:
                 outs = [os.path.join(out, f"{s.name}-c{i}") for i in range(n)]
-                jobs.append((s, [curlArgs(s.port, "conc.bin", o, 1428) for o in outs], [("conc.bin", o) for o in outs]))
+                jobs.append((s, [curl_args(s.port, "conc.bin", o, 1428) for o in outs], [("conc.bin", o) for o in outs]))
             bench.cell(t3, jobs)
         latencies = {}
         for s in servers if "latency" in tests else []:
-            latencies[s.name] = (firstPacketLatency(s.port, b"pxe.cfg"), firstPacketLatency(s.port, b"missing.cfg"))
+            latencies[s.name] = (first_packet_latency(s.port, b"pxe.cfg"), first_packet_latency(s.port, b"missing.cfg"))
     finally:
         for s in servers:
             s.stop()
@@ -363,15 +363,15 @@ def main() -> int:
     print()
     print("| test | server | best s | median s | MB/s (best) | server CPU s | machine CPU s | ratio | target | sha256 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
-    byKey = {(r.test, r.server): r for r in bench.results}
+    by_key = {(r.test, r.server): r for r in bench.results}
     for r in bench.results:
-        refName, target = references[r.test]
-        ref = byKey.get((r.test, refName))
+        ref_name, target = references[r.test]
+        ref = by_key.get((r.test, ref_name))
         ratio = r.rate / ref.rate if ref and ref.rate else float("nan")
         mark = ""
         if r.server == "ours" and ref:
             mark = f">= {target}x {'met' if ratio >= target else 'MISSED'}"
-        elif r.server == refName:
+        elif r.server == ref_name:
             mark = "reference"
         print(f"| {r.test} | {r.server} | {r.seconds:.2f} | {r.median:.2f} | {r.rate:.1f} | {r.cpu:.2f} | {r.machine:.2f} | {ratio:.2f} | {mark} |"
               f" {'ok' if r.ok else 'FAILED'} {r.note} |")

@@ -47,9 +47,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (  # noqa: E402
-    Daemon, cpu_seconds, finish, free_port, get_json, http_call, load_fixture, say, sql, table,
-)
+from bench.daemons import cpu_seconds, Daemon, free_port, get_json, http_call  # noqa: E402
+from bench.databases import load_fixture, sql  # noqa: E402
+from bench.report import finish, say, table  # noqa: E402
 
 CHROME_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

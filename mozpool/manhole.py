@@ -84,7 +84,7 @@ class _TelnetRealm:
         raise NotImplementedError()
 
 
-def makeManholeFactory(kind: str, username: str, password: str, namespace: dict[str, Any]) -> protocol.Factory:
+def make_manhole_factory(kind: str, username: str, password: str, namespace: dict[str, Any]) -> protocol.Factory:
     """An SSH (``kind='ssh'``) or telnet console factory behind one username and password."""
     if not password:
         raise ConfigError("the manhole needs [manhole] password")
@@ -105,11 +105,13 @@ def makeManholeFactory(kind: str, username: str, password: str, namespace: dict[
     return factory
 
 
-def makeManholeService(
+def make_manhole_service(
     endpoint: str, username: str, password: str, namespace: dict[str, Any], reactor: Any, allow_remote: bool = False
 ) -> IService:
     """A service listening on ``endpoint`` with a console over ``namespace``."""
     check_endpoint(endpoint, allow_remote)
     kind, description = _split_kind(endpoint)
-    factory = makeManholeFactory(kind, username, password, namespace)
+    factory = make_manhole_factory(kind, username, password, namespace)
     return StreamServerEndpointService(serverFromString(reactor, description), factory)
+
+

@@ -47,7 +47,7 @@ _OVERRIDES = {
 FAKES_DEFAULTS = {"tftp_port": 6969, "tftp_root": "tftproot", "db_url": "sqlite:///mozpool.sqlite"}
 
 #: [fakes] keys that are settings, not failure probabilities
-FAKES_SETTINGS = ("seed", "relay_base_port")
+FAKES_SETTINGS = ("seed", "relay_base_port", "pdudaemon", "pdudaemon_url", "plug_base_port", "pdudaemon_config")
 
 PURGE_INTERVAL = 3600.0
 RETRY_START_INTERVAL = 5.0
@@ -122,6 +122,10 @@ class Options(usage.Options):
                 fake_failures(config)
             except ValueError as e:
                 raise usage.UsageError(f"fault injection: {e}") from None
+            try:
+                fake_pdudaemon(config)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         elif config.fail:
             raise usage.UsageError("--fail applies to simulated devices: add --fakes N")
         self.config = config
@@ -156,14 +160,14 @@ def _listen(port: int, host: str, proto: str = "tcp") -> str:
 
 async def check_ping_tool(db: Database, config: Config) -> None:
     """Say clearly at start-up when this server has real devices and fping cannot run."""
-    from mozpool.bmm.ping import FpingMissing, checkFping
+    from mozpool.bmm.ping import FpingMissing, check_fping
 
     if config.fakes or config.extra.get("ping", "method", fallback="fping") != "fping":
         return
     owned = await db.runInteraction(devices.count_owned, config.server_fqdn)
     if owned:
         try:
-            checkFping(config.extra.get("ping", "fping", fallback=None))
+            check_fping(config.extra.get("ping", "fping", fallback=None))
         except FpingMissing as e:
             log.error("{devices} devices need ping, but {problem}", devices=owned, problem=str(e))
 
@@ -186,17 +190,47 @@ async def prepare_database(db: Database, config: Config, clock: Any) -> None:
             taken = set(await devices.list_names(db))
             prefix = "panda" if not taken else fake_name_prefix(fqdn)
             base = config.extra.getint("fakes", "relay_base_port", fallback=fixtures.DEFAULT_RELAY_BASE_PORT)
+            plugged, pdudaemon = fake_pdudaemon(config)
+            plugs = -(-plugged // fixtures.OUTLETS_PER_PLUG)
+            avoid = ports.referenced_ports(await db.runInteraction(ports.all_relay_infos))
             board_ports = None
             if not config.extra.has_option("fakes", "relay_base_port"):
                 # Ports free now and named by no other server's devices (several daemons may
                 # share this machine and its loopback).
-                boards = -(-config.fakes // fixtures.DEVICES_PER_BOARD)
-                avoid = ports.referenced_ports(await db.runInteraction(ports.all_relay_infos))
+                boards = -(-(config.fakes - plugged) // fixtures.DEVICES_PER_BOARD)
                 board_ports = await ports.free_ports(clock, boards, avoid)
+            if config.extra.has_option("fakes", "plug_base_port"):
+                plug_base = config.extra.getint("fakes", "plug_base_port")
+                plug_ports = [plug_base + k for k in range(plugs)]
+            else:
+                plug_ports = await ports.free_ports(clock, plugs, avoid | set(board_ports or ()))
             n = await fixtures.load_fixture(db, fqdn, config.fakes, dbnow(clock), prefix=prefix, relay_base_port=base,
-                                            board_ports=board_ports)
+                                            board_ports=board_ports, pdudaemon=plugged, pdudaemon_address=pdudaemon,
+                                            plug_ports=plug_ports)
             log.info("seeded {n} simulated devices for {fqdn}", n=n, fqdn=fqdn)
     await check_ping_tool(db, config)
+
+
+def fake_pdudaemon(config: Config) -> tuple[int, str]:
+    """``[fakes] pdudaemon``: how many simulated devices sit behind smart plugs driven by
+    pdudaemon (the last ones), and ``pdudaemon_url``: where that pdudaemon listens, as
+    ``(count, host:port)``; ValueError when wrong."""
+    from urllib.parse import urlsplit
+
+    from mozpool.db.fixtures import DEFAULT_PDUDAEMON
+
+    text = config.extra.get("fakes", "pdudaemon", fallback="0").strip() or "0"
+    if not text.isdigit() or int(text) > config.fakes:
+        raise ValueError(f"[fakes] pdudaemon must be a number of devices from 0 to {config.fakes}, not {text!r}")
+    url = config.extra.get("fakes", "pdudaemon_url", fallback=f"http://{DEFAULT_PDUDAEMON}").strip()
+    try:
+        split = urlsplit(url)
+        scheme, host, port = split.scheme, split.hostname, split.port or 16421
+    except ValueError:
+        scheme, host, port = "", None, 0
+    if scheme != "http" or not host:
+        raise ValueError(f"[fakes] pdudaemon_url must be http://HOST[:PORT], not {url!r}")
+    return int(text), (f"[{host}]" if ":" in host else host) + f":{port}"
 
 
 def fake_name_prefix(fqdn: str) -> str:
@@ -216,7 +250,7 @@ async def wire_fake_boards(db: Database, fqdn: str, reactor: Any) -> list[Any]:
     from mozpool.fakes.pool import rows_for_server
 
     rows = rows_for_server(await devices.list_details(db), fqdn)
-    for port in sorted(ports.referenced_ports(r.relay_info for r in rows)):
+    for port in sorted(ports.board_ports(r.relay_info for r in rows)):
         if await ports.bindable(reactor, port):
             continue
         avoid = ports.referenced_ports(await db.runInteraction(ports.all_relay_infos))
@@ -339,14 +373,15 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
     from mozpool.bmm.facade import BMMActions, Hardware, database_boot_tokens, database_logger
     from mozpool.bmm.ping import FpingPinger, TCPProbePinger
-    from mozpool.bmm.relay import RelayClient, RelayTiming
-    from mozpool.bmm.sut import SUT_PORT, SUTClient, defaultAddress
+    from mozpool.bmm.interfaces import DriverContext
+    from mozpool.bmm.power import PowerControl
+    from mozpool.bmm.sut import SUT_PORT, SUTClient, default_address
     from mozpool.broker.service import Broker, BrokerService
     from mozpool.lifeguard.service import LifeGuard
     from mozpool.web.api import MozpoolAPI
     from mozpool.web.auth import Authority, SignedClient
     from mozpool.web.events import ChangeFeed, EventHub
-    from mozpool.web.site import makeSite
+    from mozpool.web.site import make_site
     from mozpool.web.ui.app import OperatorUI
 
     config: Config = options.config if isinstance(options, Options) else options["config"]
@@ -390,6 +425,8 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
                     failures=fake_failures(config),
                     rng=random.Random(config.extra.getint("fakes", "seed", fallback=None) if config.extra.has_section("fakes") else None),
                     board_options={"recovery_pause": 0.9 * config.time_scale},
+                    pdudaemon_config_path=config.extra.get("fakes", "pdudaemon_config",
+                                                           fallback="pdudaemon-fakes.json"),
                 )
             )
 
@@ -401,15 +438,13 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         pinger: Any = TCPProbePinger(reactor, port, simulated=simulated)
     else:
         pinger = FpingPinger(reactor, fping=config.extra.get("ping", "fping", fallback=None), simulated=simulated)
-    sut = SUTClient(reactor, addressFor=fakes.sut_address if fakes else defaultAddress)
+    sut = SUTClient(reactor, address_for=fakes.sut_address if fakes else default_address)
     ipaddress = config.ipaddress or ("127.0.0.1" if config.fakes else "")
-    timing = RelayTiming()
-    if config.fakes:
-        # Simulated boards pause as real ones do, scaled like every simulated delay; real boards
-        # keep the hardware's pauses whatever the time scale.
-        timing = RelayTiming(cycle_pause=config.time_scale, recovery_pause=config.time_scale)
+    # Each device's relay_info names its power driver (ProXR, pdudaemon, ...); under --fakes the
+    # drivers scale their pauses like every simulated delay.
+    power = PowerControl(DriverContext(reactor, http_client, simulated=bool(config.fakes), time_scale=config.time_scale))
     hardware = Hardware(
-        RelayClient(reactor, timing), pinger, sut, config.tftp_root, ipaddress, database_logger(db, reactor),
+        power, pinger, sut, config.tftp_root, ipaddress, database_logger(db, reactor),
         database_boot_tokens(db),
     )
     top.hardware = hardware
@@ -431,7 +466,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
     http = StreamServerEndpointService(
         serverFromString(reactor, config.http_endpoint or _listen(config.port, config.listen_host)),
-        makeSite(
+        make_site(
             api,
             ui=OperatorUI(db, fqdn, reactor, authority).resource(),
             access_log=config.extra.getboolean("server", "access_log", fallback=False),
@@ -441,9 +476,9 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     http.setServiceParent(top)
 
     if config.tftp_port:
-        from mozpool.bmm.tftp import makeTFTPService
+        from mozpool.bmm.tftp import make_tftp_service
 
-        tftp = makeTFTPService(
+        tftp = make_tftp_service(
             config.tftp_root, config.tftp_port, config.listen_host, reactor,
             max_transfers=config.tftp_max_transfers, max_transfers_per_client=config.tftp_max_transfers_per_client,
         )
@@ -484,13 +519,13 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         make_sync_service(db, config.inventory, reactor, fqdn).setServiceParent(top)
 
     if config.manhole_endpoint:
-        from mozpool.manhole import makeManholeService
+        from mozpool.manhole import make_manhole_service
 
         namespace = {
             "config": config, "db": db, "services": top, "api": api, "reactor": reactor,
             "broker": broker, "lifeguard": lifeguard, "hardware": hardware, "fakes": fakes, "events": hub,
         }
-        console = makeManholeService(
+        console = make_manhole_service(
             config.manhole_endpoint, config.manhole_username, config.manhole_password, namespace, reactor,
             allow_remote=config.manhole_allow_remote,
         )

@@ -7,7 +7,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mozpool.config import ConfigError
-from mozpool.manhole import check_endpoint, makeManholeFactory
+from mozpool.manhole import check_endpoint, make_manhole_factory
 
 
 class EndpointChecks(SynchronousTestCase):
@@ -29,7 +29,7 @@ class EndpointChecks(SynchronousTestCase):
         self.assertRaises(ConfigError, check_endpoint, "tcp:notaport:interface=127.0.0.1", False)
 
     def test_password_required(self) -> None:
-        self.assertRaises(ConfigError, makeManholeFactory, "ssh", "admin", "", {})
+        self.assertRaises(ConfigError, make_manhole_factory, "ssh", "admin", "", {})
 
 
 class Collect(telnet.TelnetProtocol):
@@ -64,7 +64,7 @@ class Collect(telnet.TelnetProtocol):
 class TelnetConsole(TestCase):
     async def login(self, password: bytes) -> Collect:
         namespace = {"answer": 41}
-        port = reactor.listenTCP(0, makeManholeFactory("telnet", "admin", "s3cret", namespace), interface="127.0.0.1")
+        port = reactor.listenTCP(0, make_manhole_factory("telnet", "admin", "s3cret", namespace), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         transport = await protocol.ClientCreator(reactor, telnet.TelnetTransport, Collect).connectTCP(
             "127.0.0.1", port.getHost().port

@@ -221,3 +221,26 @@ class RulesTests(SynchronousTestCase):
             problems.extend(p for p in check(source, str(path.relative_to(root))) if not allowed(p))
         if problems:
             self.fail("DESIGN.md process-model rules broken:\n" + "\n".join(problems))
+
+
+#: Benchmarks allowed to import tests/, each with its reason. bench/scale.py (in progress when
+#: this rule came) runs the test suite's Galera cluster and private server so that both sides of
+#: its comparison use the same mariadbd options; to be settled by moving those launchers.
+BENCH_IMPORTING_TESTS = {"scale.py"}
+
+
+class BenchmarkTests(SynchronousTestCase):
+    def test_benchmarks_do_not_import_tests(self) -> None:
+        """bench/ stands on mozpool/ alone: a benchmark never depends on the test suite's helpers."""
+        problems: list[str] = []
+        bench = PACKAGE.parent / "bench"
+        files = sorted(p for p in bench.glob("*.py") if p.name not in BENCH_IMPORTING_TESTS)
+        self.assertNotEqual(files, [])
+        for path in files:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                problems += [f"bench/{path.name}:{node.lineno}: imports {n}" for n in names
+                             if n == "tests" or n.startswith("tests.")]
+        self.assertEqual(problems, [])

@@ -72,6 +72,46 @@ class FaultInjectionOptions(SynchronousTestCase):
             self.assertRaises(usage.UsageError, parse, *argv)
 
 
+class PdudaemonFakes(DatabaseTest, TestCase):
+    """``[fakes] pdudaemon``: the last devices seeded behind simulated plugs, and checked."""
+
+    def config(self, text: str, fakes: str = "6") -> Options:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[fakes]\nrelay_base_port = 41000\n" + text)
+        return parse("--fakes", fakes, "--config", path, "--fqdn", "img1:8010")
+
+    def test_settings_are_not_failure_probabilities(self) -> None:
+        from mozpool.tap import fake_failures, fake_pdudaemon
+
+        o = self.config("pdudaemon = 5\npdudaemon_url = http://127.0.0.1:16500\nplug_base_port = 42000\n"
+                        "pdudaemon_config = p.json\n")
+        self.assertEqual(fake_failures(o.config).defaults, {})
+        self.assertEqual(fake_pdudaemon(o.config), (5, "127.0.0.1:16500"))
+        self.assertEqual(fake_pdudaemon(self.config("").config), (0, "127.0.0.1:16421"))
+
+    def test_bad_settings_refused(self) -> None:
+        for text in ("pdudaemon = 7\n", "pdudaemon = x\n", "pdudaemon = 1\npdudaemon_url = ftp://h/\n",
+                     "pdudaemon = 1\npdudaemon_url = http://h:notaport\n"):
+            self.assertRaises(usage.UsageError, self.config, text)
+
+    async def test_seeded_behind_plugs(self) -> None:
+        from mozpool.tap import prepare_database
+
+        o = self.config("pdudaemon = 5\npdudaemon_url = http://127.0.0.1:16500\nplug_base_port = 42000\n")
+        from twisted.internet import reactor
+
+        await prepare_database(self.db, o.config, reactor)
+        rows = await self.db.query("SELECT name, relay_info FROM devices ORDER BY name")
+        self.assertEqual(rows[0], ("panda-0001", "localhost:41000:bank1:relay1"))
+        self.assertEqual(rows[1:], [(f"panda-{i:04d}", f"pdudaemon://127.0.0.1:16500/127.0.0.1:{p}/{o}") for i, p, o in (
+            (2, 42000, 1), (3, 42000, 2), (4, 42000, 3), (5, 42000, 4), (6, 42001, 1))])
+        boards = await self.db.query("SELECT name, fqdn FROM relay_boards ORDER BY name")
+        self.assertEqual(boards, [("127.0.0.1-42000", "pdudaemon://127.0.0.1:16500/127.0.0.1:42000"),
+                                  ("127.0.0.1-42001", "pdudaemon://127.0.0.1:16500/127.0.0.1:42001"),
+                                  ("localhost-41000", "localhost:41000")])
+
+
 class PingToolCheck(DatabaseTest, TestCase):
     async def test_missing_fping_is_said_clearly_when_real_devices_exist(self) -> None:
         from twisted.logger import capturedLogs
@@ -135,7 +175,7 @@ class Wiring(SynchronousTestCase):
 
     def test_tftp_limits_reach_the_server(self) -> None:
         top = self.build("--tftp-port", "6999", config="[tftp]\nmax_transfers = 40\nmax_transfers_per_client = 3\n")
-        server = top.getServiceNamed("tftp").tftpServer
+        server = top.getServiceNamed("tftp").tftp_server
         self.assertEqual((server.max_transfers, server.max_transfers_per_client), (40, 3))
 
     def test_auth_mode_defaults_by_listener(self) -> None:

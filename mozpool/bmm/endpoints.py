@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import error as neterror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
 
 
 def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
@@ -20,3 +22,15 @@ def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamC
     if isIPv6Address(host):
         return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+def connect_failure_reason(f: Failure, peer: str, host: str) -> str | None:
+    """How a connection to ``peer`` (on ``host``) that could not be made reads in a device's
+    log: refused, unresolvable, or another connect error; None for any other failure."""
+    if f.check(neterror.ConnectionRefusedError):
+        return f"connection refused by {peer}"
+    if f.check(neterror.DNSLookupError):
+        return f"cannot resolve {host}"
+    if f.check(neterror.ConnectError):
+        return f"cannot connect to {peer}: {f.getErrorMessage()}"
+    return None

@@ -1,7 +1,7 @@
 """BMM as the layers above see it: hardware operations on devices, by name or by row.
 
 :class:`Hardware` implements :class:`IDeviceHardware` for LifeGuard over the wire-level clients
-(relay, ping, SUT agent) and the PXE files, and logs every outcome against the device (source
+(power through :class:`mozpool.bmm.power.PowerControl`, ping, SUT agent) and the PXE files, and logs every outcome against the device (source
 ``bmm`` or ``sut``).  :class:`BMMActions` implements the HTTP API's ``IBMM`` (the BMM endpoints)
 on top of it.
 """
@@ -72,7 +72,8 @@ class Hardware:
         await self.device_log(device.name, "bmm", f"{what} started")
         result = await op(device.relay_info)
         if result:
-            await self.device_log(device.name, "bmm", f"{what} succeeded")
+            note = getattr(result, "note", "")
+            await self.device_log(device.name, "bmm", f"{what} succeeded" + (f" ({note})" if note else ""))
         else:
             reason = getattr(result, "reason", "") or "unknown error"
             await self.device_log(device.name, "bmm", f"{what} failed: {reason}")
@@ -109,7 +110,7 @@ class Hardware:
         return self._sut(device, "SUT verify", self.sut.verify)
 
     def sut_sdcard_check(self, device: DeviceInfo) -> "defer.Deferred[bool]":
-        return self._sut(device, "SD card check", self.sut.checkSDCard)
+        return self._sut(device, "SD card check", self.sut.check_sdcard)
 
     def set_pxe(self, device: DeviceInfo, contents: str) -> None:
         token = ""
@@ -208,4 +209,4 @@ class BMMActions:
         found = await self.db.runInteraction(devices.relay_board_owner, relay)
         if found is None:
             raise UnknownObject(f"no such relay board {relay}")
-        return bool(await self.hardware.power.test_two_way_comms(found[0]))
+        return bool(await self.hardware.power.test_controller(found[0]))

@@ -44,7 +44,7 @@ class FpingMissing(Exception):
     """fping cannot be run; the message is the one-line start-up error."""
 
 
-def findFping(configured: str | None = None) -> str | None:
+def find_fping(configured: str | None = None) -> str | None:
     """The fping to run: the configured path if executable, else the first on PATH."""
     if configured:
         return configured if os.path.isfile(configured) and os.access(configured, os.X_OK) else None
@@ -52,13 +52,13 @@ def findFping(configured: str | None = None) -> str | None:
     return found[0] if found else None
 
 
-def fpingAvailable(configured: str | None = None) -> bool:
-    return findFping(configured) is not None
+def fping_available(configured: str | None = None) -> bool:
+    return find_fping(configured) is not None
 
 
-def checkFping(configured: str | None = None) -> str:
+def check_fping(configured: str | None = None) -> str:
     """Start-up check (option A of section 3): the fping path, or FpingMissing with a clear message."""
-    path = findFping(configured)
+    path = find_fping(configured)
     if path is None:
         where = f"at {configured!r}" if configured else "on PATH"
         raise FpingMissing(
@@ -68,7 +68,9 @@ def checkFping(configured: str | None = None) -> str:
     return path
 
 
-def validHost(host: str) -> bool:
+
+
+def valid_host(host: str) -> bool:
     # A leading '-' would read as an fping option; no real host name starts with one [ours].
     return bool(HOST_RE.match(host)) and not host.startswith("-")
 
@@ -96,7 +98,7 @@ class _Batch:
     stderr: bytes = b""
     killed: bool = False
     transport: Any = None
-    killTimer: IDelayedCall | None = None
+    kill_timer: IDelayedCall | None = None
     done: bool = False
 
 
@@ -116,7 +118,7 @@ class _FpingProtocol(ProcessProtocol):
         self.batch.stderr += data
 
     def processEnded(self, reason: Failure) -> None:
-        self.pinger._batchEnded(self.batch, reason)
+        self.pinger._batch_ended(self.batch, reason)
 
 
 @dataclass
@@ -126,8 +128,8 @@ class PingStats:
     spawned: int = 0
     killed: int = 0
     simulated: int = 0
-    hostsPinged: int = 0
-    exitCodes: dict[int, int] = field(default_factory=dict)
+    hosts_pinged: int = 0
+    exit_codes: dict[int, int] = field(default_factory=dict)
 
 
 @implementer(IPinger)
@@ -141,33 +143,33 @@ class FpingPinger:
         simulated: SimulatedLookup | None = None,
         bound: float = PING_BOUND,
         window: float = 0.0,
-        maxChildren: int = MAX_CHILDREN,
-        maxBatch: int = 64,
+        max_children: int = MAX_CHILDREN,
+        max_batch: int = 64,
         retries: int = 4,
-        timeoutMs: int = 50,
+        timeout_ms: int = 50,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
-        self.fping = findFping(fping)
+        self.fping = find_fping(fping)
         self._configured = fping
         self.simulated = simulated
         self.bound = bound
         self.window = window
-        self.maxChildren = maxChildren
-        self.maxBatch = maxBatch
+        self.max_children = max_children
+        self.max_batch = max_batch
         self.retries = retries
-        self.timeoutMs = timeoutMs
+        self.timeout_ms = timeout_ms
         self._queue: list[_Waiter] = []
-        self._flushCall: IDelayedCall | None = None
+        self._flush_call: IDelayedCall | None = None
         self._running: set[int] = set()
         self._batches: list[_Batch] = []
         self.stats = PingStats()
         if self.fping is None:
-            log.error("{message}", message=self._missingMessage())
+            log.error("{message}", message=self._missing_message())
 
-    def _missingMessage(self) -> str:
+    def _missing_message(self) -> str:
         try:
-            checkFping(self._configured)
+            check_fping(self._configured)
         except FpingMissing as e:
             return str(e)
         return ""
@@ -187,17 +189,17 @@ class FpingPinger:
             if answer is not None:
                 self.stats.simulated += 1
                 return succeed(bool(answer))
-        if not validHost(fqdn):
+        if not valid_host(fqdn):
             log.error("refusing to ping invalid host name {fqdn!r}", fqdn=fqdn)
             return succeed(False)
         if self.fping is None:
-            log.error("cannot ping {fqdn}: {message}", fqdn=fqdn, message=self._missingMessage())
+            log.error("cannot ping {fqdn}: {message}", fqdn=fqdn, message=self._missing_message())
             return succeed(False)
         waiter = _Waiter(fqdn, Deferred(), self._clock.seconds() + self.bound)
         waiter.timer = self._clock.callLater(self.bound, self._expired, waiter)
         self._queue.append(waiter)
-        if self._flushCall is None:
-            self._flushCall = self._clock.callLater(self.window, self._flush)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(self.window, self._flush)
         return waiter.deferred
 
     def _expired(self, waiter: _Waiter) -> None:
@@ -210,15 +212,15 @@ class FpingPinger:
         waiter.fire(False)
 
     def _flush(self) -> None:
-        self._flushCall = None
-        while self._queue and len(self._batches) < self.maxChildren:
+        self._flush_call = None
+        while self._queue and len(self._batches) < self.max_children:
             hosts: list[str] = []
             waiters: list[_Waiter] = []
             keys: set[str] = set()
             for w in list(self._queue):
                 key = w.host.lower()
                 if key not in keys:
-                    if len(hosts) >= self.maxBatch:
+                    if len(hosts) >= self.max_batch:
                         continue
                     keys.add(key)
                     hosts.append(w.host)
@@ -228,7 +230,7 @@ class FpingPinger:
 
     def _spawn(self, batch: _Batch) -> None:
         assert self.fping is not None
-        args = [self.fping, "-a", f"-r{self.retries}", f"-t{self.timeoutMs}", "--", *batch.hosts]
+        args = [self.fping, "-a", f"-r{self.retries}", f"-t{self.timeout_ms}", "--", *batch.hosts]
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
         try:
             batch.transport = self._reactor.spawnProcess(
@@ -240,13 +242,13 @@ class FpingPinger:
                 w.fire(False)
             return
         self.stats.spawned += 1
-        self.stats.hostsPinged += len(batch.hosts)
+        self.stats.hosts_pinged += len(batch.hosts)
         self._batches.append(batch)
         latest = max(w.deadline for w in batch.waiters)
-        batch.killTimer = self._clock.callLater(max(0.0, latest - self._clock.seconds()), self._kill, batch)
+        batch.kill_timer = self._clock.callLater(max(0.0, latest - self._clock.seconds()), self._kill, batch)
 
     def _kill(self, batch: _Batch) -> None:
-        batch.killTimer = None
+        batch.kill_timer = None
         if batch.done:
             return
         batch.killed = True
@@ -259,16 +261,16 @@ class FpingPinger:
         for w in batch.waiters:
             w.fire(False)
 
-    def _batchEnded(self, batch: _Batch, reason: Failure) -> None:
+    def _batch_ended(self, batch: _Batch, reason: Failure) -> None:
         batch.done = True
-        if batch.killTimer is not None and batch.killTimer.active():
-            batch.killTimer.cancel()
-        batch.killTimer = None
+        if batch.kill_timer is not None and batch.kill_timer.active():
+            batch.kill_timer.cancel()
+        batch.kill_timer = None
         if batch in self._batches:
             self._batches.remove(batch)
         code = getattr(reason.value, "exitCode", None)
         if code is not None:
-            self.stats.exitCodes[code] = self.stats.exitCodes.get(code, 0) + 1
+            self.stats.exit_codes[code] = self.stats.exit_codes.get(code, 0) + 1
         alive = {line.split()[0].lower() for line in batch.stdout.decode("latin-1").splitlines() if line.split()}
         stderr = batch.stderr.decode("latin-1", "replace")
         if code in (3, 4) or (code is None and not batch.killed):
@@ -292,7 +294,7 @@ class FpingPinger:
                 log.info("ping {hosts}: DNS failure (fping exit 2): {stderr}", hosts=batch.hosts, stderr=stderr.strip()[:500])
         for w in batch.waiters:
             w.fire(w.host.lower() in alive)
-        if self._queue and self._flushCall is None:
+        if self._queue and self._flush_call is None:
             self._flush()
 
 
@@ -306,16 +308,16 @@ class TCPProbePinger:
         port: int,
         simulated: SimulatedLookup | None = None,
         bound: float = PING_BOUND,
-        endpointFactory: Callable[[str, int, float], IStreamClientEndpoint] | None = None,
+        endpoint_factory: Callable[[str, int, float], IStreamClientEndpoint] | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self.port = port
         self.simulated = simulated
         self.bound = bound
-        self._endpointFactory = endpointFactory or self._defaultEndpoint
+        self._endpoint_factory = endpoint_factory or self._default_endpoint
 
-    def _defaultEndpoint(self, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    def _default_endpoint(self, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
         return tcp_endpoint(self._reactor, host, port, timeout)
 
     def ping(self, fqdn: str) -> "Deferred[bool]":
@@ -323,10 +325,10 @@ class TCPProbePinger:
             answer = self.simulated(fqdn)
             if answer is not None:
                 return succeed(bool(answer))
-        if not validHost(fqdn):
+        if not valid_host(fqdn):
             log.error("refusing to probe invalid host name {fqdn!r}", fqdn=fqdn)
             return succeed(False)
-        d = self._endpointFactory(fqdn, self.port, self.bound + 1).connect(Factory.forProtocol(Protocol))
+        d = self._endpoint_factory(fqdn, self.port, self.bound + 1).connect(Factory.forProtocol(Protocol))
         d.addTimeout(self.bound, self._clock)
 
         def connected(proto: Protocol) -> bool:
@@ -349,8 +351,8 @@ __all__ = [
     "FpingPinger",
     "TCPProbePinger",
     "FpingMissing",
-    "checkFping",
-    "findFping",
-    "fpingAvailable",
-    "validHost",
+    "check_fping",
+    "find_fping",
+    "fping_available",
+    "valid_host",
 ]

@@ -9,12 +9,15 @@ the ``relay`` command, the two-way test of the web API) only have to look at ``o
 The device-centric view ("on" = the device has power) is used everywhere except in the codec
 (:func:`set_frame`, :func:`decode_status`), the one place that knows devices are wired through
 the normally-closed contact.
+
+This is the ``proxr`` power driver (:data:`DRIVER`, registered in ``mozpool.bmm.power``): a
+``relay_info`` of ``host[:port]:bankB:relayN`` (spec 1.5) or ``proxr://host[:port]/B/N``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable, Optional, Union
+from typing import Awaitable, Callable, ClassVar, Optional, Union
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import (
@@ -36,11 +39,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
-from mozpool.bmm.endpoints import tcp_endpoint
-from zope.interface import Interface, implementer
+from mozpool.bmm.endpoints import connect_failure_reason, tcp_endpoint
+from mozpool.bmm.interfaces import DriverContext, IPowerControl, PowerConfigError, PowerDriver, PowerResult
+from zope.interface import implementer
 
 log = Logger()
 
+SCHEME = "proxr"
 DEFAULT_PORT = 2101
 BANKS = range(1, 5)
 RELAYS = range(1, 9)
@@ -56,7 +61,7 @@ _READ_BASE = 115  # 254 (115+N) B: read relay N
 # --------------------------------------------------------------------------- value objects
 
 
-class RelayConfigError(ValueError):
+class RelayConfigError(PowerConfigError):
     """A board address or ``relay_info`` that cannot be used; a per-device configuration error."""
 
 
@@ -119,9 +124,19 @@ class RelayInfo:
     board: BoardAddress
     bank: int
     relay: int
+    scheme: ClassVar[str] = SCHEME
 
     def __post_init__(self) -> None:
         check_bank_relay(self.bank, self.relay)
+
+    @property
+    def controller(self) -> str:
+        """The board as ``relay_boards.fqdn`` names it: ``host[:port]``, without a scheme."""
+        return str(self.board)
+
+    @property
+    def outlet(self) -> str:
+        return f"bank {self.bank} relay {self.relay}"
 
     def __str__(self) -> str:
         return f"{self.board}:bank{self.bank}:relay{self.relay}"
@@ -134,9 +149,12 @@ def _number(part: str, prefix: str, text: str) -> int:
 
 
 def parse_relay_info(text: Optional[str]) -> RelayInfo:
-    """Parse ``host[:port]:bankB:relayN`` by splitting from the right (the host may carry a port)."""
+    """Parse ``host[:port]:bankB:relayN`` by splitting from the right (the host may carry a
+    port), or ``proxr://host[:port]/B/N`` (``bankB``/``relayN`` accepted in the path too)."""
     if text is None or not text.strip():
         raise RelayConfigError("no relay configured")
+    if text.strip().lower().startswith(SCHEME + "://"):
+        return _parse_url(text.strip())
     parts = text.strip().rsplit(":", 2)
     if len(parts) != 3:
         raise RelayConfigError(f"bad relay_info {text!r}: expected host[:port]:bankB:relayN")
@@ -144,20 +162,19 @@ def parse_relay_info(text: Optional[str]) -> RelayInfo:
     return RelayInfo(board, _number(parts[1], "bank", text), _number(parts[2], "relay", text))
 
 
-@dataclass(frozen=True)
-class RelayResult:
-    """Outcome of one relay operation; ``reason`` says why it failed, for the caller's log.
+def _parse_url(text: str) -> RelayInfo:
+    board, _, path = text[len(SCHEME) + 3:].partition("/")
+    parts = path.strip("/").split("/")
+    if not board or len(parts) != 2:
+        raise RelayConfigError(f"bad relay_info {text!r}: expected {SCHEME}://host[:port]/BANK/RELAY")
+    bank, relay = (p[len(prefix):] if p.startswith(prefix) else p for p, prefix in zip(parts, ("bank", "relay")))
+    if not bank.isdigit() or not relay.isdigit():
+        raise RelayConfigError(f"bad relay_info {text!r}: bank and relay are numbers")
+    return RelayInfo(parse_board_address(board), int(bank), int(relay))
 
-    ``status`` is the device's power (``True`` on, ``False`` off) after a successful
-    :meth:`IPowerControl.get_status`, else ``None``.  Truthiness is ``ok``.
-    """
 
-    ok: bool
-    reason: str = ""
-    status: Optional[bool] = None
-
-    def __bool__(self) -> bool:
-        return self.ok
+#: The outcome of a relay operation: BMM's one power outcome (``ok``, ``reason``, ``status``).
+RelayResult = PowerResult
 
 
 class RelayError(Exception):
@@ -283,40 +300,6 @@ def _failed(exc: Exception) -> Deferred:
 
 
 # --------------------------------------------------------------------------- client
-
-
-class IPowerControl(Interface):
-    """Power control of devices, as LifeGuard and the web API need it.
-
-    Every method returns a Deferred that fires with a :class:`RelayResult` within the method's
-    deadline (``deadline`` overrides the default) and never errbacks.  ``relay_info`` may be the
-    text column (``None``/empty means "no relay configured") or a parsed :class:`RelayInfo`.
-    """
-
-    def power_cycle(
-        relay_info: Union[str, RelayInfo, None], deadline: Optional[float] = None
-    ) -> Deferred[RelayResult]:
-        """Device off, verify, pause, device on, verify; all on one connection."""
-
-    def power_on(
-        relay_info: Union[str, RelayInfo, None], deadline: Optional[float] = None
-    ) -> Deferred[RelayResult]:
-        """Give the device power (release its relay)."""
-
-    def power_off(
-        relay_info: Union[str, RelayInfo, None], deadline: Optional[float] = None
-    ) -> Deferred[RelayResult]:
-        """Take the device's power away (energise its relay)."""
-
-    def get_status(
-        relay_info: Union[str, RelayInfo, None], deadline: Optional[float] = None
-    ) -> Deferred[RelayResult]:
-        """Read the device's power into ``RelayResult.status``."""
-
-    def test_two_way_comms(
-        board: Union[str, BoardAddress], deadline: Optional[float] = None
-    ) -> Deferred[RelayResult]:
-        """Check that a board answers at all."""
 
 
 @dataclass(frozen=True)
@@ -478,6 +461,12 @@ class RelayClient:
             address, "two-way comms test", deadline or self.timing.comms_test_deadline, body
         )
 
+    def test_controller(self, controller: str, deadline: Optional[float] = None) -> Deferred[RelayResult]:
+        """The two-way test of the board ``host[:port]`` (or ``proxr://host[:port]``)."""
+        if controller.lower().startswith(SCHEME + "://"):
+            controller = controller[len(SCHEME) + 3:].rstrip("/")
+        return self.test_two_way_comms(controller, deadline)
+
     def drained(self) -> Deferred[None]:
         """Fires once every operation queued so far has finished, recovery pauses included
         (for an orderly shutdown, and for tests that must leave no timer behind)."""
@@ -603,12 +592,24 @@ class RelayClient:
                 "connecting": " (while connecting)",
             }.get(progress.phase, "")
             return f"timeout communicating with {address} after {waited:.1f}s{where}"
-        if f.check(neterror.ConnectionRefusedError):
-            return f"connection refused by {address}"
-        if f.check(neterror.DNSLookupError):
-            return f"cannot resolve {address.host}"
-        if f.check(neterror.ConnectError):
-            return f"cannot connect to {address}: {f.getErrorMessage()}"
+        connecting = connect_failure_reason(f, str(address), address.host)
+        if connecting:
+            return connecting
         if f.check(RelayError):
             return f.value.reason  # type: ignore[union-attr]
         return f"unexpected error talking to {address}: {f.getErrorMessage()}"
+
+
+# --------------------------------------------------------------------------- the proxr driver
+
+
+def make_driver(context: DriverContext) -> RelayClient:
+    """Simulated boards pause as real ones do, scaled like every simulated delay; real boards
+    keep the hardware's pauses whatever the time scale."""
+    timing = RelayTiming()
+    if context.simulated:
+        timing = RelayTiming(cycle_pause=context.time_scale, recovery_pause=context.time_scale)
+    return RelayClient(context.reactor, timing)
+
+
+DRIVER = PowerDriver(SCHEME, parse_relay_info, make_driver, kind="ProXR relay board")

@@ -77,13 +77,13 @@ DeviceLog = Callable[[str], Any]
 class ISUTAgent(Interface):
     """The three SUT operations LifeGuard needs; each fires a SUTResult within its bound."""
 
-    def verify(fqdn: str, deviceLog: DeviceLog | None = None) -> "Deferred[SUTResult]":
+    def verify(fqdn: str, device_log: DeviceLog | None = None) -> "Deferred[SUTResult]":
         """Is the agent up and answering (30 s)?"""
 
-    def checkSDCard(fqdn: str, deviceLog: DeviceLog | None = None) -> "Deferred[SUTResult]":
+    def check_sdcard(fqdn: str, device_log: DeviceLog | None = None) -> "Deferred[SUTResult]":
         """Can the agent write to its storage (195 s)?"""
 
-    def reboot(fqdn: str, deviceLog: DeviceLog | None = None) -> "Deferred[SUTResult]":
+    def reboot(fqdn: str, device_log: DeviceLog | None = None) -> "Deferred[SUTResult]":
         """Ask the agent to reboot the device (45 s); the state machine judges the reboot."""
 
 
@@ -91,14 +91,14 @@ EndpointFactory = Callable[[str, int, float], IStreamClientEndpoint]
 AddressFor = Callable[[str], "tuple[str, int]"]
 
 
-def checkPath(path: str) -> str:
+def check_path(path: str) -> str:
     """Refuse paths the agent's quote-aware splitter would mangle: we never quote (2.2)."""
     if not path or _BAD_PATH_CHARS.search(path):
         raise SUTError(f"refusing path with whitespace or quotes: {path!r}")
     return path
 
 
-def defaultAddress(fqdn: str) -> tuple[str, int]:
+def default_address(fqdn: str) -> tuple[str, int]:
     """``host`` or ``host:port`` (port defaults to 20701); IPv6 literals need ``[...]:port``."""
     if fqdn.startswith("["):
         host, _, rest = fqdn[1:].partition("]")
@@ -109,27 +109,29 @@ def defaultAddress(fqdn: str) -> tuple[str, int]:
     return fqdn, SUT_PORT
 
 
+
+
 class SUTClientProtocol(Protocol):
     """One command channel connection: prompt detection, one command at a time, idle timer."""
 
-    def __init__(self, clock: IReactorTime, idleTimeout: float) -> None:
+    def __init__(self, clock: IReactorTime, idle_timeout: float) -> None:
         self._clock = clock
-        self._idleTimeout = idleTimeout
+        self._idle_timeout = idle_timeout
         self._buffer = b""
         self._prompted = False
         self._closing = False
         self._lost = False
         self._pending: Deferred[str] | None = None
-        self._pendingCommand = ""
-        self._idleCall: IDelayedCall | None = None
+        self._pending_command = ""
+        self._idle_call: IDelayedCall | None = None
         self._error: SUTError | None = None
-        self._promptWaiter: Deferred[None] = Deferred(self._cancelWaiter)
+        self._prompt_waiter: Deferred[None] = Deferred(self._cancel_waiter)
 
     # -- what the operation code calls -----------------------------------------------------
 
-    def whenPrompted(self) -> "Deferred[None]":
+    def when_prompted(self) -> "Deferred[None]":
         """Fires once the agent's first prompt has arrived (connect phase of 2.2)."""
-        return self._promptWaiter
+        return self._prompt_waiter
 
     def command(self, line: str, payload: bytes = b"") -> "Deferred[str]":
         """Send one command (and push payload) in one write; fire with the stripped body."""
@@ -139,21 +141,21 @@ class SUTClientProtocol(Protocol):
             return defer.fail(self._error)
         if self._lost:
             return defer.fail(SUTError(f"connection closed before {line.split()[0]!r}"))
-        d: Deferred[str] = Deferred(self._cancelWaiter)
+        d: Deferred[str] = Deferred(self._cancel_waiter)
         self._pending = d
-        self._pendingCommand = line.split(" ", 1)[0]
+        self._pending_command = line.split(" ", 1)[0]
         self._buffer = b""
-        self._restartIdle()
+        self._restart_idle()
         assert self.transport is not None
         self.transport.write(line.encode("ascii") + b"\r\n" + payload)
         return d
 
-    def sendAndClose(self, line: str) -> None:
+    def send_and_close(self, line: str) -> None:
         """Write a last command (``quit``/``rebt``) and close without waiting for a reply."""
         if self._lost:
             raise SUTError(f"connection closed before {line!r} could be sent")
         self._closing = True
-        self._cancelIdle()
+        self._cancel_idle()
         assert self.transport is not None
         self.transport.write(line.encode("ascii") + b"\r\n")
         self.transport.loseConnection()
@@ -161,7 +163,7 @@ class SUTClientProtocol(Protocol):
     def abort(self) -> None:
         """Drop the connection at once (timeouts and protocol errors)."""
         self._closing = True
-        self._cancelIdle()
+        self._cancel_idle()
         if not self._lost and self.transport is not None:
             self.transport.abortConnection()
 
@@ -177,7 +179,7 @@ class SUTClientProtocol(Protocol):
             return
         self._buffer += data
         if self._prompted:
-            self._restartIdle()
+            self._restart_idle()
         index = self._buffer.find(PROMPT)
         if index < 0:
             return
@@ -186,11 +188,11 @@ class SUTClientProtocol(Protocol):
         if extra:
             self._fail(SUTProtocolError(f"bytes after prompt: {extra[:40]!r}"))
             return
-        self._cancelIdle()
+        self._cancel_idle()
         if not self._prompted:
             # Anything before the first prompt is discarded (2.2).
             self._prompted = True
-            self._promptWaiter.callback(None)
+            self._prompt_waiter.callback(None)
             return
         d, self._pending = self._pending, None
         assert d is not None
@@ -202,9 +204,9 @@ class SUTClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:
         self._lost = True
-        self._cancelIdle()
+        self._cancel_idle()
         if not self._closing:
-            what = f"reply to {self._pendingCommand!r}" if self._prompted else "the prompt"
+            what = f"reply to {self._pending_command!r}" if self._prompted else "the prompt"
             self._fail(SUTError(f"connection closed by agent while waiting for {what}"))
 
     # -- internals ---------------------------------------------------------------------------
@@ -214,32 +216,32 @@ class SUTClientProtocol(Protocol):
             self._error = error
         waiter: Deferred[Any] | None
         if not self._prompted:
-            waiter, self._promptWaiter = self._promptWaiter, Deferred()
+            waiter, self._prompt_waiter = self._prompt_waiter, Deferred()
         else:
             waiter, self._pending = self._pending, None
         self.abort()
         if waiter is not None and not waiter.called:
             waiter.errback(error)
 
-    def _cancelWaiter(self, d: Deferred[Any]) -> None:
+    def _cancel_waiter(self, d: Deferred[Any]) -> None:
         # Cancelling what an operation awaits means its deadline passed: drop the connection.
         self.abort()
 
-    def _restartIdle(self) -> None:
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.reset(self._idleTimeout)
+    def _restart_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
         else:
-            self._idleCall = self._clock.callLater(self._idleTimeout, self._idleExpired)
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle_expired)
 
-    def _cancelIdle(self) -> None:
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
-        self._idleCall = None
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
 
-    def _idleExpired(self) -> None:
-        self._idleCall = None
-        what = f"reply to {self._pendingCommand!r}"
-        self._fail(SUTTimeout(f"no data from agent for {self._idleTimeout:g} s waiting for {what}"))
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        what = f"reply to {self._pending_command!r}"
+        self._fail(SUTTimeout(f"no data from agent for {self._idle_timeout:g} s waiting for {what}"))
 
 
 class _Session:
@@ -253,22 +255,22 @@ class _Session:
         if not root:
             raise SUTError("invalid device root (testroot answered nothing)")
         try:
-            checkPath(root)
+            check_path(root)
         except SUTError:
             raise SUTError(f"invalid device root {root!r}") from None
         return root.rstrip("/") + "/tests" if root != "/" else "/tests"
 
     async def isdir(self, path: str) -> bool:
-        body = await self.proto.command(f"isdir {checkPath(path)}")
+        body = await self.proto.command(f"isdir {check_path(path)}")
         if not body:
             raise SUTError("isdir returned nothing")
         return body == "TRUE"
 
     async def mkdr(self, path: str) -> str:
-        return await self.proto.command(f"mkdr {checkPath(path)}")
+        return await self.proto.command(f"mkdr {check_path(path)}")
 
     async def rmdr(self, path: str) -> str:
-        return await self.proto.command(f"rmdr {checkPath(path)}")
+        return await self.proto.command(f"rmdr {check_path(path)}")
 
     async def ver(self) -> str:
         body = await self.proto.command("ver")
@@ -277,12 +279,12 @@ class _Session:
         return body
 
     async def push(self, path: str, payload: bytes) -> None:
-        body = await self.proto.command(f"push {checkPath(path)} {len(payload)}", payload)
+        body = await self.proto.command(f"push {check_path(path)} {len(payload)}", payload)
         expected = hashlib.md5(payload).hexdigest()
         if body.lower() != expected:
             raise SUTError(f"push md5 mismatch: expected {expected}, agent said {body[:80]!r}")
 
-    async def deviceRoot(self) -> str:
+    async def device_root(self) -> str:
         """Steps 2-4 of verify: device root, its tests dir, and the version check."""
         root = await self.testroot()
         if not await self.isdir(root):
@@ -299,50 +301,51 @@ class SUTClient:
         self,
         reactor: Any,
         timings: SUTTimings = SUTTimings(),
-        addressFor: AddressFor = defaultAddress,
-        endpointFactory: EndpointFactory | None = None,
+        address_for: AddressFor = default_address,
+        endpoint_factory: EndpointFactory | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self.timings = timings
-        self._addressFor = addressFor
-        self._endpointFactory = endpointFactory or self._defaultEndpoint
+        self._address_for = address_for
+        self._endpoint_factory = endpoint_factory or self._default_endpoint
 
-    def _defaultEndpoint(self, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    def _default_endpoint(self, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
         return tcp_endpoint(self._reactor, host, port, timeout)
 
     # -- ISUTAgent ---------------------------------------------------------------------------
 
-    def verify(self, fqdn: str, deviceLog: DeviceLog | None = None) -> "Deferred[SUTResult]":
+    def verify(self, fqdn: str, device_log: DeviceLog | None = None) -> "Deferred[SUTResult]":
         async def steps(session: _Session) -> None:
-            await session.deviceRoot()
-            session.proto.sendAndClose("quit")
+            await session.device_root()
+            session.proto.send_and_close("quit")
 
-        return self._operation(fqdn, "verify", "connecting to SUT agent", self.timings.verify, steps, deviceLog)
+        return self._operation(fqdn, "verify", "connecting to SUT agent", self.timings.verify, steps, device_log)
 
-    def checkSDCard(self, fqdn: str, deviceLog: DeviceLog | None = None) -> "Deferred[SUTResult]":
+    def check_sdcard(self, fqdn: str, device_log: DeviceLog | None = None) -> "Deferred[SUTResult]":
         async def steps(session: _Session) -> None:
-            root = await session.deviceRoot()
-            testDir = root + "/sdcardtest"
-            if await session.isdir(testDir):
-                await session.rmdr(testDir)
-            if not await session.isdir(testDir):
-                await session.mkdr(testDir)
-            if not await session.isdir(testDir):
+            root = await session.device_root()
+            test_dir = root + "/sdcardtest"
+            if await session.isdir(test_dir):
+                await session.rmdr(test_dir)
+            if not await session.isdir(test_dir):
+                await session.mkdr(test_dir)
+            if not await session.isdir(test_dir):
                 raise SUTError("failed to create directory under device root")
-            await session.push(testDir + "/sdcard_check", SDCARD_PAYLOAD)
-            if await session.isdir(testDir):
-                await session.rmdr(testDir)
-            session.proto.sendAndClose("quit")
+            await session.push(test_dir + "/sdcard_check", SDCARD_PAYLOAD)
+            if await session.isdir(test_dir):
+                await session.rmdr(test_dir)
+            session.proto.send_and_close("quit")
 
-        return self._operation(fqdn, "sdcard check", "verifying SD card", self.timings.sdcard, steps, deviceLog)
+        return self._operation(fqdn, "sdcard check", "verifying SD card", self.timings.sdcard, steps, device_log)
 
-    def reboot(self, fqdn: str, deviceLog: DeviceLog | None = None) -> "Deferred[SUTResult]":
+
+    def reboot(self, fqdn: str, device_log: DeviceLog | None = None) -> "Deferred[SUTResult]":
         async def steps(session: _Session) -> None:
-            await session.deviceRoot()
-            session.proto.sendAndClose("rebt")
+            await session.device_root()
+            session.proto.send_and_close("rebt")
 
-        return self._operation(fqdn, "reboot", "starting reboot", self.timings.reboot, steps, deviceLog)
+        return self._operation(fqdn, "reboot", "starting reboot", self.timings.reboot, steps, device_log)
 
     # -- machinery ---------------------------------------------------------------------------
 
@@ -350,14 +353,14 @@ class SUTClient:
         self,
         fqdn: str,
         name: str,
-        startLine: str,
+        start_line: str,
         total: float,
         steps: Callable[[_Session], Awaitable[None]],
-        deviceLog: DeviceLog | None,
+        device_log: DeviceLog | None,
     ) -> "Deferred[SUTResult]":
-        if deviceLog is not None:
+        if device_log is not None:
             try:
-                deviceLog(startLine)
+                device_log(start_line)
             except Exception:
                 log.failure("device log callback failed for {fqdn}", fqdn=fqdn)
         d = Deferred.fromCoroutine(self._run(fqdn, steps))
@@ -394,7 +397,7 @@ class SUTClient:
 
     async def _run(self, fqdn: str, steps: Callable[[_Session], Awaitable[None]]) -> None:
         try:
-            host, port = self._addressFor(fqdn)
+            host, port = self._address_for(fqdn)
         except (ValueError, KeyError) as e:
             raise SUTError(f"cannot tell the agent address of {fqdn!r}: {e}") from None
         proto = await self._connect(host, port)
@@ -409,13 +412,13 @@ class SUTClient:
         timings = self.timings
         factory = Factory.forProtocol(lambda: SUTClientProtocol(self._clock, timings.idle))
         # The endpoint's own timeout is a backstop; our timer below fires first with a clear reason.
-        endpoint = self._endpointFactory(host, port, timings.connect + 1)
+        endpoint = self._endpoint_factory(host, port, timings.connect + 1)
         holder: list[SUTClientProtocol] = []
 
         async def phase() -> SUTClientProtocol:
             proto = await endpoint.connect(factory)
             holder.append(proto)
-            await proto.whenPrompted()
+            await proto.when_prompted()
             return proto
 
         d = Deferred.fromCoroutine(phase())

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from zope.interface import Interface
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What a new request asks for (spec http-api.md 3.4), as the HTTP API validated it."""
+
+    assignee: str
+    #: seconds until the request expires unless renewed
+    duration: int
+    image: str
+    #: ``"any"`` for no restriction
+    environment: str = "any"
+    #: JSON text of exactly the image's ``boot_config_keys``
+    boot_config: str = "{}"
+    #: the token that asked (a ``user`` may renew and return only its own requests); None: no token
+    created_by: str | None = None
 
 
 class DeviceHeld(Exception):
@@ -21,16 +38,10 @@ class DeviceHeld(Exception):
 class IBroker(Interface):
     """MozPool's request layer (requests and their state machines), owner of the requests."""
 
-    def create_request(
-        device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str,
-        created_by: str | None = None,
-    ) -> Any:
-        """Create a request owned by this server and apply ``find_device``.
-
-        ``device`` is a name or ``"any"``; ``environment`` is ``"any"`` for no restriction;
-        ``boot_config`` is JSON text; ``created_by`` names the token that asked (a ``user`` may
-        renew and return only its own requests).  Fires with the public request object (spec 3.4), or fails
-        with :class:`DeviceHeld`."""
+    def create_request(device: str, spec: RequestSpec) -> Any:
+        """Create a request for ``device`` (a name or ``"any"``) owned by this server and apply
+        ``find_device``.  Fires with the public request object (spec 3.4), or fails with
+        :class:`DeviceHeld`."""
 
     def renew(request_id: int, duration: int) -> Any:
         """Set ``expires`` to now + ``duration`` seconds.  Fires with None."""

@@ -15,13 +15,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Mapping, Protocol
 
-from automat import NoTransition, TypeMachineBuilder
+from automat import TypeMachineBuilder
 from mozpool.logconfig import Logger
 
 from mozpool import liveness
 from mozpool.broker import selection
 from mozpool.db.errors import Conflict
-from mozpool.statemachine.core import Machine
+from mozpool.statemachine.core import Machine, apply_input
 
 log = Logger()
 
@@ -287,13 +287,8 @@ class RequestKind:
     def restore(self, m: Machine) -> RequestInputs:
         return RequestMachine(RequestCore(m, self), STATES[m.state])
 
-    async def _feed(self, m: Machine, feed: Callable[[RequestInputs], Step]) -> bool:
-        try:
-            step = feed(self.restore(m))
-        except NoTransition:
-            return False
-        await step
-        return True
+    async def _feed(self, m: Machine, give: Callable[[RequestInputs], Step]) -> bool:
+        return await apply_input(self.restore(m), give)
 
     async def event(self, m: Machine, event: str, args: dict[str, Any]) -> bool:
         if event == "lifeguard_finished":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IReactorTime
@@ -21,15 +21,14 @@ from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from zope.interface import implementer
 
-from mozpool.broker import lifeguard, selection
+from mozpool.broker import lifeguard, queries, selection
 from mozpool.broker.machine import RequestKind
-from mozpool.db import changes, logs
 from mozpool.db import requests as request_rows
-from mozpool.db.catalog import server_id
-from mozpool.db.pool import Cursor, Database
+from mozpool.db.pool import Database
+from mozpool.httpcalls import TreqLike
 from mozpool.statemachine.core import Machine, MachineRunner, Row, TimeoutDriver, each_bounded
 from mozpool.timeutil import dbnow
-from mozpool.broker.interfaces import DeviceHeld, IBroker
+from mozpool.broker.interfaces import DeviceHeld, IBroker, RequestSpec
 
 log = Logger()
 
@@ -47,7 +46,7 @@ class Broker:
         clock: IReactorTime,
         server_fqdn: str,
         time_scale: float = 1.0,
-        http_client: lifeguard.TreqLike | None = None,
+        http_client: TreqLike | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.db = db
@@ -65,34 +64,16 @@ class Broker:
 
     # --- IBroker ----------------------------------------------------------------------------
 
-    async def _create(
-        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str,
-        created_by: str | None,
-    ) -> dict[str, Any]:
+    async def _create(self, device: str, spec: RequestSpec) -> dict[str, Any]:
         now = dbnow(self.clock)
-        expires = dbnow(self.clock, duration)
+        expires = dbnow(self.clock, spec.duration)
         created = (
-            f"Request created by {assignee} for {device} with image {image} in environment "
-            f"{environment or 'any'}, for {duration} s (until {expires}; created {now})"
+            f"Request created by {spec.assignee} for {device} with image {spec.image} in environment "
+            f"{spec.environment or 'any'}, for {spec.duration} s (until {expires}; created {now})"
         )
-
-        def insert(c: Cursor) -> int:
-            image_id = c.scalar("SELECT id FROM images WHERE name = ?", (image,))
-            if image_id is None:
-                raise ValueError(f"unknown image {image}")
-            c.execute(
-                "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id,"
-                " boot_config, state, state_counters, state_timeout, environment, created_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?, ?)",
-                (server_id(c, self.server_fqdn), device, assignee, expires, image_id, boot_config,
-                 environment or "any", created_by),
-            )
-            request_id = c.lastrowid
-            changes.record(c, changes.REQUEST_STATE, now, request_id=request_id, state="new", old_state=None)
-            logs.add_log(c, "request", request_id, "statemachine", created, now)
-            return request_id
-
-        request_id = await self.db.runInteraction(insert)
+        request_id = await self.db.runInteraction(
+            queries.insert_request, self.server_fqdn, device, spec, expires, now, created
+        )
         self.runner.echo(Row(request_id, str(request_id), "new"), created)
         await self.runner.handle_event(str(request_id), "find_device")
         public = await self._public(request_id)
@@ -101,13 +82,8 @@ class Broker:
             raise DeviceHeld(f"device {device} is held by request {holder}", public)
         return public
 
-    def create_request(
-        self, device: str, assignee: str, duration: int, image: str, environment: str, boot_config: str,
-        created_by: str | None = None,
-    ) -> "defer.Deferred[dict[str, Any]]":
-        return defer.Deferred.fromCoroutine(
-            self._create(device, assignee, duration, image, environment, boot_config, created_by)
-        )
+    def create_request(self, device: str, spec: RequestSpec) -> "defer.Deferred[dict[str, Any]]":
+        return defer.Deferred.fromCoroutine(self._create(device, spec))
 
     async def _public(self, request_id: int) -> dict[str, Any]:
         found = await self.db.runInteraction(request_rows.get_request, request_id)
@@ -116,12 +92,7 @@ class Broker:
 
     def renew(self, request_id: int, duration: int) -> "defer.Deferred[None]":
         """``expires`` = now + duration; nothing else changes, whatever the state (3.9)."""
-        expires = dbnow(self.clock, duration)
-
-        def update(c: Cursor) -> None:
-            c.execute("UPDATE requests SET expires = ? WHERE id = ?", (expires, request_id))
-
-        return self.db.runInteraction(update)
+        return self.db.runInteraction(queries.set_expires, request_id, dbnow(self.clock, duration))
 
     def return_request(self, request_id: int) -> "defer.Deferred[None]":
         return self.request_event(request_id, "close", {})
@@ -135,12 +106,7 @@ class Broker:
     async def expire_due(self) -> None:
         """The expiry poll (2.6): this server's requests past ``expires`` that are neither
         closed nor failed get ``expire``."""
-        rows = await self.db.query(
-            "SELECT r.id FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
-            " WHERE s.fqdn = ? AND r.expires < ? AND r.state <> 'closed'"
-            " AND SUBSTR(r.state, 1, 7) <> 'failed_' ORDER BY r.id",
-            (self.server_fqdn, dbnow(self.clock)),
-        )
+        ids = await self.db.runInteraction(queries.expired_request_ids, self.server_fqdn, dbnow(self.clock))
 
         async def one(request_id: str) -> None:
             try:
@@ -148,7 +114,7 @@ class Broker:
             except Exception:
                 log.failure("expiring request {id} failed", id=request_id)
 
-        await each_bounded([str(r[0]) for r in rows], EXPIRY_CONCURRENCY, one)
+        await each_bounded([str(i) for i in ids], EXPIRY_CONCURRENCY, one)
 
     def contact_bound(self) -> float:
         """The POST's bound: 20 s, but always shorter than contacting_lifeguard's scaled 30 s."""
@@ -232,8 +198,3 @@ class BrokerService(MultiService):
             await self.broker.stop()
 
         return defer.Deferred.fromCoroutine(both())
-
-
-def makeBrokerService(broker: Broker, interval: float | None = None) -> IService:
-    """The service running ``broker``'s TimeoutDriver with its expiry poll as the extra step."""
-    return BrokerService(broker, interval)

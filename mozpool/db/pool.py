@@ -4,10 +4,25 @@ Everything that differs between the back-ends is decided here, once: placeholder
 SQL, ``%s`` for PyMySQL), datetime values (always returned as ``YYYY-MM-DD HH:MM:SS`` text),
 integrity errors (always :class:`Conflict`) and lost connections (one retry, then
 :class:`DatabaseUnavailable`).  adbapi's pool threads are the only threads in the process.
+
+Faults answer fast (MySQL/MariaDB, Galera included).  A query that runs past the bound
+(:data:`DEFAULT_TIMEOUT`, 10 s) fails; and when the server answers *nothing* for that long
+while work waits (a hung server: every pool thread blocked on it), or refuses service (down,
+or a Galera node outside the primary component: ``wsrep_ready`` OFF, error 1047), the database
+is marked unavailable: every waiting call and every new one fails at once with
+:class:`DatabaseUnavailable` (the API's 503, ``Retry-After: 5``), and a probe asks the server
+every :data:`PROBE_INTERVAL` seconds until it answers again; then calls flow as before.  Work
+that a caller abandoned before a pool thread reached it is skipped, not run late.  Transactions InnoDB rolled
+back (deadlock, lock wait timeout) and Galera write sets that lost certification (reported as
+deadlocks at commit) run again, up to :data:`RERUN_ATTEMPTS` times.  On a Galera node every
+connection reads causally (``wsrep_sync_wait = 1``): a read sees every write the cluster had
+committed when it began, whichever node took it, so a server never acts on another's stale row.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import socket
 import sqlite3
 from datetime import date, datetime
@@ -16,7 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 from twisted.enterprise import adbapi
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
@@ -27,12 +42,17 @@ log = Logger()
 
 T = TypeVar("T")
 
-#: PyMySQL client errors meaning "the connection went away": retry the interaction once.
-RECONNECTABLE_MYSQL_ERRORS = frozenset({2006, 2013, 2014, 2045, 2055})
-#: InnoDB gave up on the transaction (deadlock, lock wait timeout) and rolled it back: run it again.
+#: PyMySQL client errors meaning "the connection went away" (1927: killed by the server):
+#: retry the interaction once.
+RECONNECTABLE_MYSQL_ERRORS = frozenset({2006, 2013, 2014, 2045, 2055, 1927})
+#: InnoDB gave up on the transaction (deadlock, lock wait timeout) and rolled it back, or a
+#: Galera write set failed certification against another node's (reported as 1213): run it again.
 TRANSACTION_RETRY_ERRORS = frozenset({1213, 1205})
-#: Errors meaning "the server cannot be reached right now".
-UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {2002, 2003, 2005, 2026, 1040, 1053}
+#: Galera: "WSREP has not yet prepared node for application use" -- the node is not part of
+#: the primary component (cut off from the cluster, or still joining).
+WSREP_NOT_READY = 1047
+#: Errors meaning "the server cannot be reached (or cannot serve) right now".
+UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {2002, 2003, 2005, 2026, 1040, 1053, WSREP_NOT_READY}
 #: "No such table": the schema is not there yet (another server, or this one, is creating it
 #: while the API already listens), like SQLite's OperationalError for the same.
 SCHEMA_NOT_READY_MYSQL_ERRORS = frozenset({1146})
@@ -41,6 +61,12 @@ SCHEMA_NOT_READY_MYSQL_ERRORS = frozenset({1146})
 DEFAULT_TIMEOUT = 10.0
 #: The bound on a query's whole wait, time queued behind other work included.
 DEFAULT_QUEUE_TIMEOUT = 60.0
+#: While the database is unavailable, how often it is asked whether it is back.
+PROBE_INTERVAL = 1.0
+#: What a 503 for an unavailable database tells the client to wait (Retry-After, seconds).
+RETRY_AFTER = 5
+#: Runs of a transaction that keeps losing to concurrent work (deadlock, certification).
+RERUN_ATTEMPTS = 5
 
 
 def _plain(value: Any) -> Any:
@@ -117,7 +143,76 @@ def _mysql_open(conn: Any) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     with conn.cursor() as cur:
         cur.execute("SET time_zone = '+00:00'")
+        if _galera(cur):
+            # Causal reads: wait until this node has applied what the cluster committed.
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
     conn.commit()
+
+
+def _galera(cur: Any) -> bool:
+    """Whether the server is a Galera node (wsrep on); False for MySQL builds without wsrep."""
+    try:
+        cur.execute("SELECT @@wsrep_on")
+        row = cur.fetchone()
+    except pymysql.err.MySQLError:
+        return False
+    return bool(row and row[0] and int(row[0]))
+
+
+def _probe(c: "Cursor") -> None:
+    """Ask the server whether it serves: it answers, and a Galera node is in the primary
+    component (a non-primary node answers ``SELECT 1`` but refuses every table)."""
+    c.execute("SELECT 1").fetchall()
+    try:
+        wsrep = c.scalar("SELECT @@wsrep_on")
+    except pymysql.err.MySQLError:
+        return  # a MySQL build without wsrep
+    if wsrep in (1, "1"):
+        ready = c.execute("SHOW STATUS LIKE 'wsrep_ready'").fetchone()
+        if ready is not None and str(ready[1]).upper() != "ON":
+            raise pymysql.err.OperationalError(WSREP_NOT_READY, "wsrep_ready is OFF (not in the primary component)")
+
+
+class _Connection(adbapi.Connection):
+    """adbapi's pooled connection with a quiet rollback: when the server refuses the rollback
+    (gone, or a Galera node outside the primary component) the connection is dropped and the
+    next interaction opens a new one.  The interaction's own error is what its caller sees and
+    the pool reports an outage once, so a failing server is not a traceback per call."""
+
+    def rollback(self) -> None:
+        try:
+            self._connection.rollback()
+        except BaseException as e:
+            log.debug("rollback failed ({error}); dropping the connection", error=e)
+            self._pool.disconnect(self._connection)
+
+
+class _Abandoned(Exception):
+    """Raised in a pool thread for work whose caller left before a thread reached it."""
+
+
+class _Attempt:
+    """One try of an interaction, as the fault handling sees it."""
+
+    __slots__ = ("deferred", "began", "abandoned", "expired", "tripped", "probe")
+
+    def __init__(self, probe: bool) -> None:
+        self.deferred: defer.Deferred[Any] | None = None
+        self.began = False
+        #: the caller left before a thread started it: the thread must not run it
+        self.abandoned = False
+        #: ran past the bound
+        self.expired = False
+        #: failed because the database was marked unavailable
+        self.tripped = ""
+        self.probe = probe
+
+
+def unavailable(message: str) -> DatabaseUnavailable:
+    """A :class:`DatabaseUnavailable` carrying the ``retry_after`` seconds for a 503."""
+    err = DatabaseUnavailable(message)
+    err.retry_after = RETRY_AFTER  # type: ignore[attr-defined]
+    return err
 
 
 class Database:
@@ -138,10 +233,26 @@ class Database:
         self._reactor = reactor
         self.timeout = timeout
         self.queue_timeout = queue_timeout
+        self.probe_interval = PROBE_INTERVAL
+        #: why the database is unavailable, while it is (MySQL/MariaDB only); "" when it serves
+        self.down_reason = ""
+        self.down_since: float | None = None
+        self._pending: set[_Attempt] = set()
+        #: since when the server has answered nothing while work waited
+        self._stall_from = 0.0
+        self._watchdog: Any = None
+        self._probe_timer: Any = None
+        self._probing = False
+        self._closed = False
 
     @property
     def mysql(self) -> bool:
         return self.backend == "mysql"
+
+    @property
+    def available(self) -> bool:
+        """False while the database is marked unavailable (calls fail at once)."""
+        return not self.down_reason
 
     @classmethod
     def fromURL(cls, url: str, reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> "Database":
@@ -171,8 +282,10 @@ class Database:
                 database=parts.path.lstrip("/"),
                 charset="utf8mb4",
                 connect_timeout=5,
-                read_timeout=30,
-                write_timeout=30,
+                # A hung server frees a pool thread a moment after the query bound has
+                # failed its caller (the handshake of a new connection is bounded the same).
+                read_timeout=math.ceil(timeout) + 2,
+                write_timeout=math.ceil(timeout) + 2,
             )
             if "unix_socket" in query:
                 kw["unix_socket"] = query["unix_socket"][0]
@@ -189,49 +302,152 @@ class Database:
                 cp_reactor=reactor,
                 **kw,
             )
+            pool.connectionFactory = _Connection
             return cls(pool, "mysql", reactor, url, timeout)
         raise ValueError(f"unsupported database URL {url!r} (use sqlite:/// or mysql://)")
 
-    def _attempt(self, fn: Callable[..., T], args: tuple, kw: dict) -> "defer.Deferred[T]":
+    def _attempt(self, fn: Callable[..., T], args: tuple, kw: dict, probe: bool = False) -> "defer.Deferred[T]":
         """One try of an interaction.  Its ``timeout`` runs from the moment a pool thread starts
         it, so a burst of work queued behind busy connections is served, not failed; the whole
-        wait, queue included, is bounded by ``queue_timeout``."""
-        holder: list[defer.Deferred[T]] = []
+        wait, queue included, is bounded by ``queue_timeout``, and by the stall watchdog on
+        MySQL (see :meth:`_check_stall`)."""
+        attempt = _Attempt(probe)
         timers: list[Any] = []
 
-        expired: list[bool] = []
-
         def expire() -> None:
-            expired.append(True)
-            holder[0].cancel()
+            attempt.expired = True
+            assert attempt.deferred is not None
+            attempt.deferred.cancel()
 
         def began() -> None:
-            if holder and not holder[0].called:
+            self._progress()
+            if attempt.deferred is not None and not attempt.deferred.called:
                 timers.append(self._reactor.callLater(self.timeout, expire))
 
         def interaction(txn: Any) -> T:
+            if attempt.abandoned:
+                raise _Abandoned()
+            attempt.began = True
             self._reactor.callFromThread(began)  # type: ignore[attr-defined]
             return fn(Cursor(txn, self.mysql), *args, **kw)
 
-        d = self.pool.runInteraction(interaction)
-        holder.append(d)
+        def cancelled(d: defer.Deferred[Any]) -> None:
+            # adbapi cannot take work back from its queue: make the thread skip it instead.
+            if not attempt.began:
+                attempt.abandoned = True
+
+        d: defer.Deferred[T] = defer.Deferred(cancelled)
+        attempt.deferred = d
+        self._pending_add(attempt)
+
+        def deliver(result: Any) -> None:
+            if d.called:
+                return None  # the caller left (or the bound passed) meanwhile: drop the result
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+        self.pool.runInteraction(interaction).addBoth(deliver)
         d.addTimeout(self.queue_timeout, self._reactor)
 
-        def stop_timers(result: Any) -> Any:
+        def finish(result: Any) -> Any:
             for t in timers:
                 if t.active():
                     t.cancel()
-            if expired and isinstance(result, Failure) and result.check(defer.CancelledError):
-                return Failure(defer.TimeoutError(f"query ran longer than {self.timeout:g} s"))
+            self._pending_remove(attempt, result)
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                if attempt.tripped:
+                    return Failure(unavailable(attempt.tripped))
+                if attempt.expired:
+                    return Failure(defer.TimeoutError(f"query ran longer than {self.timeout:g} s"))
             return result
 
-        return d.addBoth(stop_timers)
+        return d.addBoth(finish)
+
+    # -- fault handling (MySQL/MariaDB) -----------------------------------------------------
+
+    def _pending_add(self, attempt: _Attempt) -> None:
+        if not self._pending:
+            self._stall_from = self._reactor.seconds()
+        self._pending.add(attempt)
+        if self.mysql and self._watchdog is None and not self._closed:
+            self._watchdog = self._reactor.callLater(self.timeout, self._check_stall)
+
+    def _pending_remove(self, attempt: _Attempt, result: Any) -> None:
+        self._pending.discard(attempt)
+        if not (isinstance(result, Failure) and result.check(defer.CancelledError, _Abandoned)):
+            self._progress()  # the server answered (success or an error of its own)
+        if not self._pending and self._watchdog is not None:
+            if self._watchdog.active():
+                self._watchdog.cancel()
+            self._watchdog = None
+
+    def _progress(self) -> None:
+        self._stall_from = self._reactor.seconds()
+
+    def _check_stall(self) -> None:
+        """Runs ``timeout`` after work started waiting: if the server has answered nothing
+        since, although work waited all along, it hangs: mark it unavailable."""
+        self._watchdog = None
+        if not self._pending or self._closed:
+            return
+        silent = self._reactor.seconds() - self._stall_from
+        if silent >= self.timeout - 1e-6:
+            if self.available:
+                self._mark_down(f"no answer from the database for {silent:.0f} s")
+            return
+        self._watchdog = self._reactor.callLater(self.timeout - silent, self._check_stall)
+
+    def _mark_down(self, reason: str) -> None:
+        """Fail every waiting call and every new one at once, and probe until it serves."""
+        if self._closed or not self.mysql:
+            return
+        if self.available:
+            self.down_since = self._reactor.seconds()
+            log.error("database unavailable ({reason}): calls fail at once (503) until it answers again",
+                      reason=reason)
+        self.down_reason = reason
+        message = f"database unavailable: {reason}"
+        for attempt in list(self._pending):
+            if not attempt.probe and attempt.deferred is not None and not attempt.deferred.called:
+                attempt.tripped = message
+                attempt.deferred.cancel()
+        if not self._probing and self._probe_timer is None:
+            self._probe_now()
+
+    def _probe_now(self) -> None:
+        self._probe_timer = None
+        if self._closed or self.available:
+            return
+        self._probing = True
+        d = self._attempt(_probe, (), {}, probe=True)
+        d.addCallbacks(self._probe_ok, self._probe_failed)
+
+    def _probe_ok(self, _: Any) -> None:
+        self._probing = False
+        if self._closed or self.available:
+            return
+        since = self.down_since if self.down_since is not None else self._reactor.seconds()
+        log.info("database available again after {s:.1f} s", s=self._reactor.seconds() - since)
+        self.down_reason = ""
+        self.down_since = None
+
+    def _probe_failed(self, failure: Failure) -> None:
+        self._probing = False
+        if self._closed or self.available:
+            return
+        self.down_reason = f"{failure.value}" or failure.type.__name__
+        self._probe_timer = self._reactor.callLater(self.probe_interval, self._probe_now)
 
     def _classify(self, err: BaseException) -> str:
-        """'retry', 'unavailable' or 'other' for an exception from an interaction."""
+        """'retry', 'rerun', 'unavailable', 'not_ready', 'timeout', 'cancelled' or 'other'
+        for an exception from an interaction."""
+        if isinstance(err, DatabaseUnavailable):
+            return "down"  # the database was marked unavailable while this call waited
         if isinstance(err, defer.TimeoutError):
             return "timeout"
-        if isinstance(err, defer.CancelledError):
+        if isinstance(err, (defer.CancelledError, _Abandoned)):
             return "cancelled"  # the caller stopped waiting (an HTTP client hung up)
         if isinstance(err, adbapi.ConnectionLost):
             return "retry"
@@ -240,7 +456,7 @@ class Database:
         if isinstance(err, pymysql.err.MySQLError) and err.args and err.args[0] in TRANSACTION_RETRY_ERRORS:
             return "rerun"
         if isinstance(err, pymysql.err.ProgrammingError) and err.args and err.args[0] in SCHEMA_NOT_READY_MYSQL_ERRORS:
-            return "unavailable"
+            return "not_ready"
         if isinstance(err, pymysql.err.OperationalError) and err.args:
             code = err.args[0]
             if code in RECONNECTABLE_MYSQL_ERRORS:
@@ -248,30 +464,43 @@ class Database:
             if code in UNREACHABLE_MYSQL_ERRORS:
                 return "unavailable"
         if isinstance(err, sqlite3.OperationalError):
-            return "unavailable"
+            return "not_ready"
         if isinstance(err, (ConnectionError, OSError)):
             return "unavailable"
         return "other"
 
     async def _run(self, fn: Callable[..., T], args: tuple, kw: dict) -> T:
-        for attempt in (1, 2):
+        retried = reruns = 0
+        while True:
+            if not self.available:
+                raise unavailable(f"database unavailable: {self.down_reason}")
             try:
                 return await self._attempt(fn, args, kw)
             except Exception as e:
                 kind = self._classify(e)
-                if kind == "cancelled":
+                if kind in ("cancelled", "down"):
                     raise
                 if kind == "timeout":
-                    raise DatabaseUnavailable(f"no answer from the database within {self.timeout:g} s") from e
-                if kind in ("retry", "rerun") and attempt == 1:
+                    raise unavailable(f"no answer from the database within {self.timeout:g} s") from e
+                if kind == "retry" and not retried:
+                    retried += 1
                     log.info("database: {error}; running the transaction again", error=e)
                     continue
                 if kind == "rerun":
-                    raise Conflict(f"transaction lost twice to concurrent work: {e}") from e
+                    reruns += 1
+                    if reruns >= RERUN_ATTEMPTS:
+                        raise Conflict(f"transaction lost {reruns} times to concurrent work: {e}") from e
+                    log.info("database: {error}; running the transaction again", error=e)
+                    if reruns > 1:
+                        # Apart from the other party's next try: up to 20 ms, then 40, 60 ...
+                        await task.deferLater(self._reactor, random.uniform(0, 0.02 * reruns), lambda: None)
+                    continue
                 if kind in ("retry", "unavailable"):
-                    raise DatabaseUnavailable(f"database unavailable: {e}") from e
+                    self._mark_down(str(e))
+                    raise unavailable(f"database unavailable: {e}") from e
+                if kind == "not_ready":
+                    raise unavailable(f"database not ready: {e}") from e
                 raise
-        raise AssertionError("unreachable")
 
     def runInteraction(self, fn: Callable[..., T], *args: Any, **kw: Any) -> "defer.Deferred[T]":
         """Run ``fn(cursor, *args, **kw)`` in one transaction; it must return plain data."""
@@ -281,4 +510,9 @@ class Database:
         return self.runInteraction(lambda c: c.execute(sql, params).fetchall())
 
     def close(self) -> None:
+        self._closed = True
+        for timer in (self._watchdog, self._probe_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._watchdog = self._probe_timer = None
         self.pool.close()

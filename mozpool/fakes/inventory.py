@@ -46,6 +46,8 @@ class FakeSystem:
     pk: int
     mac: str | None = None
     relay: str | None = None
+    #: a power location with its driver (Mozilla's system.power.0, NetBox's mozpool_power)
+    power: str | None = None
     imaging_server: str | None = None
     vendor: str | None = "PandaBoard"
     model: str = "ES"
@@ -238,7 +240,8 @@ class FakeMozillaInventory(_FakeInventory):
 
     def _bulk(self, s: FakeSystem) -> dict[str, Any]:
         kv = {}
-        for key, value in (("system.relay.0", s.relay), ("system.imaging_server.0", s.imaging_server)):
+        for key, value in (("system.relay.0", s.relay), ("system.power.0", s.power),
+                           ("system.imaging_server.0", s.imaging_server)):
             if value is not None:
                 kv[key] = {"key": key, "value": value, "pk": len(kv) + 1}
         staticreg = {"nic0": {"hwadapter_set": {"hw0": {"mac": s.mac}}}} if s.mac else {}
@@ -249,7 +252,8 @@ class FakeMozillaInventory(_FakeInventory):
         }
 
     def _paged(self, s: FakeSystem) -> dict[str, Any]:
-        kv = [{"key": k, "value": v} for k, v in (("system.relay.0", s.relay), ("system.imaging_server.0", s.imaging_server),
+        kv = [{"key": k, "value": v} for k, v in (("system.relay.0", s.relay), ("system.power.0", s.power),
+                                                    ("system.imaging_server.0", s.imaging_server),
                                                     ("nic.0.mac_address.0", s.mac)) if v is not None]
         model = {"vendor": s.vendor, "model": s.model} if s.vendor else None
         return {"hostname": s.hostname, "id": s.pk, "key_value": kv, "server_model": model,
@@ -326,7 +330,8 @@ class FakeNetBox(_FakeInventory):
             "device_type": {"id": 1, "manufacturer": manufacturer, "model": s.model, "slug": s.model.lower()},
             "role": {"id": 1, "name": s.role, "slug": s.role}, "site": {"id": 1, "name": s.site, "slug": s.site},
             "status": {"value": status, "label": status.title()}, "primary_ip4": None,
-            "custom_fields": {self.relay_field: s.relay, self.imaging_server_field: s.imaging_server},
+            "custom_fields": {self.relay_field: s.relay, "mozpool_power": s.power,
+                              self.imaging_server_field: s.imaging_server},
         }
 
     def _interfaces(self, s: FakeSystem) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
-"""A simulated pool over the real wires: relay boards (ProXR over TCP), SUT agents (TCP) and
-devices that read their PXE configs from our TFTP server and post events to our HTTP API.
+"""A simulated pool over the real wires: relay boards (ProXR over TCP), smart plugs (Tasmota's
+HTTP API, driven by a real pdudaemon), SUT agents (TCP) and devices that read their PXE configs
+from our TFTP server and post events to our HTTP API.
 
 ``--fakes N`` builds one :class:`FakePool` from this server's device rows (DESIGN.md, "Simulated
 devices"; bmm-protocols.md 1.8).  Only the far end of each wire is simulated: the daemon's relay
-client, SUT client, TFTP server and API are the production code.  Ping has no wire here: the
+client, pdudaemon client, SUT client, TFTP server and API are the production code (pdudaemon
+itself runs beside the daemon: :meth:`FakePool.pdudaemon_config` is its configuration).  Ping has no wire here: the
 pinger's ``simulated`` hook asks :meth:`FakePool.simulated_ping` (bmm-protocols.md 3).
 """
 
@@ -18,10 +20,11 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
-from mozpool.bmm.sut import defaultAddress
+from mozpool.bmm.sut import default_address
 from mozpool.fakes import tftpclient
 from mozpool.fakes.device import DEFAULT_SUT_IMAGES, EVENT_TIMEOUT, FailureSettings, SimulatedDevice
 from mozpool.fakes.relayboard import FakeRelayBoard
+from mozpool.fakes.smartplug import FakeTasmotaPlug, pdudaemon_config
 from mozpool.fakes.sutagent import SimulatedSUTAgent
 
 log = Logger()
@@ -80,6 +83,26 @@ def loopback_location(relay_info: Optional[str]) -> Optional[tuple[str, int, int
     return location
 
 
+def loopback_plug(relay_info: Optional[str]) -> Optional[tuple[str, int, int, int]]:
+    """``(pdudaemon host, pdudaemon port, plug port, outlet)`` for a device behind a simulated
+    plug: ``pdudaemon://HOST[:PORT]/127.0.0.1:PLUGPORT/OUTLET`` (pdudaemon's name for the PDU is
+    the plug's loopback address), else None."""
+    if not relay_info or not relay_info.strip().lower().startswith("pdudaemon://"):
+        return None
+    from mozpool.bmm.interfaces import PowerConfigError
+    from mozpool.bmm.pdudaemon import parse_location
+
+    try:
+        where = parse_location(relay_info)
+        host, _, port = where.pdu.rpartition(":")
+        location = where.host, where.port, int(port), int(where.outlet)
+    except (PowerConfigError, ValueError):
+        return None
+    if host != "localhost" and not host.startswith("127."):
+        return None
+    return location
+
+
 def default_http_client(reactor: Any) -> Any:
     """treq over a non-persistent Agent: events are rare, and shutdown leaves no sockets."""
     from treq.client import HTTPClient
@@ -98,6 +121,8 @@ class FakePool:
     - ``failures``: a :class:`FailureSettings` shared by every device (default: none injected).
     - ``rng``: seeds one generator per device, in row order, so a seeded pool replays exactly.
     - ``board_options``: extra keywords for every :class:`FakeRelayBoard`.
+    - ``pdudaemon_config_path``: where :meth:`start` writes pdudaemon's configuration for the
+      simulated plugs (when there are any), for the operator to start pdudaemon with.
     """
 
     def __init__(
@@ -116,6 +141,7 @@ class FakePool:
         board_options: Optional[Mapping[str, Any]] = None,
         event_timeout: float = EVENT_TIMEOUT,
         tftp_deadline: float = tftpclient.DEFAULT_DEADLINE,
+        pdudaemon_config_path: Optional[str] = None,
     ) -> None:
         self._reactor = reactor
         self.api_url = api_url
@@ -127,10 +153,15 @@ class FakePool:
         self.interface = interface
         self._board_options = dict(board_options or {})
         self._tftp_deadline = tftp_deadline
+        self.pdudaemon_config_path = pdudaemon_config_path
         rng = rng if rng is not None else random.Random()
 
         #: port -> board (created at start); "localhost:P" and "127.0.0.1:P" are one board
         self.boards: dict[int, FakeRelayBoard] = {}
+        #: port -> simulated smart plug (created at start)
+        self.plugs: dict[int, FakeTasmotaPlug] = {}
+        #: pdudaemon listeners named by the plugged devices' relay_info
+        self.pdudaemons: set[tuple[str, int]] = set()
         self.devices: dict[str, SimulatedDevice] = {}
         self.agents: dict[str, SimulatedSUTAgent] = {}
         #: names of rows that cannot be simulated (no loopback relay with a port)
@@ -139,18 +170,19 @@ class FakePool:
         self._locations: dict[str, tuple[int, int, int]] = {}
         self._by_relay: dict[tuple[int, int, int], SimulatedDevice] = {}
         self._board_ports: set[int] = set()
+        self._plug_locations: dict[str, tuple[int, int]] = {}
+        self._by_outlet: dict[tuple[int, int], SimulatedDevice] = {}
         self.running = False
 
         for raw in devices:
             row = DeviceRow.of(raw)
             location = loopback_location(row.relay_info)
-            if location is None:
-                log.warn("fakes: {device} has no loopback relay ({relay!r}); not simulated",
+            plugged = None if location is not None else loopback_plug(row.relay_info)
+            if location is None and plugged is None:
+                log.warn("fakes: {device} has no loopback relay or plug ({relay!r}); not simulated",
                          device=row.name, relay=row.relay_info)
                 self.skipped.append(row.name)
                 continue
-            _, key, bank, relay = location
-            self._board_ports.add(key)
             agent = SimulatedSUTAgent(reactor, interface=interface)
             device = SimulatedDevice(
                 row.name,
@@ -172,8 +204,16 @@ class FakePool:
             self.devices[row.name] = device
             self.agents[row.name] = agent
             self._by_fqdn[row.fqdn] = device
-            self._locations[row.name] = (key, bank, relay)
-            self._by_relay[(key, bank, relay)] = device
+            if location is not None:
+                _, key, bank, relay = location
+                self._board_ports.add(key)
+                self._locations[row.name] = (key, bank, relay)
+                self._by_relay[(key, bank, relay)] = device
+            elif plugged is not None:
+                pdud_host, pdud_port, plug_port, outlet = plugged
+                self.pdudaemons.add((pdud_host, pdud_port))
+                self._plug_locations[row.name] = (plug_port, outlet)
+                self._by_outlet[(plug_port, outlet)] = device
 
     # ------------------------------------------------------------------ hooks for BMM
 
@@ -186,7 +226,7 @@ class FakePool:
         """Where the SUT client reaches this device's agent (the usual address for others)."""
         device = self._by_fqdn.get(fqdn)
         if device is None:
-            return defaultAddress(fqdn)
+            return default_address(fqdn)
         return self.interface, self.agents[device.name].port
 
     def device(self, name: str) -> SimulatedDevice:
@@ -195,6 +235,30 @@ class FakePool:
     def board_for(self, name: str) -> tuple[FakeRelayBoard, int, int]:
         key, bank, relay = self._locations[name]
         return self.boards[key], bank, relay
+
+    def plug_for(self, name: str) -> tuple[FakeTasmotaPlug, int]:
+        port, outlet = self._plug_locations[name]
+        return self.plugs[port], outlet
+
+    def powered(self, name: str) -> bool:
+        """Whether the device's relay or outlet gives it power now."""
+        if name in self._plug_locations:
+            plug, outlet = self.plug_for(name)
+            return plug.device_on(outlet)
+        board, bank, relay = self.board_for(name)
+        return board.device_on(bank, relay)
+
+    def pdudaemon_config(self) -> Optional[dict[str, Any]]:
+        """pdudaemon's configuration for the simulated plugs (None when there are none): its
+        HTTP listener where the devices' relay_info names it, one ``tasmota`` PDU per plug."""
+        if not self._plug_locations:
+            return None
+        host, port = sorted(self.pdudaemons)[0]
+        if len(self.pdudaemons) > 1:
+            log.warn("fakes: devices name {n} pdudaemons; the configuration is for {host}:{port}",
+                     n=len(self.pdudaemons), host=host, port=port)
+        plugs = {f"127.0.0.1:{p}": f"127.0.0.1:{p}" for p in sorted({p for p, _ in self._plug_locations.values()})}
+        return pdudaemon_config(plugs, host, port)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -213,6 +277,12 @@ class FakePool:
                 board.start()
                 board.add_listener(self._power_listener(port))
                 self.boards[port] = board
+            for port in sorted({p for p, _ in self._plug_locations.values()}):
+                plug = FakeTasmotaPlug(self._reactor, port=port, interface=self.interface)
+                plug.start()
+                plug.add_listener(self._outlet_listener(port))
+                self.plugs[port] = plug
+            self._write_pdudaemon_config()
             # Each agent takes a free port once and keeps it, so sut_address is stable.
             releasing = []
             for agent in self.agents.values():
@@ -226,10 +296,9 @@ class FakePool:
 
         def power_up(_: Any) -> None:
             for name, device in self.devices.items():
-                board, bank, relay = self.board_for(name)
-                device.start(board.device_on(bank, relay))
-            log.info("fakes: {n} simulated devices on {b} relay boards", n=len(self.devices),
-                     b=len(self.boards))
+                device.start(self.powered(name))
+            log.info("fakes: {n} simulated devices on {b} relay boards and {p} smart plugs", n=len(self.devices),
+                     b=len(self.boards), p=len(self.plugs))
 
         return DeferredList(releasing).addCallback(power_up)
 
@@ -241,6 +310,26 @@ class FakePool:
 
         return changed
 
+    def _outlet_listener(self, port: int) -> Callable[[int, bool], None]:
+        def changed(outlet: int, on: bool) -> None:
+            device = self._by_outlet.get((port, outlet))
+            if device is not None:
+                device.set_power(on)
+
+        return changed
+
+    def _write_pdudaemon_config(self) -> None:
+        config = self.pdudaemon_config()
+        if config is None or not self.pdudaemon_config_path:
+            return
+        import json
+
+        with open(self.pdudaemon_config_path, "w") as f:
+            json.dump(config, f, indent=2)
+        log.info("fakes: {n} devices sit behind {p} smart plugs driven by pdudaemon at {host}:{port}; start it with"
+                 " `pdudaemon --conf {path}`", n=len(self._plug_locations), p=len(self.plugs),
+                 host=config["daemon"]["hostname"], port=config["daemon"]["port"], path=self.pdudaemon_config_path)
+
     def stop(self) -> "Deferred[None]":
         self.running = False
         for device in self.devices.values():
@@ -250,7 +339,9 @@ class FakePool:
     def _stop_parts(self) -> "Deferred[None]":
         stopping = [maybeDeferred(agent.stop, dropConnections=True) for agent in self.agents.values()]
         stopping += [board.stop() for board in self.boards.values()]
+        stopping += [plug.stop() for plug in self.plugs.values()]
         self.boards = {}
+        self.plugs = {}
         return DeferredList(stopping).addCallback(lambda _: None)
 
 
@@ -306,4 +397,4 @@ class FakePoolService(Service):
         return None if self.pool is None else self.pool.simulated_ping(fqdn)
 
     def sut_address(self, fqdn: str) -> tuple[str, int]:
-        return defaultAddress(fqdn) if self.pool is None else self.pool.sut_address(fqdn)
+        return default_address(fqdn) if self.pool is None else self.pool.sut_address(fqdn)

@@ -22,7 +22,7 @@ from mozpool.db.pool import Cursor
 LOW, HIGH = 20000, 32000
 
 
-def referenced_ports(relay_infos: Iterable[str | None]) -> set[int]:
+def board_ports(relay_infos: Iterable[str | None]) -> set[int]:
     """The loopback board ports named by these ``relay_info`` values."""
     from mozpool.fakes.pool import loopback_location
 
@@ -32,6 +32,15 @@ def referenced_ports(relay_infos: Iterable[str | None]) -> set[int]:
         if location is not None:
             found.add(location[1])
     return found
+
+
+def referenced_ports(relay_infos: Iterable[str | None]) -> set[int]:
+    """The loopback board and smart-plug ports named by these ``relay_info`` values."""
+    from mozpool.fakes.pool import loopback_plug
+
+    infos = list(relay_infos)
+    plugs = {plug[2] for plug in map(loopback_plug, infos) if plug is not None}
+    return board_ports(infos) | plugs
 
 
 def all_relay_infos(c: Cursor) -> list[str | None]:

@@ -23,13 +23,13 @@ from mozpool.bmm.tftp.packets import (
     ERROR,
     OACK,
     MalformedPacket,
-    encodeAck,
-    encodeError,
-    encodeRequest,
-    opcodeOf,
-    parseData,
-    parseError,
-    parseOack,
+    encode_ack,
+    encode_error,
+    encode_request,
+    opcode_of,
+    parse_data,
+    parse_error,
+    parse_oack,
 )
 
 log = Logger()
@@ -81,7 +81,7 @@ class _ReadSession(DatagramProtocol):
         self._max_size = max_size
         self._blksize = 512
         options = {"blksize": str(blksize)} if blksize else {}
-        self._last: bytes = encodeRequest(filename.encode("ascii"), "octet", options)
+        self._last: bytes = encode_request(filename.encode("ascii"), "octet", options)
         self._peer: Optional[tuple[str, int]] = None
         self._expected = 1
         self._chunks: list[bytes] = []
@@ -146,7 +146,7 @@ class _ReadSession(DatagramProtocol):
         addr = (addr[0], addr[1])
         if self.result.called:
             return
-        opcode = opcodeOf(datagram)
+        opcode = opcode_of(datagram)
         if self._peer is None:
             if addr[0] != self._server[0]:
                 return
@@ -156,24 +156,24 @@ class _ReadSession(DatagramProtocol):
             self._peer = addr  # the transfer's own socket (RFC 1350 TIDs)
         elif addr != self._peer:
             if opcode != ERROR:
-                self.transport.write(encodeError(ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
+                self.transport.write(encode_error(ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
             return
         try:
             if opcode == DATA:
-                self._data(*parseData(datagram))
+                self._data(*parse_data(datagram))
             elif opcode == OACK:
-                self._oack(parseOack(datagram))
+                self._oack(parse_oack(datagram))
             elif opcode == ERROR:
                 self._error(datagram)
             else:
                 raise MalformedPacket(f"unexpected opcode {opcode}")
         except MalformedPacket as e:
-            self._send(encodeError(4, "illegal TFTP operation"), addr)
+            self._send(encode_error(4, "illegal TFTP operation"), addr)
             self._finish(TFTPError(4, f"bad packet from server: {e}"))
 
     def _error(self, datagram: bytes) -> None:
         try:
-            code, message = parseError(datagram)
+            code, message = parse_error(datagram)
         except MalformedPacket:
             code, message = 0, "malformed ERROR packet"
         cls = TFTPNotFound if code == ERR_NOT_FOUND else TFTPError
@@ -185,12 +185,12 @@ class _ReadSession(DatagramProtocol):
         value = options.get("blksize")
         if value is not None:
             if not value.isdigit() or not 8 <= int(value) <= 65464:
-                self._send(encodeError(8, "bad blksize"), self._peer)  # type: ignore[arg-type]
+                self._send(encode_error(8, "bad blksize"), self._peer)  # type: ignore[arg-type]
                 self._finish(TFTPError(8, f"server offered blksize {value!r}"))
                 return
             self._blksize = int(value)
         self._silent = 0
-        self._last = encodeAck(0)
+        self._last = encode_ack(0)
         self._send(self._last, self._peer)  # type: ignore[arg-type]
 
     def _data(self, block: int, payload: bytes) -> None:
@@ -204,12 +204,12 @@ class _ReadSession(DatagramProtocol):
             return
         self._size += len(payload)
         if self._size > self._max_size:
-            self._send(encodeError(3, "file too large for this client"), self._peer)  # type: ignore[arg-type]
+            self._send(encode_error(3, "file too large for this client"), self._peer)  # type: ignore[arg-type]
             self._finish(TFTPError(3, f"{self._filename} exceeds {self._max_size} bytes"))
             return
         self._chunks.append(payload)
         self._silent = 0
-        self._last = encodeAck(block)
+        self._last = encode_ack(block)
         self._expected += 1
         if len(payload) < self._blksize:
             # Final block: ACK it once; a lost final ACK only costs the server a retransmission.

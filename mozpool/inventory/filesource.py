@@ -1,5 +1,7 @@
 """A local file as the inventory, for small labs: CSV with a header row, or YAML (a list of
 mappings, or ``devices:`` holding one), one device per row with the keys of :data:`COLUMNS`.
+``power`` (a power location with its driver, ``pdudaemon://host:port/PDU/PORT``) may stand in
+for ``relay``, and wins when a row has both.
 
 ``inventory_id`` may be left out: devices are then matched to the database by name
 (:func:`mozpool.inventory.rules.assign_ids`), as a spreadsheet of host names suggests.  The file
@@ -14,8 +16,9 @@ from typing import Any
 
 from mozpool.inventory.model import InventoryError, System
 
-COLUMNS = ("hostname", "inventory_id", "mac", "imaging_server", "relay", "hardware_type", "hardware_model")
-#: a CSV header must name these (a misspelt column would otherwise skip every device)
+COLUMNS = ("hostname", "inventory_id", "mac", "imaging_server", "relay", "power", "hardware_type", "hardware_model")
+#: a CSV header must name these (a misspelt column would otherwise skip every device); ``power``
+#: may stand in for ``relay``
 REQUIRED = ("hostname", "mac", "imaging_server", "relay", "hardware_type")
 
 
@@ -51,10 +54,11 @@ class FileInventory:
     def _csv(self, text: str) -> list[tuple[str, dict[str, Any]]]:
         reader = csv.DictReader(io.StringIO(text))
         header = [(h or "").strip().lower() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
+        missing = [c for c in REQUIRED if c not in header and not (c == "relay" and "power" in header)]
         if missing:
             raise InventoryError(f"{self.path}: the header row lacks {', '.join(missing)} "
-                                 f"(columns: {', '.join(COLUMNS)}; inventory_id and hardware_model optional)")
+                                 f"(columns: {', '.join(COLUMNS)}; inventory_id and hardware_model optional,"
+                                 " power may stand in for relay)")
         reader.fieldnames = header
         try:
             return [(f"line {reader.line_num}", row) for row in reader]
@@ -106,7 +110,8 @@ class FileInventory:
                     first[key] = where
             systems.append(System(
                 hostname=hostname, inventory_id=int(inventory_id) if inventory_id else None, mac=_cell(row.get("mac")),
-                imaging_server=_cell(row.get("imaging_server")), relay_info=_cell(row.get("relay")),
+                imaging_server=_cell(row.get("imaging_server")),
+                relay_info=_cell(row.get("power")) or _cell(row.get("relay")),
                 hardware_type=_cell(row.get("hardware_type")), hardware_model=_cell(row.get("hardware_model")),
             ))
         return systems

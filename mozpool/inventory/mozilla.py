@@ -19,6 +19,9 @@ PAGE_LIMIT = 100
 MAX_PAGES = 10_000
 
 RELAY_KEY = "system.relay.0"
+#: a power location with its driver (``pdudaemon://host:port/PDU/PORT``, ``proxr://...``); when
+#: present it is the device's relay_info, in place of system.relay.0
+POWER_KEY = "system.power.0"
 SERVER_KEY = "system.imaging_server.0"
 MAC_KEY = "nic.0.mac_address.0"
 
@@ -108,7 +111,7 @@ class MozillaInventory:
             skip = "decommissioned"
         return System(
             hostname=hostname, inventory_id=pk, mac=_text(mac), imaging_server=kv.get(SERVER_KEY),
-            relay_info=kv.get(RELAY_KEY), hardware_type=model[0] if model else None,
+            relay_info=kv.get(POWER_KEY) or kv.get(RELAY_KEY), hardware_type=model[0] if model else None,
             hardware_model=model[1] if model else None, skip=skip,
         )
 
@@ -156,6 +159,6 @@ class MozillaInventory:
         vendor = _text(model.get("vendor")) if isinstance(model, dict) else None
         return System(
             hostname=hostname, inventory_id=pk, mac=kv.get(MAC_KEY), imaging_server=kv.get(SERVER_KEY),
-            relay_info=kv.get(RELAY_KEY), hardware_type=vendor,
+            relay_info=kv.get(POWER_KEY) or kv.get(RELAY_KEY), hardware_type=vendor,
             hardware_model=(_text(model.get("model")) or "") if vendor else None,
         )

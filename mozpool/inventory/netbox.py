@@ -1,6 +1,6 @@
 """NetBox as the inventory: ``/api/dcim/devices/`` (paged, filtered by ``[inventory] filter``),
-the MAC address from each device's interface in ``/api/dcim/interfaces/``, relay and imaging
-server from custom fields.  Ours; the same rules and failsafes as Mozilla's inventory.
+the MAC address from each device's interface in ``/api/dcim/interfaces/``, relay (or a power
+location with its driver, which wins when set) and imaging server from custom fields.  Ours; the same rules and failsafes as Mozilla's inventory.
 
 Every page is read, and the count NetBox announces checked, before anything is used: a device
 added or removed while the pages are read would shift the offsets and hide another device,
@@ -55,11 +55,13 @@ class NetBoxInventory:
     def __init__(
         self, getter: JSONGetter, url: str, filter: str = "", *, relay_field: str = "mozpool_relay",
         imaging_server_field: str = "mozpool_imaging_server", interface: str = "", domain: str = "",
+        power_field: str = "mozpool_power",
     ) -> None:
         self.getter = getter
         self.url = url.rstrip("/")
         self.filter = filter
         self.relay_field = relay_field
+        self.power_field = power_field
         self.imaging_server_field = imaging_server_field
         self.interface = interface
         self.domain = domain.strip(".")
@@ -138,6 +140,7 @@ class NetBoxInventory:
             skip = f"several interfaces with a MAC address ({names}): set [inventory] interface"
         return System(
             hostname=hostname, inventory_id=d["id"], mac=interfaces[0][1] if interfaces else None,
-            imaging_server=_text(fields.get(self.imaging_server_field)), relay_info=_text(fields.get(self.relay_field)),
+            imaging_server=_text(fields.get(self.imaging_server_field)),
+            relay_info=_text(fields.get(self.power_field)) or _text(fields.get(self.relay_field)),
             hardware_type=_text(manufacturer), hardware_model=_text(device_type.get("model")) or "", skip=skip,
         )

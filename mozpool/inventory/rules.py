@@ -1,5 +1,7 @@
-"""The rules every source's systems go through (spec bmm-protocols 7.4), and the relay boards
-derived from the kept devices (1.6).  Pure functions: no I/O, no clock."""
+"""The rules every source's systems go through (spec bmm-protocols 7.4), and the power
+controllers derived from the kept devices (1.6): ProXR relay boards as ever, and for a
+``relay_info`` naming another driver (``pdudaemon://host:port/PDU/PORT``) the controller that
+driver names (``pdudaemon://host:port/PDU``).  Pure functions: no I/O, no clock."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
+from urllib.parse import unquote, urlsplit
 
+from mozpool.bmm.power import controller_of
 from mozpool.inventory.model import InventoryDevice, Skipped, SyncAborted, System
 
 _HEX12 = re.compile(r"[0-9a-f]{12}\Z")
@@ -132,6 +136,24 @@ def board_name(address: str) -> str:
     return f"{label}-{port}" if port else label
 
 
+def controller_address(relay_info: str) -> str | None:
+    """The power controller of a ``relay_info``: a ProXR board's ``host[:port]`` (as 1.6 has it),
+    or what the driver its scheme names calls the controller; None when there is none."""
+    if "://" in relay_info:
+        return controller_of(relay_info)
+    return board_address(relay_info)
+
+
+def controller_name(controller: str) -> str:
+    """A controller's ``relay_boards.name``: :func:`board_name` of a board's address, or of the
+    last part of a controller with a scheme (a pdudaemon PDU's name), else of its host."""
+    if "://" not in controller:
+        return board_name(controller)
+    split = urlsplit(controller)
+    last = unquote(split.path.rstrip("/").rsplit("/", 1)[-1]) or split.hostname or controller
+    return board_name(last)
+
+
 def derive_boards(devices: Iterable[InventoryDevice]) -> tuple[list[Board], list[str]]:
     """One board per distinct board address among the kept devices, with their imaging server,
     and notes on devices that give no board.  A board wired to devices of two imaging servers
@@ -141,9 +163,13 @@ def derive_boards(devices: Iterable[InventoryDevice]) -> tuple[list[Board], list
     left_out: set[str] = set()
     notes: list[str] = []
     for d in sorted(devices, key=lambda d: d.fqdn):
-        address = board_address(d.relay_info)
+        address = controller_address(d.relay_info)
         if address is None:
-            notes.append(f"{d.fqdn}: relay {d.relay_info!r} is not host[:port]:bankN:relayN; no relay board for it")
+            if "://" in d.relay_info:
+                notes.append(f"{d.fqdn}: power location {d.relay_info!r} names no power controller MozPool knows;"
+                             " no relay board for it")
+            else:
+                notes.append(f"{d.fqdn}: relay {d.relay_info!r} is not host[:port]:bankN:relayN; no relay board for it")
             continue
         if address in left_out:
             continue
@@ -155,7 +181,7 @@ def derive_boards(devices: Iterable[InventoryDevice]) -> tuple[list[Board], list
                     f"({board.imaging_server} and {d.imaging_server}, e.g. {d.fqdn}); nothing changed"
                 )
             continue
-        name = board_name(address)
+        name = controller_name(address)
         if not address.isascii() or len(address) > 255 or len(name) > 32:
             notes.append(f"relay board {address!r} cannot be stored (ASCII, 255 characters, name of 32); left out")
             left_out.add(address)

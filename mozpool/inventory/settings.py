@@ -40,6 +40,9 @@ class InventorySettings:
     #: NetBox: custom fields holding the relay and the imaging server
     relay_field: str = "mozpool_relay"
     imaging_server_field: str = "mozpool_imaging_server"
+    #: NetBox: the custom field holding a power location with its driver
+    #: (``pdudaemon://host:port/PDU/PORT``); when set on a device it wins over ``relay_field``
+    power_field: str = "mozpool_power"
     #: NetBox: the interface whose MAC address PXE-boots the device (empty: its only one)
     interface: str = ""
     #: NetBox: appended to device names without a dot to make their fqdn
@@ -101,7 +104,7 @@ def inventory_settings(parser: configparser.ConfigParser) -> InventorySettings:
     return InventorySettings(
         source=source, url=url, username=get("username"), password=get("password"), token=get("token"),
         filter=get("filter"), api=api, sync_interval=interval, ignore_devices_on_servers_re=ignore,
-        relay_field=get("relay_field", "mozpool_relay"),
+        relay_field=get("relay_field", "mozpool_relay"), power_field=get("power_field", "mozpool_power"),
         imaging_server_field=get("imaging_server_field", "mozpool_imaging_server"),
         interface=get("interface"), domain=get("domain").strip("."), path=path, ca_certs=ca_certs,
     )

@@ -52,7 +52,7 @@ def make_source(settings: InventorySettings, reactor: Any, http: Any = None) -> 
         return NetBoxInventory(
             JSONGetter(http, reactor, headers=auth_header(settings.token)), settings.url, settings.filter,
             relay_field=settings.relay_field, imaging_server_field=settings.imaging_server_field,
-            interface=settings.interface, domain=settings.domain,
+            interface=settings.interface, domain=settings.domain, power_field=settings.power_field,
         )
     auth = (settings.username, settings.password) if settings.username else None
     return MozillaInventory(JSONGetter(http, reactor, auth=auth), settings.url, settings.filter, settings.api)

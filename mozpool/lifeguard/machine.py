@@ -6,7 +6,8 @@ How one operation runs (the row is the truth, R-1):
 1. :class:`MachineRunner` loads the row under the device's lock and calls :class:`DeviceKind`.
 2. The Automat machine is restored in the row's state (``STATES[m.state]``) around an
    :class:`Ops` core and given one input: the event, or ``timeout``.  A (state, input) pair that
-   the table lacks raises ``NoTransition``: the event is not accepted.
+   the table lacks raises ``NoTransition``: the event is not accepted (giving the input and
+   catching that is :func:`~mozpool.statemachine.core.apply_input`, shared with the request machine).
 3. The transition's behaviour runs (counters, device columns) and answers where to go:
    ``FOLLOW`` the table's target, a state decided from data (a counter over its limit), or
    ``STAY``.  Then ``m.goto`` persists the state and deadline and runs the entry action
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Protocol
 
-from automat import NoTransition, TypeMachineBuilder
+from automat import TypeMachineBuilder
 from twisted.internet import defer
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
@@ -29,7 +30,7 @@ from twisted.python.failure import Failure
 from mozpool.bmm.interfaces import DeviceInfo, IDeviceHardware
 from mozpool.lifeguard import queries
 from mozpool.lifeguard.results import ImagingResults
-from mozpool.statemachine.core import Machine
+from mozpool.statemachine.core import Machine, apply_input
 
 log = Logger()
 
@@ -681,24 +682,14 @@ class DeviceKind:
         if event not in EVENTS:
             return False
         machine, core = self.restore(m)
-        try:
-            step = getattr(machine, event)(args)
-        except NoTransition:
-            return False
-        await self._apply(m, machine, core, step)
-        return True
+        return await apply_input(machine, lambda i: getattr(i, event)(args), lambda t: self._go(m, machine, core, t))
 
     async def timeout(self, m: Machine) -> bool:
         machine, core = self.restore(m)
-        try:
-            step = machine.timeout()
-        except NoTransition:
-            return False
-        await self._apply(m, machine, core, step)
-        return True
+        return await apply_input(machine, lambda i: i.timeout(), lambda t: self._go(m, machine, core, t))
 
-    async def _apply(self, m: Machine, machine: DeviceInputs, core: Ops, step: Step) -> None:
-        target = await step
+    async def _go(self, m: Machine, machine: DeviceInputs, core: Ops, target: Any) -> None:
+        """Where a transition's behaviour said to go: the table's target, one chosen from data, or nowhere."""
         if target is STAY:
             return
         generation = m.generation

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-import treq
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from mozpool.logconfig import Logger
 
+from mozpool.httpcalls import TreqLike, post_following
 from mozpool.lifeguard import queries
 from mozpool.serverurl import base_url
 from mozpool.statemachine.core import Machine
@@ -36,7 +36,7 @@ class ImagingResults:
         self,
         clock: IReactorTime,
         server_fqdn: str,
-        http_client: Any = None,
+        http_client: TreqLike | None = None,
         request_events: RequestEvents | None = None,
         timeout: float = NOTIFY_TIMEOUT,
     ) -> None:
@@ -82,28 +82,16 @@ class ImagingResults:
             await m.log(f"no HTTP client: imaging result for request {request_id} not delivered", "warn")
             return
         url = f"{base_url(server)}/api/request/{request_id}/event/lifeguard_finished/"
-        post = defer.Deferred.fromCoroutine(self._post(url, body))
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            post.cancel()
-
-        # Not addTimeout: the agent turns a cancel into its own failure type, so note it here.
-        timer = self.clock.callLater(self.timeout, expire)
+        data = json.dumps(body).encode("utf-8")
         try:
-            code, final = await post
+            code, final = await post_following(self.http_client, self.clock, url, data, self.timeout)
+        except defer.TimeoutError:
+            await m.log(f"imaging result to {url}: no answer within {self.timeout:g} s", "warn")
         except Exception as e:
-            if expired:
-                await m.log(f"imaging result to {url}: no answer within {self.timeout:g} s", "warn")
-            else:
-                await m.log(f"imaging result to {url} failed: {e}", "warn")
+            await m.log(f"imaging result to {url} failed: {e}", "warn")
         else:
             if code != 200:
                 await m.log(f"imaging result to {final}: HTTP {code}", "warn")
-        finally:
-            if timer.active():
-                timer.cancel()
 
     def _call_in_process(self, request_id: int, body: dict[str, Any]) -> Any:
         assert self.request_events is not None
@@ -111,18 +99,3 @@ class ImagingResults:
         if hasattr(outcome, "__await__") and not isinstance(outcome, defer.Deferred):
             return defer.ensureDeferred(outcome)
         return outcome
-
-    async def _post(self, url: str, body: dict[str, Any]) -> tuple[int, str]:
-        """POST once, following one redirect with the same method and body (http-api.md 2.5);
-        answers the last status and the URL that gave it."""
-        data = json.dumps(body).encode("utf-8")
-        headers = {b"Content-Type": [b"application/json"]}
-        for attempt in (1, 2):
-            response = await self.http_client.post(url, data=data, headers=headers, allow_redirects=False)
-            await treq.content(response)
-            location = response.headers.getRawHeaders(b"location")
-            if attempt == 1 and response.code in (301, 302, 307, 308) and location:
-                url = location[0].decode("utf-8")
-                continue
-            break
-        return int(response.code), url

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from mozpool.bmm.interfaces import IDeviceHardware
 from mozpool.db.pool import Database
 from mozpool.errors import UnknownObject
+from mozpool.httpcalls import TreqLike
 from mozpool.lifeguard import queries
 from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
 from mozpool.lifeguard.machine import TRANSIENT, DeviceKind
@@ -42,7 +43,7 @@ class LifeGuard:
         hardware: IDeviceHardware,
         server_fqdn: str,
         time_scale: float = 1.0,
-        http_client: Any = None,
+        http_client: TreqLike | None = None,
         request_events: RequestEvents | None = None,
         notify_timeout: float = NOTIFY_TIMEOUT,
     ) -> None:

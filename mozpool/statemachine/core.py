@@ -16,19 +16,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
+from automat import NoTransition
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
-from mozpool.db import changes, logs
+from mozpool.db import logs
+from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.jsontext import loads_object
 from mozpool.db.pool import Cursor, Database
+from mozpool.statemachine import queries
 from mozpool.timeutil import dbnow, deadline_text
 
 log = Logger()
 T = TypeVar("T")
+M = TypeVar("M")
 
 #: The original polled every 10 s; the interval is scaled like every timeout.
 POLL_INTERVAL = 10.0
@@ -222,14 +226,7 @@ class MachineRunner:
     # -- persistence ------------------------------------------------------------------------
 
     async def load(self, key: str) -> Row | None:
-        table, column = self.kind.table, self.kind.key_column
-
-        def q(c: Cursor) -> tuple | None:
-            return c.execute(
-                f"SELECT id, {column}, state, state_counters, state_timeout FROM {table} WHERE {column} = ?", (key,)
-            ).fetchone()
-
-        row = await self.db.runInteraction(q)
+        row = await self.db.runInteraction(queries.load_row, self.kind.table, self.kind.key_column, key)
         if row is None:
             return None
         counters = {k: v for k, v in loads_object(row[3]).items() if isinstance(v, int)}
@@ -238,22 +235,10 @@ class MachineRunner:
     async def write_state(self, row: Row, log_lines: Sequence[str] = (), old_state: str | None = None) -> None:
         """Write the row's state, deadline and counters, and ``log_lines`` to its log, at once;
         a change from ``old_state`` goes to the change journal too."""
-        now = self.now()
-
-        def write(c: Cursor) -> None:
-            c.execute(
-                f"UPDATE {self.kind.table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
-                (row.state, row.timeout, json.dumps(row.counters), row.id),
-            )
-            if old_state is not None and old_state != row.state:
-                changes.record(
-                    c, f"{self.kind.log_kind}_state", now, **{f"{self.kind.log_kind}_id": row.id},
-                    state=row.state, old_state=old_state,
-                )
-            for line in log_lines:
-                logs.add_log(c, self.kind.log_kind, row.id, "statemachine", line, now)
-
-        await self.db.runInteraction(write)
+        await self.db.runInteraction(
+            queries.write_state, self.kind.table, self.kind.log_kind, row.id, row.state, row.timeout,
+            json.dumps(row.counters), self.now(), log_lines, old_state,
+        )
         for line in log_lines:
             self.echo(row, line)
 
@@ -261,7 +246,7 @@ class MachineRunner:
         await self.db.runInteraction(self.update_counters, row.id, json.dumps(row.counters))
 
     def update_counters(self, c: Cursor, row_id: int, counters: str) -> None:
-        c.execute(f"UPDATE {self.kind.table} SET state_counters = ? WHERE id = ?", (counters, row_id))
+        queries.set_counters(c, self.kind.table, row_id, counters)
 
     async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> None:
         """To the twisted log and to the machine's log table; a failed write is only logged."""
@@ -291,6 +276,10 @@ class MachineRunner:
             if not outer.called:
                 outer.callback(result)
             elif isinstance(result, Failure):
+                if result.check(DatabaseUnavailable):
+                    log.warn("{kind} {key}: work given up after its caller left: {error}",
+                             kind=self.kind.log_kind, key=key, error=result.value)
+                    return None
                 log.failure("{kind} {key}: work finished after its caller left", result,
                             kind=self.kind.log_kind, key=key)
             return None
@@ -356,18 +345,32 @@ class MachineRunner:
     def post(self, key: str, event: str, args: dict[str, Any] | None = None) -> "defer.Deferred[Any]":
         """Queue an event without waiting for it; failures are logged, never raised."""
         d = defer.Deferred.fromCoroutine(self.handle_event(key, event, args))
-        d.addErrback(lambda f: log.failure("event {event} for {key} failed", f, event=event, key=key))
+        d.addErrback(_log_failure, "event {event} for {key} failed", event=event, key=key)
         return d
 
     async def due(self) -> list[str]:
         """Keys of this server's machines whose deadline has passed."""
-        table, column = self.kind.table, self.kind.key_column
-        rows = await self.db.query(
-            f"SELECT t.{column} FROM {table} t JOIN imaging_servers s ON s.id = t.imaging_server_id"
-            " WHERE s.fqdn = ? AND t.state_timeout IS NOT NULL AND t.state_timeout <= ?",
-            (self.server_fqdn, self.now_precise()),
+        return await self.db.runInteraction(
+            queries.due_keys, self.kind.table, self.kind.key_column, self.server_fqdn, self.now_precise()
         )
-        return [str(r[0]) for r in rows]
+
+
+async def apply_input(
+    machine: M, give: Callable[[M], Awaitable[T]], then: Callable[[T], Awaitable[Any]] | None = None
+) -> bool:
+    """Give an Automat ``machine`` (restored in its row's state) one input through ``give``.
+
+    False when the state does not accept the input (Automat raises ``NoTransition``): the
+    runner logs the event as ignored.  Otherwise the transition's behaviour is awaited and what
+    it answers handed to ``then`` (where the layer goes to its target), and True."""
+    try:
+        step = give(machine)
+    except NoTransition:
+        return False
+    answer = await step
+    if then is not None:
+        await then(answer)
+    return True
 
 
 async def each_bounded(
@@ -467,6 +470,10 @@ class TimeoutDriver(Service):
         the bound: timers and the poll share this queue and its bound."""
         if self._stopping or key in self._queued:
             return
+        if not _available(self.runner.db):
+            # Skipped, not queued: the deadline stays in the database, and the first poll once
+            # the database is back finds the machine again.
+            return
         self._queued.add(key)
         self._due.append(key)
         if len(self._workers) < TIMEOUT_CONCURRENCY:
@@ -484,11 +491,15 @@ class TimeoutDriver(Service):
         try:
             await self.runner.handle_timeout(key)
         except Exception:
-            log.failure("timeout for {kind} {key} failed", kind=self.runner.kind.log_kind, key=key)
+            _log_failure(Failure(), "timeout for {kind} {key} failed", kind=self.runner.kind.log_kind, key=key)
 
     # -- the poll ---------------------------------------------------------------------------
 
     def _start_tick(self) -> None:
+        if not _available(self.runner.db):
+            # The pool fails every call at once while the database is unavailable, and says so
+            # once: skip the tick rather than fail each of its steps.
+            return
         if self._tick is not None:
             log.warn("{kind} timeout tick still running; skipping one", kind=self.runner.kind.log_kind)
             return
@@ -502,7 +513,7 @@ class TimeoutDriver(Service):
         try:
             keys = await self.runner.due()
         except Exception:
-            log.failure("listing due {kind} machines failed", kind=self.runner.kind.log_kind)
+            _log_failure(Failure(), "listing due {kind} machines failed", kind=self.runner.kind.log_kind)
             keys = []
         for key in keys:
             self._enqueue(key)  # once stopping, nothing more is queued
@@ -511,4 +522,18 @@ class TimeoutDriver(Service):
             try:
                 await self.extra()
             except Exception:
-                log.failure("{kind} periodic step failed", kind=self.runner.kind.log_kind)
+                _log_failure(Failure(), "{kind} periodic step failed", kind=self.runner.kind.log_kind)
+
+
+def _available(db: Any) -> bool:
+    """False while the pool has marked the database unavailable."""
+    return bool(getattr(db, "available", True))
+
+
+def _log_failure(failure: Failure, message: str, **fields: Any) -> None:
+    """A failure is a bug (logged with its traceback) unless the database was unavailable,
+    which the pool reports once: then one warning line (rate-limited like any repeat)."""
+    if failure.check(DatabaseUnavailable):
+        log.warn(message + ": {error}", error=failure.value, **fields)
+    else:
+        log.failure(message, failure, **fields)

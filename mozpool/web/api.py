@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any, Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Awaitable, Callable, TypeVar
 
 from klein import Klein
 from twisted.internet import defer
@@ -26,7 +27,7 @@ from werkzeug import exceptions as wz
 from mozpool import __version__, liveness
 from mozpool.db import catalog, devices, logs, requests, summary, tokens
 from mozpool.db.errors import DatabaseUnavailable
-from mozpool.db.pool import Database
+from mozpool.db.pool import RETRY_AFTER, Database
 from mozpool.errors import UnknownObject
 from mozpool.timeutil import apitime, dbnow
 from mozpool.lifeguard.interfaces import DEVICE_EVENTS
@@ -42,7 +43,7 @@ from mozpool.web.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from mozpool.web.interfaces import DeviceHeld, StateMismatch
+from mozpool.web.interfaces import IBMM, DeviceHeld, IBroker, ILifeGuard, StateMismatch
 from mozpool.web.owner import OwnerCheck
 from mozpool.web.statecache import StateSnapshot
 
@@ -76,6 +77,8 @@ ROUTES: list[tuple[str, tuple[str, ...]]] = []
 REDIRECTING: list[str] = []
 
 Handler = Callable[..., Awaitable[Any]]
+#: a collaborator the API may have been built without (see :meth:`MozpoolAPI._need`)
+C = TypeVar("C")
 
 
 def _rule(template: str) -> str:
@@ -163,9 +166,9 @@ class MozpoolAPI:
         fqdn: str,
         clock: IReactorTime,
         *,
-        broker: Any = None,
-        lifeguard: Any = None,
-        bmm: Any = None,
+        broker: IBroker | None = None,
+        lifeguard: ILifeGuard | None = None,
+        bmm: IBMM | None = None,
         events: event_stream.EventHub | None = None,
         authority: auth.Authority | None = None,
         time_scale: float = 1.0,
@@ -206,7 +209,7 @@ class MozpoolAPI:
             return None
         if request.getHeader(b"content-length") not in (None, b"0") or request.getHeader(b"transfer-encoding"):
             return None  # a body to check: the route does
-        snapshot = self.snapshot.fresh()
+        snapshot = self.snapshot.at_once()  # fresh, or from memory while the database is away
         if snapshot is None:
             return None
         states, expires = snapshot
@@ -269,7 +272,7 @@ class MozpoolAPI:
         elif isinstance(exc, wz.HTTPException):
             err = NotFound("no such endpoint")
         elif isinstance(exc, DatabaseUnavailable):
-            err = ServiceUnavailable(str(exc) or "database unavailable")
+            err = ServiceUnavailable(str(exc) or "database unavailable", getattr(exc, "retry_after", RETRY_AFTER))
         elif isinstance(exc, UnknownObject):
             err = NotFound(str(exc))
         elif isinstance(exc, DeviceHeld):
@@ -326,7 +329,7 @@ class MozpoolAPI:
     def body(self, request: IRequest) -> dict[str, Any]:
         return validate.json_object(validate.read_body(request))
 
-    def _need(self, collaborator: Any, what: str) -> Any:
+    def _need(self, collaborator: C | None, what: str) -> C:
         if collaborator is None:
             raise NotAvailable(f"{what} is not available in this version")
         return collaborator
@@ -352,17 +355,15 @@ class MozpoolAPI:
             raise NotFound(f"unknown device {device}")
         await self.owners.check_origin(request)
         body = self.body(request)
-        fields = validate.request_creation(body)
-        image = await self.db.runInteraction(queries.image, fields["image"])
+        spec = validate.request_creation(body)
+        image = await self.db.runInteraction(queries.image, spec.image)
         if image is None:
-            raise NotFound(f"unknown image {fields['image']}")
+            raise NotFound(f"unknown image {spec.image}")
         boot_config = validate.boot_config_from(body, image["boot_config_keys"])
         broker = self._need(self.broker, "request creation")
         caller: auth.Caller = request.mozpool_caller  # type: ignore[attr-defined]
-        created = await broker.create_request(
-            device, fields["assignee"], fields["duration"], fields["image"], fields["environment"], boot_config,
-            created_by=caller.name if caller.kind == "token" else None,
-        )
+        created_by = caller.name if caller.kind == "token" else None
+        created = await broker.create_request(device, replace(spec, boot_config=boot_config, created_by=created_by))
         return {"request": created}
 
     @endpoint("/api/request/list/", "GET")

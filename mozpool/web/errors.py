@@ -68,7 +68,13 @@ class NotAvailable(ApiError):
 
 
 class ServiceUnavailable(ApiError):
+    """The database cannot answer now; ``Retry-After`` says when to ask again (seconds)."""
+
     status = 503
+
+    def __init__(self, message: str, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers["Retry-After"] = str(int(retry_after))
 
 
 class Redirect(ApiError):

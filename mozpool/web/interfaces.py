@@ -7,7 +7,7 @@ status of its own (anything else is a 500, i.e. a bug).
 """
 
 from mozpool.bmm.interfaces import IBMM
-from mozpool.broker.interfaces import DeviceHeld, IBroker
+from mozpool.broker.interfaces import DeviceHeld, IBroker, RequestSpec
 from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
 
-__all__ = ["IBMM", "IBroker", "ILifeGuard", "DeviceHeld", "StateMismatch"]
+__all__ = ["IBMM", "IBroker", "ILifeGuard", "DeviceHeld", "RequestSpec", "StateMismatch"]

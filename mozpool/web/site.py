@@ -50,7 +50,7 @@ class BoundedRequest(server.Request):
         self.channel.loseConnection()
 
 
-def makeSite(api: MozpoolAPI, ui: IResource | None = None, access_log: bool = False) -> server.Site:
+def make_site(api: MozpoolAPI, ui: IResource | None = None, access_log: bool = False) -> server.Site:
     """A Site rooted at the API.  Form-encoded and multipart bodies are not parsed by Twisted:
     bodies are JSON whatever their Content-Type (spec 1.3), and a multipart parse failure would
     answer a bare 400 before the API sees the call.
@@ -61,3 +61,5 @@ def makeSite(api: MozpoolAPI, ui: IResource | None = None, access_log: bool = Fa
     if not access_log:
         site.log = lambda request: None  # type: ignore[method-assign]
     return site
+
+

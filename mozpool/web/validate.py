@@ -14,6 +14,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web.iweb import IRequest
 
 from mozpool.web.errors import BadRequest, PayloadTooLarge
+from mozpool.web.interfaces import RequestSpec
 
 MAX_BODY = 1024 * 1024
 MAX_INT32 = 2147483647
@@ -281,8 +282,9 @@ def duration(body: dict[str, Any]) -> int:
     return integer(body, "duration", low=1, high=MAX_INT32)
 
 
-def request_creation(body: dict[str, Any]) -> dict[str, Any]:
-    """assignee (or requester), duration, image and environment of spec 3.4."""
+def request_creation(body: dict[str, Any]) -> RequestSpec:
+    """assignee (or requester), duration, image and environment of spec 3.4; the boot
+    configuration, which depends on the image, is added by :func:`boot_config_from`."""
     if "assignee" in body:
         assignee = string(body, "assignee", max_chars=MAX_ASSIGNEE_CHARS)
     elif "requester" in body:
@@ -292,7 +294,8 @@ def request_creation(body: dict[str, Any]) -> dict[str, Any]:
     length = duration(body)
     image = string(body, "image")
     env = string(body, "environment", required=False, nullable=True, max_chars=MAX_ENVIRONMENT_CHARS)
-    return {"assignee": assignee, "duration": length, "image": image, "environment": env or "any"}
+    assert assignee is not None and image is not None  # required and not nullable: string() raised
+    return RequestSpec(assignee, length, image, env or "any")
 
 
 def boot_config_from(body: dict[str, Any], keys: list[str]) -> str:

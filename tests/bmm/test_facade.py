@@ -27,8 +27,8 @@ class FakePower:
         self.calls.append(("power_off", relay_info))
         return defer.succeed(self.result)
 
-    def test_two_way_comms(self, board: Any) -> "defer.Deferred[RelayResult]":
-        self.calls.append(("test", board))
+    def test_controller(self, controller: Any) -> "defer.Deferred[RelayResult]":
+        self.calls.append(("test", controller))
         return defer.succeed(self.result)
 
 
@@ -78,6 +78,13 @@ class Facade(DatabaseTest):
         await self.bmm.settle()
         self.assertIsNone(pxe.read_pxe_config(self.root, "020100000000"))
         self.assertIn(("bmm", "power-cycle failed: connection refused"), await self.messages())
+
+    async def test_success_note_logged(self) -> None:
+        """A driver without read-back says so in the device's log."""
+        self.power.result = RelayResult(True, note="no read-back")
+        await self.bmm.power_off("panda-0001")
+        await self.bmm.settle()
+        self.assertIn(("bmm", "power-off succeeded (no read-back)"), await self.messages())
 
     async def test_ping_sut_and_relay_test(self) -> None:
         self.assertTrue(await self.bmm.ping("panda-0001"))

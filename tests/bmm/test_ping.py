@@ -20,10 +20,10 @@ from mozpool.bmm.ping import (
     FpingPinger,
     IPinger,
     TCPProbePinger,
-    checkFping,
-    findFping,
-    fpingAvailable,
-    validHost,
+    check_fping,
+    find_fping,
+    fping_available,
+    valid_host,
 )
 
 
@@ -102,7 +102,7 @@ class FpingTests(PingTestBase):
     def test_interface(self) -> None:
         self.assertTrue(verifyObject(IPinger, self.pinger))
 
-    def test_oneHost(self) -> None:
+    def test_one_host(self) -> None:
         d = self.pinger.ping("panda-0001.example.com")
         self.assertEqual(self.reactor.spawned, [], "spawned at the end of the turn, not at once")
         self.reactor.advance(0)
@@ -119,7 +119,7 @@ class FpingTests(PingTestBase):
         self.assertIs(self.successResultOf(d), True)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_batchSameTurn(self) -> None:
+    def test_batch_same_turn(self) -> None:
         hosts = ["a.example.com", "b.example.com", "C.example.com", "d.example.com"]
         ds = {h: self.pinger.ping(h) for h in hosts}
         dup = self.pinger.ping("a.example.com")
@@ -148,14 +148,14 @@ class FpingTests(PingTestBase):
         self.reactor.spawned[0].exit(1)
         self.assertEqual((self.successResultOf(d1), self.successResultOf(d2)), (False, True))
 
-    def test_separateTurnsSeparateChildren(self) -> None:
+    def test_separate_turns_separate_children(self) -> None:
         self.pinger.ping("a")
         self.reactor.advance(0)
         self.pinger.ping("b")
         self.reactor.advance(0)
         self.assertEqual([c.hosts for c in self.reactor.spawned], [["a"], ["b"]])
 
-    def test_dnsFailure(self) -> None:
+    def test_dns_failure(self) -> None:
         d1 = self.pinger.ping("nonexistent.invalid")
         d2 = self.pinger.ping("localhost")
         self.reactor.advance(0)
@@ -165,7 +165,7 @@ class FpingTests(PingTestBase):
         child.exit(2)
         self.assertEqual((self.successResultOf(d1), self.successResultOf(d2)), (False, True))
 
-    def test_configurationErrorsAreDown(self) -> None:
+    def test_configuration_errors_are_down(self) -> None:
         for code in (3, 4):
             d = self.pinger.ping("a")
             self.reactor.advance(0)
@@ -176,13 +176,13 @@ class FpingTests(PingTestBase):
             self.assertIs(self.successResultOf(d), False)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
-    def test_unexpectedSignalIsDown(self) -> None:
+    def test_unexpected_signal_is_down(self) -> None:
         d = self.pinger.ping("a")
         self.reactor.advance(0)
         self.reactor.spawned[0].exit(None, 15)
         self.assertIs(self.successResultOf(d), False)
 
-    def test_timeoutKillsChild(self) -> None:
+    def test_timeout_kills_child(self) -> None:
         d = self.pinger.ping("slow.example.com")
         self.reactor.advance(0)
         child = self.reactor.spawned[0]
@@ -198,7 +198,7 @@ class FpingTests(PingTestBase):
         self.assertEqual(self.pinger.stats.killed, 1)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_lateOutputAfterTimeoutIgnored(self) -> None:
+    def test_late_output_after_timeout_ignored(self) -> None:
         results: list[bool] = []
         self.pinger.ping("a").addCallback(results.append)
         self.reactor.advance(0)
@@ -209,8 +209,8 @@ class FpingTests(PingTestBase):
         child.exit(0)  # exited just before the kill landed
         self.assertEqual(results, [False], "fired once only")
 
-    def test_concurrencyLimitAndQueueBound(self) -> None:
-        pinger = FpingPinger(self.reactor, fping=self.fping, maxChildren=2)
+    def test_concurrency_limit_and_queue_bound(self) -> None:
+        pinger = FpingPinger(self.reactor, fping=self.fping, max_children=2)
         first = [pinger.ping("h%d" % i) for i in range(2)]
         self.reactor.advance(0)
         self.assertEqual(len(self.reactor.spawned), 1)
@@ -219,7 +219,7 @@ class FpingTests(PingTestBase):
         self.reactor.advance(0)
         queued = pinger.ping("q")
         self.reactor.advance(0)
-        self.assertEqual(len(self.reactor.spawned), 2, "at most maxChildren children")
+        self.assertEqual(len(self.reactor.spawned), 2, "at most max_children children")
         self.reactor.advance(5)
         self.reactor.spawned[0].out(b"h0\n")
         self.reactor.spawned[0].exit(1)
@@ -231,8 +231,8 @@ class FpingTests(PingTestBase):
         self.assertIs(self.successResultOf(queued), False)
         self.assertEqual(self.reactor.spawned[2].signals, ["KILL"])
 
-    def test_queuedPastBoundNeverSpawns(self) -> None:
-        pinger = FpingPinger(self.reactor, fping=self.fping, maxChildren=1)
+    def test_queued_past_bound_never_spawns(self) -> None:
+        pinger = FpingPinger(self.reactor, fping=self.fping, max_children=1)
         pinger.ping("a")
         self.reactor.advance(0)
         queued = pinger.ping("b")
@@ -241,20 +241,20 @@ class FpingTests(PingTestBase):
         self.reactor.spawned[0].exit(None, 9)
         self.assertEqual(len(self.reactor.spawned), 1)
 
-    def test_maxBatch(self) -> None:
-        pinger = FpingPinger(self.reactor, fping=self.fping, maxBatch=3)
+    def test_max_batch(self) -> None:
+        pinger = FpingPinger(self.reactor, fping=self.fping, max_batch=3)
         for i in range(7):
             pinger.ping("h%d" % i)
         self.reactor.advance(0)
         self.assertEqual([c.hosts for c in self.reactor.spawned], [["h0", "h1", "h2"], ["h3", "h4", "h5"], ["h6"]])
 
-    def test_invalidHostNeverSpawns(self) -> None:
+    def test_invalid_host_never_spawns(self) -> None:
         for bad in ["-a", "a b", "a;rm", "", "x/y", "host_name"]:
             self.assertIs(self.successResultOf(self.pinger.ping(bad)), False)
         self.reactor.advance(0)
         self.assertEqual(self.reactor.spawned, [])
 
-    def test_spawnFails(self) -> None:
+    def test_spawn_fails(self) -> None:
         reactor = FakeProcessReactor(failSpawn=True)
         pinger = FpingPinger(reactor, fping=self.fping)
         d = pinger.ping("a")
@@ -263,7 +263,7 @@ class FpingTests(PingTestBase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
-    def test_simulatedHook(self) -> None:
+    def test_simulated_hook(self) -> None:
         answers = {"sim-up": True, "sim-down": False}
         pinger = FpingPinger(self.reactor, fping=self.fping, simulated=answers.get)
         self.assertIs(self.successResultOf(pinger.ping("sim-up")), True)
@@ -273,7 +273,7 @@ class FpingTests(PingTestBase):
         self.assertEqual([c.hosts for c in self.reactor.spawned], [["real.example.com"]])
         self.assertNoResult(real)
 
-    def test_simulatedHookRaises(self) -> None:
+    def test_simulated_hook_raises(self) -> None:
         def boom(host: str) -> bool | None:
             raise RuntimeError("boom")
 
@@ -283,11 +283,11 @@ class FpingTests(PingTestBase):
 
 
 class MissingFpingTests(SynchronousTestCase):
-    def test_missingBinary(self) -> None:
+    def test_missing_binary(self) -> None:
         missing = os.path.join(self.mktemp(), "fping")
-        self.assertIsNone(findFping(missing))
-        self.assertFalse(fpingAvailable(missing))
-        e = self.assertRaises(FpingMissing, checkFping, missing)
+        self.assertIsNone(find_fping(missing))
+        self.assertFalse(fping_available(missing))
+        e = self.assertRaises(FpingMissing, check_fping, missing)
         self.assertIn("[ping] fping", str(e))
         self.assertIn("fping not found", str(e))
         reactor = FakeProcessReactor()
@@ -297,23 +297,23 @@ class MissingFpingTests(SynchronousTestCase):
         reactor.advance(0)
         self.assertEqual(reactor.spawned, [])
 
-    def test_notExecutable(self) -> None:
+    def test_not_executable(self) -> None:
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("")
         os.chmod(path, 0o644)
-        self.assertFalse(fpingAvailable(path))
+        self.assertFalse(fping_available(path))
 
-    def test_missingOnPath(self) -> None:
+    def test_missing_on_path(self) -> None:
         self.patch(os, "environ", {"PATH": self.mktemp()})
-        self.assertIsNone(findFping())
-        self.assertIn("on PATH", str(self.assertRaises(FpingMissing, checkFping)))
+        self.assertIsNone(find_fping())
+        self.assertIn("on PATH", str(self.assertRaises(FpingMissing, check_fping)))
 
-    def test_validHost(self) -> None:
-        self.assertTrue(validHost("panda-0001.p1.releng.example.com"))
-        self.assertTrue(validHost("127.0.0.1"))
-        self.assertFalse(validHost("-r100"))
-        self.assertFalse(validHost("a\nb"))
+    def test_valid_host(self) -> None:
+        self.assertTrue(valid_host("panda-0001.p1.releng.example.com"))
+        self.assertTrue(valid_host("127.0.0.1"))
+        self.assertFalse(valid_host("-r100"))
+        self.assertFalse(valid_host("a\nb"))
 
 
 class FakeEndpoint:
@@ -344,7 +344,7 @@ class TCPProbeTests(SynchronousTestCase):
             seen.append((host, port))
             return ep
 
-        pinger = TCPProbePinger(clock, 22, endpointFactory=factory)  # type: ignore[arg-type]
+        pinger = TCPProbePinger(clock, 22, endpoint_factory=factory)  # type: ignore[arg-type]
         self.assertTrue(verifyObject(IPinger, pinger))
         d = pinger.ping("panda.example.com")
         self.assertEqual(seen, [("panda.example.com", 22)])
@@ -357,15 +357,15 @@ class TCPProbeTests(SynchronousTestCase):
         self.assertEqual(ep.transport.value(), b"", "never sends data")
         self.assertTrue(ep.transport.disconnected)
 
-    def test_refusedMeansUp(self) -> None:
+    def test_refused_means_up(self) -> None:
         d, _, _ = self.probe("refuse")
         self.assertIs(self.successResultOf(d), True)
 
-    def test_dnsDown(self) -> None:
+    def test_dns_down(self) -> None:
         d, _, _ = self.probe("dns")
         self.assertIs(self.successResultOf(d), False)
 
-    def test_timeoutDown(self) -> None:
+    def test_timeout_down(self) -> None:
         d, _, clock = self.probe("hang")
         clock.advance(9.9)
         self.assertNoResult(d)

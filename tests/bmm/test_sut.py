@@ -21,8 +21,8 @@ from mozpool.bmm.sut import (
     SUTClientProtocol,
     SUTResult,
     SUTTimings,
-    checkPath,
-    defaultAddress,
+    check_path,
+    default_address,
 )
 
 PROMPT = b"$>\x00"
@@ -65,13 +65,13 @@ class SUTTestMixin(SynchronousTestCase):
         self.addresses: list[tuple[str, int, float]] = []
         self.endpoints: list[FakeEndpoint] = []
 
-        def endpointFactory(host: str, port: int, timeout: float) -> FakeEndpoint:
+        def endpoint_factory(host: str, port: int, timeout: float) -> FakeEndpoint:
             self.addresses.append((host, port, timeout))
             ep = FakeEndpoint(self, self.mode)
             self.endpoints.append(ep)
             return ep
 
-        self.client = SUTClient(self.clock, endpointFactory=endpointFactory)  # type: ignore[arg-type]
+        self.client = SUTClient(self.clock, endpoint_factory=endpoint_factory)  # type: ignore[arg-type]
         self.logLines: list[str] = []
 
     def feed(self, data: bytes) -> None:
@@ -125,20 +125,20 @@ class VerifyTests(SUTTestMixin):
         self.feed(b"quit\n" + PROMPT)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_createsTestsDirectory(self) -> None:
+    def test_creates_tests_directory(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.converse(self.deviceRootScript(isdir=b"FALSE"))
         self.assertTrue(self.result(d).ok)
 
-    def test_missingPathAsLsText(self) -> None:
+    def test_missing_path_as_ls_text(self) -> None:
         """1.16 answers isdir of a missing path with ls's text: 'not a directory', so mkdr."""
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.converse(self.deviceRootScript(isdir=b"/mnt/sdcard/tests: No such file or directory"))
         self.assertTrue(self.result(d).ok)
 
-    def test_emptyTestroot(self) -> None:
+    def test_empty_testroot(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.converse([(b"testroot\r\n", b"")])
@@ -148,7 +148,7 @@ class VerifyTests(SUTTestMixin):
         assert self.transport is not None
         self.assertTrue(self.transport.disconnected, "failure aborts the connection")
 
-    def test_testrootWithSpace(self) -> None:
+    def test_testroot_with_space(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.converse([(b"testroot\r\n", b"/mnt/sd card")])
@@ -156,7 +156,7 @@ class VerifyTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertIn("invalid device root", r.reason)
 
-    def test_emptyIsdir(self) -> None:
+    def test_empty_isdir(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.converse([(b"testroot\r\n", b"/data/local"), (b"isdir /data/local/tests\r\n", b"")])
@@ -164,7 +164,7 @@ class VerifyTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertIn("isdir returned nothing", r.reason)
 
-    def test_badVer(self) -> None:
+    def test_bad_ver(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         script = self.deviceRootScript()
@@ -174,7 +174,7 @@ class VerifyTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertIn("ver", r.reason)
 
-    def test_warningOnMkdr(self) -> None:
+    def test_warning_on_mkdr(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.converse(
@@ -195,13 +195,13 @@ class VerifyTests(SUTTestMixin):
         self.assertEqual(r.reason, "connection refused")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_dnsFailure(self) -> None:
+    def test_dns_failure(self) -> None:
         self.mode = "dns"
         r = self.result(self.client.verify("nonexistent.invalid"))
         self.assertFalse(r.ok)
         self.assertIn("DNS lookup failed", r.reason)
 
-    def test_connectNeverCompletes(self) -> None:
+    def test_connect_never_completes(self) -> None:
         self.mode = "pending"
         d = self.client.verify("d")
         self.clock.advance(14.9)
@@ -212,7 +212,7 @@ class VerifyTests(SUTTestMixin):
         self.assertIn("no connection within 15 s", r.reason)
         self.assertTrue(self.endpoints[0].cancelled)
 
-    def test_noPrompt(self) -> None:
+    def test_no_prompt(self) -> None:
         d = self.client.verify("d")
         self.feed(b"garbage without prompt")
         self.clock.advance(14.9)
@@ -225,7 +225,7 @@ class VerifyTests(SUTTestMixin):
         self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_promptIsWaitedForAcrossSegmentsAndGarbageDiscarded(self) -> None:
+    def test_prompt_is_waited_for_across_segments_and_garbage_discarded(self) -> None:
         d = self.client.verify("d")
         self.feed(b"junk$")
         self.feed(b">")
@@ -240,7 +240,7 @@ class VerifyTests(SUTTestMixin):
         self.converse([(b"ver\r\n", b"SUTAgentAndroid Version 1.16")])
         self.assertTrue(self.result(d).ok)
 
-    def test_closedBeforePrompt(self) -> None:
+    def test_closed_before_prompt(self) -> None:
         d = self.client.verify("d")
         assert self.proto is not None
         self.proto.connectionLost(Failure(Exception("reset")))
@@ -249,7 +249,7 @@ class VerifyTests(SUTTestMixin):
         self.assertIn("closed by agent", r.reason)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_closedMidCommand(self) -> None:
+    def test_closed_mid_command(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.feed(b"/mnt/sd")
@@ -259,7 +259,7 @@ class VerifyTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertIn("'testroot'", r.reason)
 
-    def test_bytesAfterPrompt(self) -> None:
+    def test_bytes_after_prompt(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.assertEqual(self.sent(), b"testroot\r\n")
@@ -270,7 +270,7 @@ class VerifyTests(SUTTestMixin):
         assert self.transport is not None
         self.assertTrue(self.transport.disconnected)
 
-    def test_bytesAfterInitialPrompt(self) -> None:
+    def test_bytes_after_initial_prompt(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT + b"extra")
         r = self.result(d)
@@ -278,7 +278,7 @@ class VerifyTests(SUTTestMixin):
         self.assertIn("bytes after prompt", r.reason)
         self.assertEqual(self.sent(), b"")
 
-    def test_idleTimeout(self) -> None:
+    def test_idle_timeout(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.clock.advance(14.9)
@@ -291,7 +291,7 @@ class VerifyTests(SUTTestMixin):
         assert self.transport is not None
         self.assertTrue(self.transport.disconnected)
 
-    def test_idleTimerRestartsOnData(self) -> None:
+    def test_idle_timer_restarts_on_data(self) -> None:
         d = self.client.verify("d")
         self.feed(PROMPT)
         self.sent()
@@ -304,7 +304,7 @@ class VerifyTests(SUTTestMixin):
         self.feed(PROMPT)
         self.assertEqual(self.sent(), b"isdir /mnt/sdcard/tests\r\n")
 
-    def test_totalDeadlineWithDrip(self) -> None:
+    def test_total_deadline_with_drip(self) -> None:
         """Data every 10 s keeps the idle timer alive; the 30 s total bound still ends it."""
         d = self.client.verify("d")
         self.feed(PROMPT)
@@ -320,7 +320,7 @@ class VerifyTests(SUTTestMixin):
         self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_configurableTimings(self) -> None:
+    def test_configurable_timings(self) -> None:
         self.client.timings = SUTTimings(connect=1, idle=1, verify=2, sdcard=3, reboot=4)
         d = self.client.verify("d")
         self.clock.advance(1)
@@ -349,7 +349,7 @@ class SDCardTests(SUTTestMixin):
         return script
 
     def test_success(self) -> None:
-        d = self.client.checkSDCard("d", self.logLines.append)
+        d = self.client.check_sdcard("d", self.logLines.append)
         self.assertEqual(self.logLines, ["verifying SD card"])
         self.feed(PROMPT)
         self.converse(self.sdcardScript(existing=False))
@@ -357,22 +357,22 @@ class SDCardTests(SUTTestMixin):
         self.assertTrue(r.ok, r.reason)
         self.assertEqual(self.sent(), b"quit\r\n")
 
-    def test_successWithLeftoverDirectory(self) -> None:
-        d = self.client.checkSDCard("d")
+    def test_success_with_leftover_directory(self) -> None:
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         self.converse(self.sdcardScript(existing=True))
         self.assertTrue(self.result(d).ok)
 
-    def test_md5CaseInsensitive(self) -> None:
-        d = self.client.checkSDCard("d")
+    def test_md5_case_insensitive(self) -> None:
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         script = self.sdcardScript(existing=False)
         script[-3] = (script[-3][0], SDCARD_MD5.upper().encode())
         self.converse(script)
         self.assertTrue(self.result(d).ok)
 
-    def test_badMd5(self) -> None:
-        d = self.client.checkSDCard("d")
+    def test_bad_md5(self) -> None:
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         script = self.sdcardScript(existing=False)[:-2]
         script[-1] = (script[-1][0], b"0" * 32)
@@ -381,16 +381,16 @@ class SDCardTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertIn("md5 mismatch", r.reason)
 
-    def test_pushFailed(self) -> None:
-        d = self.client.checkSDCard("d")
+    def test_push_failed(self) -> None:
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         script = self.sdcardScript(existing=False)[:-2]
         script[-1] = (script[-1][0], b"##AGENT-WARNING## Push failed!")
         self.converse(script)
         self.assertEqual(self.result(d).reason, "agent warning: Push failed!")
 
-    def test_readOnlyStorage(self) -> None:
-        d = self.client.checkSDCard("d")
+    def test_read_only_storage(self) -> None:
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         script = self.sdcardScript(existing=False)[:-3]
         script[-1] = (script[-1][0], b"FALSE")
@@ -399,9 +399,9 @@ class SDCardTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertEqual(r.reason, "failed to create directory under device root")
 
-    def test_totalDeadline(self) -> None:
+    def test_total_deadline(self) -> None:
         """Each command answered just inside the idle bound; the 195 s total still ends it."""
-        d = self.client.checkSDCard("d")
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         script = self.sdcardScript(existing=False)
         elapsed = 0.0
@@ -415,8 +415,8 @@ class SDCardTests(SUTTestMixin):
         # 13 commands x 14 s would be 182 s < 195 s: the operation finishes in time.
         self.assertTrue(self.result(d).ok)
 
-    def test_totalDeadlinePasses(self) -> None:
-        d = self.client.checkSDCard("d")
+    def test_total_deadline_passes(self) -> None:
+        d = self.client.check_sdcard("d")
         self.feed(PROMPT)
         for _ in range(19):
             self.clock.advance(10)
@@ -440,7 +440,7 @@ class RebootTests(SUTTestMixin):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_connectionLostBeforeRebt(self) -> None:
+    def test_connection_lost_before_rebt(self) -> None:
         d = self.client.reboot("d")
         self.feed(PROMPT)
         script = self.deviceRootScript()
@@ -451,7 +451,7 @@ class RebootTests(SUTTestMixin):
         self.assertFalse(r.ok)
         self.assertNotIn(b"rebt", self.sent())
 
-    def test_totalDeadline(self) -> None:
+    def test_total_deadline(self) -> None:
         d = self.client.reboot("d")
         self.feed(PROMPT)
         for _ in range(4):
@@ -469,34 +469,34 @@ class ProtocolTests(SynchronousTestCase):
         transport = StringTransport()
         proto.makeConnection(transport)
         proto.dataReceived(PROMPT)
-        self.successResultOf(proto.whenPrompted())
+        self.successResultOf(proto.when_prompted())
         return proto, transport, clock
 
-    def test_pushIsOneWrite(self) -> None:
+    def test_push_is_one_write(self) -> None:
         proto, transport, _ = self.connected()
         writes: list[bytes] = []
         transport.write = writes.append  # type: ignore[method-assign]
         proto.command("push /a/b 3", b"xyz")
         self.assertEqual(writes, [b"push /a/b 3\r\nxyz"])
 
-    def test_noPipelining(self) -> None:
+    def test_no_pipelining(self) -> None:
         proto, _, _ = self.connected()
         proto.command("ver")
         self.assertRaises(Exception, proto.command, "ver")
 
-    def test_bodyStripped(self) -> None:
+    def test_body_stripped(self) -> None:
         proto, _, _ = self.connected()
         d = proto.command("rmdr /x")
         proto.dataReceived(b"Deleting file(s) from /x\r\nf\r\nDeleting directory /x\r\n" + PROMPT)
         self.assertEqual(self.successResultOf(d), "Deleting file(s) from /x\r\nf\r\nDeleting directory /x")
 
-    def test_emptyBody(self) -> None:
+    def test_empty_body(self) -> None:
         proto, _, _ = self.connected()
         d = proto.command("mkdr /x")
         proto.dataReceived(PROMPT)
         self.assertEqual(self.successResultOf(d), "")
 
-    def test_unsolicitedBytes(self) -> None:
+    def test_unsolicited_bytes(self) -> None:
         proto, transport, _ = self.connected()
         proto.dataReceived(b"hello")
         self.assertTrue(transport.disconnected)
@@ -504,21 +504,21 @@ class ProtocolTests(SynchronousTestCase):
 
 
 class HelperTests(SynchronousTestCase):
-    def test_checkPath(self) -> None:
-        self.assertEqual(checkPath("/mnt/sdcard/tests"), "/mnt/sdcard/tests")
+    def test_check_path(self) -> None:
+        self.assertEqual(check_path("/mnt/sdcard/tests"), "/mnt/sdcard/tests")
         for bad in ["/a b", "/a\tb", '/a"b', "/a'b", ""]:
-            self.assertRaises(Exception, checkPath, bad)
+            self.assertRaises(Exception, check_path, bad)
 
-    def test_defaultAddress(self) -> None:
-        self.assertEqual(defaultAddress("panda-1.example.com"), ("panda-1.example.com", 20701))
-        self.assertEqual(defaultAddress("localhost:30001"), ("localhost", 30001))
-        self.assertEqual(defaultAddress("[::1]:30001"), ("::1", 30001))
+    def test_default_address(self) -> None:
+        self.assertEqual(default_address("panda-1.example.com"), ("panda-1.example.com", 20701))
+        self.assertEqual(default_address("localhost:30001"), ("localhost", 30001))
+        self.assertEqual(default_address("[::1]:30001"), ("::1", 30001))
 
-    def test_resultTruthiness(self) -> None:
+    def test_result_truthiness(self) -> None:
         self.assertTrue(SUTResult(True))
         self.assertFalse(SUTResult(False, "x"))
 
-    def test_addressHook(self) -> None:
+    def test_address_hook(self) -> None:
         clock = Clock()
         seen: list[tuple[str, int, float]] = []
 
@@ -526,25 +526,25 @@ class HelperTests(SynchronousTestCase):
             seen.append((host, port, timeout))
             return FakeEndpoint(None, "refuse")  # type: ignore[arg-type]
 
-        client = SUTClient(clock, addressFor=lambda fqdn: ("127.0.0.1", 40123), endpointFactory=factory)
+        client = SUTClient(clock, address_for=lambda fqdn: ("127.0.0.1", 40123), endpoint_factory=factory)
         self.assertFalse(self.successResultOf(client.verify("panda-0001")).ok)
         self.assertEqual(seen[0][:2], ("127.0.0.1", 40123))
 
-    def test_badAddress(self) -> None:
-        client = SUTClient(Clock(), endpointFactory=lambda h, p, t: FakeEndpoint(None, "refuse"))  # type: ignore
+    def test_bad_address(self) -> None:
+        client = SUTClient(Clock(), endpoint_factory=lambda h, p, t: FakeEndpoint(None, "refuse"))  # type: ignore
         r = self.successResultOf(client.verify("host:notaport"))
         self.assertFalse(r.ok)
         self.assertIn("agent address", r.reason)
 
 
 class UnexpectedErrorTests(SynchronousTestCase):
-    def test_bugIsLoggedWithTraceback(self) -> None:
+    def test_bug_is_logged_with_traceback(self) -> None:
         """A programming error still ends in a SUTResult, and its traceback is logged."""
 
         def factory(host: str, port: int, timeout: float) -> Any:
             raise ZeroDivisionError("bug")
 
-        client = SUTClient(Clock(), endpointFactory=factory)
+        client = SUTClient(Clock(), endpoint_factory=factory)
         r = self.successResultOf(client.verify("d"))
         self.assertFalse(r.ok)
         self.assertIn("internal error", r.reason)

@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mozpool.bmm.tftp import TFTPServer, makeTFTPService
+from mozpool.bmm.tftp import TFTPServer, make_tftp_service
 from mozpool.bmm.tftp import packets as P
-from mozpool.bmm.tftp.netascii import NetasciiSource, fromNetascii, toNetascii
+from mozpool.bmm.tftp.netascii import NetasciiSource, from_netascii, to_netascii
 from mozpool.bmm.tftp.paths import PathRefused, resolve
 
 CLIENT = ("127.0.0.1", 40000)
@@ -111,7 +111,7 @@ class TFTPTestMixin:
         if isinstance(name, str):
             name = name.encode()
         before = len(self.reactor.ports)
-        self.server.datagramReceived(P.encodeRequest(name, mode, options), addr)
+        self.server.datagramReceived(P.encode_request(name, mode, options), addr)
         if len(self.reactor.ports) == before:
             return None
         return self.reactor.ports[-1]
@@ -121,13 +121,13 @@ class TFTPTestMixin:
         sent = self.main.take()
         assert len(sent) == 1, sent  # noqa: S101
         assert sent[0][1] == CLIENT  # noqa: S101
-        return P.parseError(sent[0][0])
+        return P.parse_error(sent[0][0])
 
     def ack(self, port: FakeDatagramPort, block: int, addr: tuple[str, int] = CLIENT) -> None:
-        port.protocol.datagramReceived(P.encodeAck(block), addr)
+        port.protocol.datagramReceived(P.encode_ack(block), addr)
 
     def blocks(self, port: FakeDatagramPort) -> list[tuple[int, bytes]]:
-        return [P.parseData(d) for d, a in port.take()]
+        return [P.parse_data(d) for d, a in port.take()]
 
     def download(self, port: FakeDatagramPort, windowsize: int = 1, oack: bool = False) -> bytes:
         """Acknowledge every window until the transfer ends; return the payload received."""
@@ -143,33 +143,33 @@ class TFTPTestMixin:
 
 
 class PacketTests(SynchronousTestCase):
-    def test_parseRequestWithOptions(self) -> None:
-        req = P.parseRequest(P.encodeRequest(b"a/b", "OcTeT", {"BlkSize": "1024", "tsize": "0"}))
+    def test_parse_request_with_options(self) -> None:
+        req = P.parse_request(P.encode_request(b"a/b", "OcTeT", {"BlkSize": "1024", "tsize": "0"}))
         self.assertEqual((req.opcode, req.filename, req.mode), (P.RRQ, b"a/b", "octet"))
         self.assertEqual(req.options, {"blksize": "1024", "tsize": "0"})
 
-    def test_trailingOptionNameIgnored(self) -> None:
-        req = P.parseRequest(b"\x00\x01f\x00octet\x00blksize\x00")
+    def test_trailing_option_name_ignored(self) -> None:
+        req = P.parse_request(b"\x00\x01f\x00octet\x00blksize\x00")
         self.assertEqual(req.options, {})
 
     def test_malformed(self) -> None:
         for bad in [b"\x00\x01", b"\x00\x01file", b"\x00\x01file\x00", b"\x00\x01\x00octet\x00",
                     b"\x00\x01file\x00octet", b"\x00\x03file\x00octet\x00"]:
-            self.assertRaises(P.MalformedPacket, P.parseRequest, bad)
+            self.assertRaises(P.MalformedPacket, P.parse_request, bad)
 
-    def test_roundTrips(self) -> None:
-        self.assertEqual(P.parseData(P.encodeData(65537, b"xy")), (1, b"xy"))
-        self.assertEqual(P.parseAck(P.encodeAck(7)), 7)
-        self.assertEqual(P.parseError(P.encodeError(5, "who")), (5, "who"))
-        self.assertEqual(P.parseOack(P.encodeOack({"tsize": "9"})), {"tsize": "9"})
+    def test_round_trips(self) -> None:
+        self.assertEqual(P.parse_data(P.encode_data(65537, b"xy")), (1, b"xy"))
+        self.assertEqual(P.parse_ack(P.encode_ack(7)), 7)
+        self.assertEqual(P.parse_error(P.encode_error(5, "who")), (5, "who"))
+        self.assertEqual(P.parse_oack(P.encode_oack({"tsize": "9"})), {"tsize": "9"})
 
 
 class NetasciiTests(SynchronousTestCase):
     def test_conversion(self) -> None:
-        self.assertEqual(toNetascii(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n")
-        self.assertEqual(fromNetascii(toNetascii(b"a\nb\rc\r\n\0")), b"a\nb\rc\r\n\0")
+        self.assertEqual(to_netascii(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n")
+        self.assertEqual(from_netascii(to_netascii(b"a\nb\rc\r\n\0")), b"a\nb\rc\r\n\0")
 
-    def test_stateAcrossBlocks(self) -> None:
+    def test_state_across_blocks(self) -> None:
         """A conversion that grows past a block boundary carries its tail into the next block."""
         path = self.mktemp()
         content = b"\n" * 7 + b"x\r" * 5
@@ -184,11 +184,11 @@ class NetasciiTests(SynchronousTestCase):
             if len(b) < 4:
                 break
         self.assertTrue(all(len(b) == 4 for b in blocks[:-1]))
-        self.assertEqual(b"".join(blocks), toNetascii(content))
+        self.assertEqual(b"".join(blocks), to_netascii(content))
 
 
 class TransferTests(TFTPTestMixin, SynchronousTestCase):
-    def test_plainRRQ(self) -> None:
+    def test_plain_rrq(self) -> None:
         """No options: DATA 1 at once from a new port, full blocks then a short last one."""
         content = self.write("k", os.urandom(1000))
         port = self.rrq("k")
@@ -198,7 +198,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.assertEqual(self.main.take(), [])
         sent = port.take()
         self.assertEqual([a for _, a in sent], [CLIENT])
-        self.assertEqual(P.parseData(sent[0][0]), (1, content[:512]))
+        self.assertEqual(P.parse_data(sent[0][0]), (1, content[:512]))
         self.ack(port, 1)
         self.assertEqual(self.blocks(port), [(2, content[512:])])
         self.assertFalse(port.closed)
@@ -209,7 +209,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         done = port.protocol.done  # type: ignore[attr-defined]
         self.assertEqual(self.successResultOf(done), "complete")
 
-    def test_zeroLengthTail(self) -> None:
+    def test_zero_length_tail(self) -> None:
         """A file of exactly two blocks ends with an empty DATA 3."""
         content = self.write("k", os.urandom(1024))
         port = self.rrq("k")
@@ -223,7 +223,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.ack(port, 3)
         self.assertTrue(port.closed)
 
-    def test_emptyFile(self) -> None:
+    def test_empty_file(self) -> None:
         self.write("empty", b"")
         port = self.rrq("empty")
         assert port is not None
@@ -239,7 +239,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         assert port is not None
         sent = port.take()
         self.assertEqual(len(sent), 1)
-        self.assertEqual(P.parseOack(sent[0][0]),
+        self.assertEqual(P.parse_oack(sent[0][0]),
                          {"blksize": "1024", "tsize": "5000", "timeout": "3", "windowsize": "4"})
         self.ack(port, 3)  # not ACK 0: ignored
         self.assertEqual(port.take(), [])
@@ -250,7 +250,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.ack(port, 5)
         self.assertTrue(port.closed)
 
-    def test_optionLimits(self) -> None:
+    def test_option_limits(self) -> None:
         self.write("k", b"x")
         cases = [
             ({"blksize": "70000"}, {"blksize": "65464"}),
@@ -271,25 +271,25 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
             assert port is not None
             first = port.take()[0][0]
             if expected is None:
-                self.assertEqual(P.opcodeOf(first), P.DATA, options)
+                self.assertEqual(P.opcode_of(first), P.DATA, options)
             else:
-                self.assertEqual(P.parseOack(first), expected)
+                self.assertEqual(P.parse_oack(first), expected)
             port.protocol.abort()  # type: ignore[attr-defined]
 
-    def test_maxBlksizeConfigurable(self) -> None:
-        self.server.maxBlksize = 1468
+    def test_max_blksize_configurable(self) -> None:
+        self.server.max_blksize = 1468
         self.write("k", b"x")
         port = self.rrq("k", options={"blksize": "8192"})
         assert port is not None
-        self.assertEqual(P.parseOack(port.take()[0][0]), {"blksize": "1468"})
+        self.assertEqual(P.parse_oack(port.take()[0][0]), {"blksize": "1468"})
 
-    def test_tsizeOmittedInNetascii(self) -> None:
+    def test_tsize_omitted_in_netascii(self) -> None:
         self.write("k", b"a\n")
         port = self.rrq("k", mode="netascii", options={"tsize": "0", "blksize": "512"})
         assert port is not None
-        self.assertEqual(P.parseOack(port.take()[0][0]), {"blksize": "512"})
+        self.assertEqual(P.parse_oack(port.take()[0][0]), {"blksize": "512"})
 
-    def test_onlyTsizeOmittedMeansNoOack(self) -> None:
+    def test_only_tsize_omitted_means_no_oack(self) -> None:
         self.write("k", b"a\n")
         port = self.rrq("k", mode="netascii", options={"tsize": "0"})
         assert port is not None
@@ -300,8 +300,8 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         port = self.rrq("cfg", mode="NETASCII")
         assert port is not None
         got = self.download(port)
-        self.assertEqual(got, toNetascii(content))
-        self.assertEqual(fromNetascii(got), content)
+        self.assertEqual(got, to_netascii(content))
+        self.assertEqual(from_netascii(got), content)
 
     def test_windowsize(self) -> None:
         """Up to W blocks in flight; an ACK at the window's end brings the next full window."""
@@ -321,7 +321,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
             self.ack(port, sent[-1][0])
         self.assertEqual(rest[-1], (101, content[800:]))
 
-    def test_windowPartialAckResumes(self) -> None:
+    def test_window_partial_ack_resumes(self) -> None:
         """ACK k short of the window: resend from k+1 and refill the window (RFC 7440)."""
         self.write("k", os.urandom(8 * 20))
         port = self.rrq("k", options={"blksize": "8", "windowsize": "4"})
@@ -332,7 +332,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.ack(port, 2)
         self.assertEqual([n for n, _ in self.blocks(port)], [3, 4, 5, 6])
 
-    def test_staleAndDuplicateAcksIgnored(self) -> None:
+    def test_stale_and_duplicate_acks_ignored(self) -> None:
         self.write("k", os.urandom(8 * 20))
         port = self.rrq("k", options={"blksize": "8", "windowsize": "4"})
         assert port is not None
@@ -346,7 +346,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.ack(port, 0)  # ACK 0 again after the OACK: nothing either
         self.assertEqual(port.take(), [])
 
-    def test_blockNumberWraps(self) -> None:
+    def test_block_number_wraps(self) -> None:
         """Past block 65535 numbers wrap to 0 and ACKs are compared modulo 2^16."""
         content = self.write("big", os.urandom(8 * 65540 + 5))
         port = self.rrq("big", options={"blksize": "8", "windowsize": "64"})
@@ -363,13 +363,13 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.assertEqual(numbers[65534:65538], [65535, 0, 1, 2])
         self.assertEqual(b"".join(out), content)
 
-    def test_retransmissionBackoffAndGiveUp(self) -> None:
+    def test_retransmission_backoff_and_give_up(self) -> None:
         """Resend after 1, 2, 4, 8 s; the 5th consecutive timeout sends ERROR 0 and closes."""
         content = self.write("k", os.urandom(2000))
         port = self.rrq("k")
         assert port is not None
         first = port.take()
-        self.assertEqual(P.parseData(first[0][0]), (1, content[:512]))
+        self.assertEqual(P.parse_data(first[0][0]), (1, content[:512]))
         for interval in (1, 2, 4, 8):
             self.reactor.advance(interval - 0.01)
             self.assertEqual(port.take(), [])
@@ -378,13 +378,13 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.reactor.advance(7.99)
         self.assertFalse(port.closed)
         self.reactor.advance(0.01)
-        self.assertEqual([P.parseError(d) for d, _ in port.take()], [(0, "timeout")])
+        self.assertEqual([P.parse_error(d) for d, _ in port.take()], [(0, "timeout")])
         self.assertTrue(port.closed)
         self.assertEqual(self.server.sessions, {})
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertEqual(self.successResultOf(port.protocol.done), "timeout")  # type: ignore[attr-defined]
 
-    def test_progressResetsBackoff(self) -> None:
+    def test_progress_resets_backoff(self) -> None:
         self.write("k", os.urandom(2000))
         port = self.rrq("k")
         assert port is not None
@@ -399,7 +399,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.reactor.advance(0.01)
         self.assertEqual([n for n, _ in self.blocks(port)], [2])
 
-    def test_retransmitWholeWindow(self) -> None:
+    def test_retransmit_whole_window(self) -> None:
         self.write("k", os.urandom(8 * 20))
         port = self.rrq("k", options={"blksize": "8", "windowsize": "3"})
         assert port is not None
@@ -410,7 +410,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.reactor.advance(1)
         self.assertEqual([n for n, _ in self.blocks(port)], [2, 3, 4])
 
-    def test_negotiatedTimeoutIsFixed(self) -> None:
+    def test_negotiated_timeout_is_fixed(self) -> None:
         self.write("k", os.urandom(2000))
         port = self.rrq("k", options={"timeout": "3"}, )
         assert port is not None
@@ -419,10 +419,10 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
             self.reactor.advance(3)
             self.assertEqual(port.take(), oack)
         self.reactor.advance(3)
-        self.assertEqual([P.parseError(d) for d, _ in port.take()], [(0, "timeout")])
+        self.assertEqual([P.parse_error(d) for d, _ in port.take()], [(0, "timeout")])
         self.assertTrue(port.closed)
 
-    def test_retriesParameter(self) -> None:
+    def test_retries_parameter(self) -> None:
         self.server.retries = 2
         self.write("k", os.urandom(2000))
         port = self.rrq("k")
@@ -433,7 +433,7 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.reactor.advance(2)
         self.assertTrue(port.closed)
 
-    def test_finalAckMissingClosesSilently(self) -> None:
+    def test_final_ack_missing_closes_silently(self) -> None:
         self.write("k", os.urandom(100))
         port = self.rrq("k")
         assert port is not None
@@ -444,18 +444,18 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.assertEqual(port.take(), [])
         self.assertTrue(port.closed)
 
-    def test_errorToOackEndsQuietly(self) -> None:
+    def test_error_to_oack_ends_quietly(self) -> None:
         self.write("k", os.urandom(100))
         port = self.rrq("k", options={"tsize": "0"})
         assert port is not None
         port.take()
-        port.protocol.datagramReceived(P.encodeError(8, "no thanks"), CLIENT)
+        port.protocol.datagramReceived(P.encode_error(8, "no thanks"), CLIENT)
         self.assertTrue(port.closed)
         self.reactor.advance(60)
         self.assertEqual(port.take(), [])
         self.assertEqual(self.successResultOf(port.protocol.done), "peer error")  # type: ignore[attr-defined]
 
-    def test_unknownTID(self) -> None:
+    def test_unknown_tid(self) -> None:
         """A stranger gets ERROR 5; the transfer carries on with its client."""
         content = self.write("k", os.urandom(600))
         port = self.rrq("k")
@@ -465,14 +465,14 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.ack(port, 1, addr=("127.0.0.2", CLIENT[1]))
         sent = port.take()
         self.assertEqual([a for _, a in sent], [STRANGER, ("127.0.0.2", CLIENT[1])])
-        self.assertEqual(P.parseError(sent[0][0])[0], 5)
-        port.protocol.datagramReceived(P.encodeError(0, "x"), STRANGER)  # never answered
+        self.assertEqual(P.parse_error(sent[0][0])[0], 5)
+        port.protocol.datagramReceived(P.encode_error(0, "x"), STRANGER)  # never answered
         self.assertEqual(port.take(), [])
         self.assertFalse(port.closed)
         self.ack(port, 1)
         self.assertEqual(self.blocks(port), [(2, content[512:])])
 
-    def test_duplicateRRQIgnored(self) -> None:
+    def test_duplicate_rrqignored(self) -> None:
         self.write("k", b"x")
         self.assertIsNotNone(self.rrq("k"))
         self.assertIsNone(self.rrq("k"))
@@ -482,26 +482,26 @@ class TransferTests(TFTPTestMixin, SynchronousTestCase):
         self.assertEqual(len(self.server.sessions), 1)
         self.assertIsNotNone(self.rrq("k", addr=STRANGER))
 
-    def test_repeatedRRQAfterAbortServed(self) -> None:
+    def test_repeated_rrqafter_abort_served(self) -> None:
         """PXE ROM style: OACK, ERROR, RRQ again from the same port; the RRQ may be read first."""
         self.write("k", b"x")
         first = self.rrq("k", options={"tsize": "0"})
         assert first is not None
         self.assertIsNone(self.rrq("k", options={"tsize": "0", "blksize": "1468"}))
-        first.protocol.datagramReceived(P.encodeError(0, "abort"), CLIENT)
+        first.protocol.datagramReceived(P.encode_error(0, "abort"), CLIENT)
         self.reactor.advance(0)
         second = self.reactor.ports[-1]
         self.assertIsNot(second, first)
-        self.assertEqual(P.parseOack(second.take()[0][0]), {"tsize": "1", "blksize": "1468"})
+        self.assertEqual(P.parse_oack(second.take()[0][0]), {"tsize": "1", "blksize": "1468"})
 
-    def test_serverBusy(self) -> None:
+    def test_server_busy(self) -> None:
         self.server.max_transfers = 1
         self.write("k", b"x")
         self.assertIsNotNone(self.rrq("k", addr=STRANGER))
         self.assertIsNone(self.rrq("k"))
         self.assertEqual(self.mainError(), (0, "server busy"))
 
-    def test_stopAbortsTransfers(self) -> None:
+    def test_stop_aborts_transfers(self) -> None:
         self.write("k", os.urandom(2000))
         port = self.rrq("k")
         assert port is not None
@@ -532,40 +532,40 @@ class SocketPathTests(TFTPTestMixin, SynchronousTestCase):
         assert port is not None
         return port
 
-    def test_lockStepSendsSingly(self) -> None:
+    def test_lock_step_sends_singly(self) -> None:
         content = self.write("k", os.urandom(20))
         sock = FakeSocket()
         port = self.rrqWithSocket(sock, {"blksize": "8"})
         self.assertEqual(port.maxThroughput, 1)  # type: ignore[attr-defined]
         self.ack(port, 0)
-        self.assertEqual([P.parseData(d) for d, _ in sock.sent[1:]], [(1, content[:8])])
+        self.assertEqual([P.parse_data(d) for d, _ in sock.sent[1:]], [(1, content[:8])])
         self.assertEqual((port.written, sock.segmented), ([], []))
 
-    def test_windowSentSegmented(self) -> None:
+    def test_window_sent_segmented(self) -> None:
         """One send per window, cut by the kernel into 12-byte datagrams; the OACK stays whole."""
         content = self.write("k", os.urandom(8 * 5 + 3))
         sock = FakeSocket()
         port = self.rrqWithSocket(sock, {"blksize": "8", "windowsize": "16"})
-        self.assertEqual(P.parseOack(sock.sent[0][0]), {"blksize": "8", "windowsize": "16"})
+        self.assertEqual(P.parse_oack(sock.sent[0][0]), {"blksize": "8", "windowsize": "16"})
         self.ack(port, 0)
         self.assertEqual(len(sock.sent), 1)
         [(joined, ancdata)] = sock.segmented
         self.assertEqual(ancdata, [(socket.SOL_UDP, 103, struct.pack("=H", 12))])
         packets = [joined[i:i + 12] for i in range(0, len(joined), 12)]
-        self.assertEqual([P.parseData(p) for p in packets],
+        self.assertEqual([P.parse_data(p) for p in packets],
                          [(i + 1, content[i * 8:(i + 1) * 8]) for i in range(6)])
         self.ack(port, 6)
         self.assertTrue(port.closed)
 
-    def test_segmentationRefusedFallsBack(self) -> None:
+    def test_segmentation_refused_falls_back(self) -> None:
         """A device without checksum offload answers EIO: the same blocks go one by one."""
         self.write("k", os.urandom(8 * 3))
         sock = FakeSocket(refuseSegmentation=errno.EIO)
         port = self.rrqWithSocket(sock, {"blksize": "8", "windowsize": "4"})
         self.ack(port, 0)
-        self.assertEqual([P.parseData(d)[0] for d, _ in sock.sent[1:]], [1, 2, 3, 4])
+        self.assertEqual([P.parse_data(d)[0] for d, _ in sock.sent[1:]], [1, 2, 3, 4])
         self.reactor.advance(1)  # retransmission now also goes singly
-        self.assertEqual([P.parseData(d)[0] for d, _ in sock.sent[5:]], [1, 2, 3, 4])
+        self.assertEqual([P.parse_data(d)[0] for d, _ in sock.sent[5:]], [1, 2, 3, 4])
 
 
 class RefusalTests(TFTPTestMixin, SynchronousTestCase):
@@ -574,16 +574,16 @@ class RefusalTests(TFTPTestMixin, SynchronousTestCase):
         self.assertEqual(self.mainError()[0], code)
         self.assertEqual(self.server.sessions, {})
 
-    def test_wrqRefused(self) -> None:
-        self.server.datagramReceived(P.encodeRequest(b"k", "octet", opcode=P.WRQ), CLIENT)
+    def test_wrq_refused(self) -> None:
+        self.server.datagramReceived(P.encode_request(b"k", "octet", opcode=P.WRQ), CLIENT)
         self.assertEqual(self.mainError(), (2, "writes not permitted"))
         self.assertEqual(len(self.reactor.ports), 1)
         self.assertFalse(self.root.child("k").exists())
 
-    def test_missingFile(self) -> None:
+    def test_missing_file(self) -> None:
         self.assertRefused("pxelinux.cfg/01-aa-bb-cc-dd-ee-ff", 1)
 
-    def test_badMode(self) -> None:
+    def test_bad_mode(self) -> None:
         self.write("k", b"x")
         self.assertRefused("k", 4, mode="mail")
 
@@ -592,19 +592,19 @@ class RefusalTests(TFTPTestMixin, SynchronousTestCase):
             self.server.datagramReceived(bad, CLIENT)
             self.assertEqual(self.mainError()[0], 4)
 
-    def test_strayPacketsIgnored(self) -> None:
-        for packet in (P.encodeAck(1), P.encodeData(1, b"x"), P.encodeOack({"a": "1"}), P.encodeError(0, "x")):
+    def test_stray_packets_ignored(self) -> None:
+        for packet in (P.encode_ack(1), P.encode_data(1, b"x"), P.encode_oack({"a": "1"}), P.encode_error(0, "x")):
             self.server.datagramReceived(packet, CLIENT)
         self.assertEqual(self.main.take(), [])
 
-    def test_dotDot(self) -> None:
+    def test_dot_dot(self) -> None:
         self.write("inside/k", b"x")
         outside = FilePath(self.root.dirname()).child("secret")
         outside.setContent(b"secret")
         for name in ("../secret", "inside/../../secret", "inside/../k", "..", "/../secret"):
             self.assertRefused(name, 2)
 
-    def test_absolutePathStaysInRoot(self) -> None:
+    def test_absolute_path_stays_in_root(self) -> None:
         """Leading slashes are stripped: /etc/passwd means <root>/etc/passwd, never the real one."""
         self.assertRefused("/etc/passwd", 1)
         content = self.write("boot/k", b"kernel")
@@ -612,7 +612,7 @@ class RefusalTests(TFTPTestMixin, SynchronousTestCase):
         assert port is not None
         self.assertEqual(self.download(port), content)
 
-    def test_symlinkOut(self) -> None:
+    def test_symlink_out(self) -> None:
         secret = FilePath(self.mktemp())
         secret.makedirs()
         secret.child("f").setContent(b"secret")
@@ -623,19 +623,19 @@ class RefusalTests(TFTPTestMixin, SynchronousTestCase):
         self.assertRefused("dirlink/f", 2)
         self.assertRefused("dangling", 2)
 
-    def test_symlinkInsideServed(self) -> None:
+    def test_symlink_inside_served(self) -> None:
         content = self.write("real/k", b"inside")
         os.symlink("real/k", self.root.child("alias").path)
         port = self.rrq("alias")
         assert port is not None
         self.assertEqual(self.download(port), content)
 
-    def test_illegalCharacters(self) -> None:
+    def test_illegal_characters(self) -> None:
         self.write("k", b"x")
         for name in (b"a\\k", b"k\x01", b"\x7fk", b"/", b"///"):
             self.assertRefused(name, 2)
 
-    def test_specialFiles(self) -> None:
+    def test_special_files(self) -> None:
         self.root.child("dir").makedirs()
         os.mkfifo(self.root.child("fifo").path)
         self.assertRefused("dir", 2)
@@ -649,7 +649,7 @@ class RefusalTests(TFTPTestMixin, SynchronousTestCase):
         os.chmod(self.root.child("k").path, 0)
         self.assertRefused("k", 2)
 
-    def test_resolveFunction(self) -> None:
+    def test_resolve_function(self) -> None:
         root = os.fsencode(self.root.path)
         self.write("a/b", b"x")
         self.assertEqual(resolve(root, b"/a/b"), os.path.realpath(os.path.join(root, b"a/b")))
@@ -659,9 +659,9 @@ class RefusalTests(TFTPTestMixin, SynchronousTestCase):
 
 
 class ServiceTests(SynchronousTestCase):
-    def test_makeTFTPService(self) -> None:
+    def test_make_tftpservice(self) -> None:
         reactor = FakeUDPReactor()
-        service = makeTFTPService(self.mktemp(), 6969, "127.0.0.1", reactor, retries=3)
+        service = make_tftp_service(self.mktemp(), 6969, "127.0.0.1", reactor, retries=3)
         self.assertTrue(IService.providedBy(service))
         self.assertIsInstance(service, UDPServer)
         service.startService()
@@ -671,12 +671,12 @@ class ServiceTests(SynchronousTestCase):
         self.assertIsInstance(port.protocol, TFTPServer)
         self.assertEqual(port.protocol.retries, 3)  # type: ignore[attr-defined]
 
-    def test_transferInterfaceFollowsMainSocket(self) -> None:
+    def test_transfer_interface_follows_main_socket(self) -> None:
         root = FilePath(self.mktemp())
         root.makedirs()
         root.child("k").setContent(b"x")
         reactor = FakeUDPReactor()
         server = TFTPServer(root.path, reactor)
         reactor.listenUDP(69, server, interface="10.0.0.5")
-        server.datagramReceived(P.encodeRequest(b"k"), CLIENT)
+        server.datagramReceived(P.encode_request(b"k"), CLIENT)
         self.assertEqual(reactor.ports[-1].interface, "10.0.0.5")

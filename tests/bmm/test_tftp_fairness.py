@@ -20,7 +20,7 @@ from mozpool.bmm.tftp import (
     DEFAULT_MAX_TRANSFERS_PER_CLIENT,
     DEFAULT_MAX_WINDOW_BYTES,
     TFTPServer,
-    makeTFTPService,
+    make_tftp_service,
 )
 from mozpool.bmm.tftp import packets as P
 from mozpool.bmm.tftp import server as server_module
@@ -49,21 +49,21 @@ class TableTestCase(SynchronousTestCase):
         self.server = TFTPServer(self.root, self.reactor, **self.options)
         self.main = self.reactor.listenUDP(69, self.server, interface="10.0.0.1")
         self.opened: list[Any] = []
-        original = server_module._openRegular
+        original = server_module._open_regular
 
         def recording(path: bytes) -> tuple[Any, int]:
             f, size = original(path)
             self.opened.append(f)
             return f, size
 
-        self.patch(server_module, "_openRegular", recording)
+        self.patch(server_module, "_open_regular", recording)
         self.addCleanup(self.server.stopProtocol)
 
     def rrq(self, addr: tuple[str, int], name: bytes = b"kernel",
             options: dict[str, str] | None = None, mode: str = "octet") -> FakeDatagramPort | None:
         """Send an RRQ; the transfer port it opened, or None."""
         before = len(self.reactor.ports)
-        self.server.datagramReceived(P.encodeRequest(name, mode, options), addr)
+        self.server.datagramReceived(P.encode_request(name, mode, options), addr)
         if len(self.reactor.ports) == before:
             return None
         return self.reactor.ports[-1]
@@ -72,7 +72,7 @@ class TableTestCase(SynchronousTestCase):
         """The one ERROR the main socket sent, which must have gone to addr."""
         sent = self.main.take()
         self.assertEqual([a for _, a in sent], [addr])
-        return P.parseError(sent[0][0])
+        return P.parse_error(sent[0][0])
 
     def flood(self, count: int, host: str = FLOODER) -> list[FakeDatagramPort | None]:
         """RRQs from one host, each from its own port, none ever acknowledged."""
@@ -92,9 +92,9 @@ class TableTestCase(SynchronousTestCase):
         while not port.closed:
             sent = port.take()
             self.assertTrue(sent, "transfer stalled")
-            block, payload = P.parseData(sent[-1][0])
+            block, payload = P.parse_data(sent[-1][0])
             out.append(payload)
-            port.protocol.datagramReceived(P.encodeAck(block), addr)
+            port.protocol.datagramReceived(P.encode_ack(block), addr)
         return b"".join(out)
 
 
@@ -107,7 +107,7 @@ class ClientLimitTests(TableTestCase):
         self.assertEqual(ports[:8], opened)
         refusals = self.main.take()
         self.assertEqual([a for _, a in refusals], [(FLOODER, 2000 + i) for i in range(8, 50)])
-        self.assertEqual({P.parseError(d) for d, _ in refusals}, {(0, "too many transfers from your address")})
+        self.assertEqual({P.parse_error(d) for d, _ in refusals}, {(0, "too many transfers from your address")})
         self.assertEqual(len(self.opened), 8)
 
         port = self.rrq(DEVICE)
@@ -138,7 +138,7 @@ class ClientLimitTests(TableTestCase):
         assert first is not None and second is not None
         self.assertIsNone(self.rrq((FLOODER, 3000)))
         self.main.take()
-        first.protocol.datagramReceived(P.encodeError(0, "abort"), (FLOODER, 2000))
+        first.protocol.datagramReceived(P.encode_error(0, "abort"), (FLOODER, 2000))
         self.assertEqual(self.held(), {FLOODER: 1})
         self.assertIsNotNone(self.rrq((FLOODER, 3000)))
 
@@ -175,7 +175,7 @@ class FairShareTests(TableTestCase):
         assert port is not None
         self.assertEqual(self.main.take(), [])
         # The flooder's oldest transfer made room: its peer is told, its file and socket released.
-        self.assertEqual([P.parseError(d) for d, _ in oldest.take()], [(0, "server busy, transfer cancelled")])
+        self.assertEqual([P.parse_error(d) for d, _ in oldest.take()], [(0, "server busy, transfer cancelled")])
         self.assertTrue(oldest.closed)
         self.assertTrue(self.opened[0].closed)
         self.assertEqual(self.successResultOf(oldest.protocol.done), "displaced")  # type: ignore[attr-defined]
@@ -264,7 +264,7 @@ class FairShareTests(TableTestCase):
                 self.main.take()
             elif roll < 0.85 and self.server.sessions:
                 key = rng.choice(list(self.server.sessions))
-                self.server.sessions[key].datagramReceived(P.encodeError(0, "done"), key[:2])
+                self.server.sessions[key].datagramReceived(P.encode_error(0, "done"), key[:2])
             else:
                 self.reactor.advance(rng.choice([0.5, 2, 8]))
             self.assertLessEqual(len(self.server.sessions), capacity)
@@ -279,7 +279,7 @@ class MemoryTests(TableTestCase):
         assert port is not None
         transfer = port.protocol
         [f] = self.opened
-        port.protocol.datagramReceived(P.encodeAck(0), DEVICE)
+        port.protocol.datagramReceived(P.encode_ack(0), DEVICE)
         held = transfer.buffered_bytes  # type: ignore[attr-defined]
         self.assertGreater(held, 0)
 
@@ -320,7 +320,7 @@ class MemoryTests(TableTestCase):
             self.server.max_window_bytes = limit
             port = self.rrq(("10.0.3.%d" % i, 1), options=options)
             assert port is not None
-            self.assertEqual(P.parseOack(port.take()[0][0])["windowsize"], expected, options)
+            self.assertEqual(P.parse_oack(port.take()[0][0])["windowsize"], expected, options)
 
     def test_total_buffered_bounded_by_table_size(self) -> None:
         """A full table of clients that ask for the biggest windows and then go silent."""
@@ -330,7 +330,7 @@ class MemoryTests(TableTestCase):
             addr = ("10.0.4.%d" % i, 1)
             port = self.rrq(addr, name=b"ramdisk", options={"blksize": "65464", "windowsize": "65535"})
             if port is not None:
-                port.protocol.datagramReceived(P.encodeAck(0), addr)
+                port.protocol.datagramReceived(P.encode_ack(0), addr)
             self.main.take()
             self.assertLessEqual(self.server.buffered_bytes, self.server.max_transfers * DEFAULT_MAX_WINDOW_BYTES)
         self.assertEqual(len(self.server.sessions), 12)
@@ -369,7 +369,7 @@ class ConfigurationTests(SynchronousTestCase):
 
     def test_service_passes_the_limits(self) -> None:
         reactor = FakeUDPReactor()
-        service = makeTFTPService(self.mktemp(), 6969, "127.0.0.1", reactor,
+        service = make_tftp_service(self.mktemp(), 6969, "127.0.0.1", reactor,
                                   max_transfers=40, max_transfers_per_client=3)
         service.startService()
         self.addCleanup(service.stopService)

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.web.http_headers import Headers
 
+from mozpool.broker.interfaces import RequestSpec
 from mozpool.broker.service import Broker
 from mozpool.db import fixtures, logs
 from mozpool.statemachine.core import TimeoutDriver
@@ -87,8 +88,9 @@ class BrokerTest(DatabaseTest):
 
     async def create(self, device: str = "any", image: str = "android", environment: str = "any",
                      boot_config: str = "{}", duration: int = 3600) -> dict[str, Any]:
-        created = await self.broker.create_request(device, "tester@example.com", duration, image, environment,
-                                                   boot_config)
+        created = await self.broker.create_request(
+            device, RequestSpec("tester@example.com", duration, image, environment, boot_config)
+        )
         await self.broker.idle()
         return created
 

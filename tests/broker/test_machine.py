@@ -7,6 +7,7 @@ from twisted.internet import defer, error
 from twisted.internet.address import HostnameAddress
 
 from mozpool.broker import machine
+from mozpool.broker.interfaces import RequestSpec
 from tests.broker.support import HERE, BrokerTest
 from tests.support.dbtest import on_both_backends
 
@@ -187,14 +188,14 @@ class Table(BrokerTest):
         picks = []
         for seed in range(12):
             broker = self.makeBroker(seed)
-            created = await broker.create_request("any", "t", 60, "android", "any", "{}")
+            created = await broker.create_request("any", RequestSpec("t", 60, "android"))
             picks.append(created["assigned_device"])
             await broker.return_request(created["id"])
         self.assertGreater(len(set(picks)), 1, "random, not always the first")
         again = []
         for seed in range(12):
             broker = self.makeBroker(seed)
-            created = await broker.create_request("any", "t", 60, "android", "any", "{}")
+            created = await broker.create_request("any", RequestSpec("t", 60, "android"))
             again.append(created["assigned_device"])
             await broker.return_request(created["id"])
         self.assertEqual(picks, again)
@@ -204,7 +205,7 @@ class Table(BrokerTest):
         await self.set_device("panda-0004", image="reusable", boot_config='{"b2gbase": "http://other/"}')
         for seed in range(6):
             broker = self.makeBroker(seed)
-            created = await broker.create_request("any", "t", 60, "reusable", "any", '{"b2gbase": "http://b/"}')
+            created = await broker.create_request("any", RequestSpec("t", 60, "reusable", "any", '{"b2gbase": "http://b/"}'))
             self.assertEqual(created["assigned_device"], "panda-0003", seed)
             await broker.return_request(created["id"])
 

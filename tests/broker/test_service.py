@@ -13,7 +13,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface.verify import verifyObject
 
-from mozpool.broker.service import Broker, makeBrokerService
+from mozpool.broker.interfaces import RequestSpec
+from mozpool.broker.service import Broker, BrokerService
 from mozpool.db.catalog import ensure_server
 from mozpool.statemachine.core import TimeoutDriver
 from mozpool.web.interfaces import DeviceHeld, IBroker
@@ -31,8 +32,8 @@ class Service(BrokerTest):
         first = await self.create("panda-0002")
         self.assertEqual(first["assigned_device"], "panda-0002")
         e = await self.assertFailure(
-            self.broker.create_request("panda-0002", "someone@example.com", 600, "b2g", "any",
-                                       '{"b2gbase": "http://b/"}'),
+            self.broker.create_request("panda-0002", RequestSpec("someone@example.com", 600, "b2g", "any",
+                                                                   '{"b2gbase": "http://b/"}')),
             DeviceHeld,
         )
         self.assertEqual(e.message, f"device panda-0002 is held by request {first['id']}")
@@ -53,7 +54,7 @@ class Service(BrokerTest):
         await self.db.query("UPDATE devices SET state = 'self_test_running' WHERE name <> 'panda-0003'")
         first = await self.create()
         self.assertEqual(first["assigned_device"], "panda-0003")
-        await self.assertFailure(self.broker.create_request("panda-0003", "x", 60, "android", "any", "{}"),
+        await self.assertFailure(self.broker.create_request("panda-0003", RequestSpec("x", 60, "android")),
                                  DeviceHeld)
 
     async def test_released_device_can_be_requested_again(self) -> None:
@@ -137,7 +138,7 @@ class Service(BrokerTest):
                             (failed,))
         await ensure_server(self.db, OTHER)
         other_broker = Broker(self.db, self.clock, OTHER, 1.0, self.http, random.Random(1))
-        theirs = (await other_broker.create_request("any", "x", 10, "android", "any", "{}"))["id"]
+        theirs = (await other_broker.create_request("any", RequestSpec("x", 10, "android")))["id"]
         legacy = (await self.create(duration=10))["id"]
         await self.db.query("UPDATE requests SET state = 'expired', state_timeout = NULL WHERE id = ?", (legacy,))
         await self.tick(60)
@@ -195,7 +196,7 @@ class Service(BrokerTest):
         self.addCleanup(other.stop)
         brokers = [self.broker, other]
         created = await defer.gatherResults([
-            brokers[i % 2].create_request("any", f"user{i}", 600, "android", "any", "{}") for i in range(20)
+            brokers[i % 2].create_request("any", RequestSpec(f"user{i}", 600, "android")) for i in range(20)
         ])
         claims = await self.claims()
         self.assertEqual(len(claims), 3)
@@ -287,7 +288,7 @@ OverTreqSQLite, OverTreqMariaDB = on_both_backends(OverTreq)
 class Wiring(BrokerTest):
     async def test_service_ticks_on_the_clock_and_stops_cleanly(self) -> None:
         rid = (await self.create())["id"]
-        service = makeBrokerService(self.broker, interval=10)
+        service = BrokerService(self.broker, interval=10)
         service.startService()
         tick = service.driver._tick  # type: ignore[attr-defined]
         self.assertIsNotNone(tick, "the first tick starts at once")
@@ -305,7 +306,7 @@ class Wiring(BrokerTest):
 
     async def test_expiry_runs_in_the_service_tick(self) -> None:
         rid = (await self.create(duration=5))["id"]
-        service = makeBrokerService(self.broker, interval=10)
+        service = BrokerService(self.broker, interval=10)
         service.startService()
         await service.driver._tick  # type: ignore[attr-defined]
         self.clock.advance(10)

@@ -165,7 +165,7 @@ class OverTheWires(TestCase):
 
     async def test_sut_agent_through_sut_address(self) -> None:
         await self.start()
-        client = SUTClient(reactor, SUTTimings(), addressFor=self.pool.sut_address)
+        client = SUTClient(reactor, SUTTimings(), address_for=self.pool.sut_address)
         host, port = self.pool.sut_address("panda-0001.fakes.mozpool.invalid")
         self.assertEqual(host, "127.0.0.1")
         self.assertNotEqual(port, 0)
@@ -199,7 +199,7 @@ class OverTheWires(TestCase):
         self.assertEqual(self.api.device_events("panda-0002"), ANDROID)
         self.assertEqual({m for (m, _, _) in self.api.events}, {"POST"})
         self.assertIs(self.pool.simulated_ping("panda-0002.fakes.mozpool.invalid"), True)
-        client = SUTClient(reactor, SUTTimings(), addressFor=self.pool.sut_address)
+        client = SUTClient(reactor, SUTTimings(), address_for=self.pool.sut_address)
         await eventually(lambda: self.pool.agents["panda-0002"].listening)
         self.assertTrue(await client.verify("panda-0002.fakes.mozpool.invalid"))
 

@@ -15,12 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mozpool.bmm.pxe import pxe_filename, set_pxe_config
 from mozpool.bmm.tftp import TFTPServer
 from mozpool.bmm.tftp.packets import (
-    encodeData,
-    encodeError,
-    encodeOack,
-    parseAck,
-    parseError,
-    parseRequest,
+    encode_data,
+    encode_error,
+    encode_oack,
+    parse_ack,
+    parse_error,
+    parse_request,
 )
 from mozpool.fakes.tftpclient import TFTPError, TFTPNotFound, TFTPTimeout, fetch
 
@@ -120,34 +120,34 @@ class InMemory(SynchronousTestCase):
 
     def test_lock_step(self) -> None:
         d = self.start()
-        request = parseRequest(self.port.sent[0][0])
+        request = parse_request(self.port.sent[0][0])
         self.assertEqual((request.filename, request.mode, request.options), (b"pxelinux.cfg/x", "octet", {}))
         self.assertEqual(self.port.sent[0][1], SERVER)
-        self.receive(encodeData(1, b"a" * 512))
-        self.assertEqual(parseAck(self.port.sent[-1][0]), 1)
+        self.receive(encode_data(1, b"a" * 512))
+        self.assertEqual(parse_ack(self.port.sent[-1][0]), 1)
         self.assertEqual(self.port.sent[-1][1], TID, "answers go to the transfer's own port")
-        self.receive(encodeData(2, b"bc"))
-        self.assertEqual(parseAck(self.port.sent[-1][0]), 2)
+        self.receive(encode_data(2, b"bc"))
+        self.assertEqual(parse_ack(self.port.sent[-1][0]), 2)
         self.assertEqual(self.successResultOf(d), b"a" * 512 + b"bc")
         self.assertTrue(self.port.closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_duplicate_data_is_acked_again_not_appended(self) -> None:
         d = self.start()
-        self.receive(encodeData(1, b"a" * 512))
-        self.receive(encodeData(1, b"a" * 512))
-        self.assertEqual([parseAck(p) for p, _ in self.port.sent[1:]], [1, 1])
-        self.receive(encodeData(2, b""))
+        self.receive(encode_data(1, b"a" * 512))
+        self.receive(encode_data(1, b"a" * 512))
+        self.assertEqual([parse_ack(p) for p, _ in self.port.sent[1:]], [1, 1])
+        self.receive(encode_data(2, b""))
         self.assertEqual(self.successResultOf(d), b"a" * 512)
 
     def test_foreign_tid_gets_error_5(self) -> None:
         d = self.start()
-        self.receive(encodeData(1, b"a" * 512))
-        self.receive(encodeData(2, b"evil"), ("127.0.0.1", 50002))
-        self.assertEqual(parseError(self.port.sent[-1][0])[0], 5)
+        self.receive(encode_data(1, b"a" * 512))
+        self.receive(encode_data(2, b"evil"), ("127.0.0.1", 50002))
+        self.assertEqual(parse_error(self.port.sent[-1][0])[0], 5)
         self.assertEqual(self.port.sent[-1][1], ("127.0.0.1", 50002))
         self.assertNoResult(d)
-        self.receive(encodeData(2, b"ok"))
+        self.receive(encode_data(2, b"ok"))
         self.assertEqual(self.successResultOf(d), b"a" * 512 + b"ok")
 
     def test_retransmits_then_times_out(self) -> None:
@@ -164,18 +164,18 @@ class InMemory(SynchronousTestCase):
 
     def test_lost_ack_is_resent(self) -> None:
         d = self.start(timeout=1.0, retries=3)
-        self.receive(encodeData(1, b"a" * 512))
+        self.receive(encode_data(1, b"a" * 512))
         self.clock.advance(1)
-        self.assertEqual(parseAck(self.port.sent[-1][0]), 1)
+        self.assertEqual(parse_ack(self.port.sent[-1][0]), 1)
         self.assertEqual(self.port.sent[-1][1], TID)
-        self.receive(encodeData(2, b"z"))
+        self.receive(encode_data(2, b"z"))
         self.assertEqual(self.successResultOf(d), b"a" * 512 + b"z")
 
     def test_total_deadline(self) -> None:
         d = self.start(timeout=1.0, retries=5, deadline=3.5)
         for block in range(1, 4):  # a server that trickles: never silent, never done
             self.clock.advance(0.9)
-            self.receive(encodeData(block, b"a" * 512))
+            self.receive(encode_data(block, b"a" * 512))
         self.assertNoResult(d)
         self.clock.advance(0.9)
         self.failureResultOf(d, TFTPTimeout)
@@ -183,24 +183,24 @@ class InMemory(SynchronousTestCase):
 
     def test_error_from_server(self) -> None:
         d = self.start()
-        self.receive(encodeError(1, "file not found"), SERVER)
+        self.receive(encode_error(1, "file not found"), SERVER)
         failure = self.failureResultOf(d, TFTPNotFound)
         self.assertEqual(failure.value.message, "file not found")
         self.assertTrue(self.port.closed)
 
     def test_oack(self) -> None:
         d = self.start(blksize=8)
-        self.assertEqual(parseRequest(self.port.sent[0][0]).options, {"blksize": "8"})
-        self.receive(encodeOack({"blksize": "8"}))
-        self.assertEqual(parseAck(self.port.sent[-1][0]), 0)
-        self.receive(encodeData(1, b"12345678"))
-        self.receive(encodeData(2, b"9"))
+        self.assertEqual(parse_request(self.port.sent[0][0]).options, {"blksize": "8"})
+        self.receive(encode_oack({"blksize": "8"}))
+        self.assertEqual(parse_ack(self.port.sent[-1][0]), 0)
+        self.receive(encode_data(1, b"12345678"))
+        self.receive(encode_data(2, b"9"))
         self.assertEqual(self.successResultOf(d), b"123456789")
 
     def test_oversized_file_refused(self) -> None:
         d = self.start(max_size=1000)
-        self.receive(encodeData(1, b"a" * 512))
-        self.receive(encodeData(2, b"a" * 512))
+        self.receive(encode_data(1, b"a" * 512))
+        self.receive(encode_data(2, b"a" * 512))
         self.failureResultOf(d, TFTPError)
         self.assertTrue(self.port.closed)
 

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mozpool.inventory.model import SyncAborted, System
 from mozpool.inventory.plan import BoardRow, DeviceRow, plan
-from mozpool.inventory.rules import assign_ids, board_address, board_name, derive_boards, select
+from mozpool.inventory.rules import assign_ids, board_address, board_name, controller_name, derive_boards, select
 
 NAMES = {"relay_info": "system.relay.0", "imaging_server": "system.imaging_server.0", "mac": "nic0/hw0",
          "hardware_type": "server model"}
@@ -108,6 +108,21 @@ class Boards(SynchronousTestCase):
         ])
         self.assertEqual(notes, ["panda-0004.lab.example.com: relay 'junk' is not host[:port]:bankN:relayN; "
                                  "no relay board for it"])
+
+    def test_power_controllers_of_every_driver(self) -> None:
+        """A pdudaemon PDU is a controller too, named after the PDU; ProXR URLs are the board."""
+        plug = "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3"
+        devices = select([system(1), system(2, relay_info=plug), system(3, relay_info=plug[:-1] + "4"),
+                          system(4, relay_info="proxr://relay-1.lab.example.com/1/4"),
+                          system(5, relay_info="snmp://pdu-9/1")], NAMES).devices
+        boards, notes = derive_boards(devices)
+        self.assertEqual([(b.name, b.fqdn) for b in boards], [
+            ("pdu-1", "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com"),
+            ("relay-1", "relay-1.lab.example.com"),
+        ])
+        self.assertEqual(notes, ["panda-0005.lab.example.com: power location 'snmp://pdu-9/1' names no power "
+                                 "controller MozPool knows; no relay board for it"])
+        self.assertEqual(controller_name("pdudaemon://127.0.0.1:16421/127.0.0.1:20901"), "127.0.0.1-20901")
 
     def test_board_on_two_servers_aborts(self) -> None:
         devices = select([system(1), system(2, imaging_server="img2.example.com")], NAMES).devices

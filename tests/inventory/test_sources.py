@@ -53,6 +53,20 @@ class MozillaBulk(TestCase):
         ])
         self.assertEqual({r.who for r in fake.requests}, {"mozpool"})
 
+    async def test_power_key_names_the_driver(self) -> None:
+        """system.power.0, when set, is the device's relay_info (with its driver); the relay key
+        stays ProXR's."""
+        systems = pandas(3, SERVER)
+        systems[0].power = "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3"
+        systems[1].relay, systems[1].power = None, "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/4"
+        _, source = await mozilla(self, systems)
+        got = kept(source, await source.fetch())
+        self.assertEqual([d.relay_info for d in got.devices], [
+            "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3", "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/4", "relay-1.lab.example.com:bank1:relay3"])
+        _, paged = await mozilla(self, systems, api="paginated")
+        self.assertEqual([d.relay_info for d in kept(paged, await paged.fetch()).devices][:2],
+                         ["pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3", "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/4"])
+
     async def test_wrong_password(self) -> None:
         _, source = await mozilla(self, pandas(2, SERVER), password="wrong")
         e = await self.assertFailure(defer.ensureDeferred(source.fetch()), InventoryError)
@@ -171,6 +185,13 @@ class NetBox(TestCase):
         self.assertEqual(got.skipped[0].reason, "no MAC address (interface usb0)")
         self.assertIn("name=usb0", fake.requests[-1].path)
 
+    async def test_power_field(self) -> None:
+        systems = pandas(2, SERVER)
+        systems[1].relay, systems[1].power = None, "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3"
+        _, source = await netbox(self, systems)
+        got = kept(source, await source.fetch())
+        self.assertEqual([d.relay_info for d in got.devices], ["relay-1.lab.example.com:bank1:relay1", "pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3"])
+
     async def test_refused_token(self) -> None:
         _, source = await netbox(self, pandas(2, SERVER), fake_token="another")
         e = await self.assertFailure(defer.ensureDeferred(source.fetch()), InventoryError)
@@ -245,6 +266,19 @@ class File(TestCase):
         ))
         self.assertEqual([(d.name, d.inventory_id) for d in got.devices], [("panda-1", 7)])
         self.assertEqual(got.skipped[0].reason, "missing imaging_server")
+
+    async def test_power_column(self) -> None:
+        got = await self.fetch("lab.csv", (
+            "hostname,mac,imaging_server,power,hardware_type\n"
+            "panda-1.lab,00:11:22:33:44:01,img1:8010,pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3,panda\n"
+            "panda-2.lab,00:11:22:33:44:02,img1:8010,relay-1.lab:bank1:relay2,panda\n"
+        ))
+        self.assertEqual([d.relay_info for d in got.devices], ["pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3", "relay-1.lab:bank1:relay2"])
+        got = await self.fetch("lab.yaml", (
+            "- {hostname: panda-1.lab, mac: '00:11:22:33:44:01', imaging_server: img1, relay: 'relay-1:bank1:relay1',\n"
+            "   power: 'pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3', hardware_type: panda}\n"
+        ))
+        self.assertEqual([d.relay_info for d in got.devices], ["pdudaemon://pdud.lab.example.com:16421/pdu-1.lab.example.com/3"], "power wins over relay")
 
     async def test_refused_files(self) -> None:
         header = "hostname,inventory_id,mac,imaging_server,relay,hardware_type\n"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+from automat import TypeMachineBuilder
 from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
@@ -273,3 +274,44 @@ class EachBounded(TestCase):
 
         await each_bounded(range(10), 3, work, until=lambda: len(seen) >= 4)
         self.assertEqual(seen, [0, 1, 2, 3])
+
+
+class _Inputs(Protocol):
+    def go(self) -> Any:
+        """Accepted in ``idle`` only."""
+
+
+class _Core:
+    pass
+
+
+def _tiny_machine() -> Any:
+    """idle --go--> busy, whose behaviour answers "went"."""
+    builder = TypeMachineBuilder(_Inputs, _Core)
+    idle, busy = builder.state("idle"), builder.state("busy")
+
+    @idle.upon(_Inputs.go).to(busy)
+    async def go(inputs: _Inputs, core: _Core) -> str:
+        return "went"
+
+    return builder.build()(_Core())
+
+
+class ApplyInput(TestCase):
+    """The one place an Automat machine is given an input and NoTransition read as 'not accepted'."""
+
+    async def test_accepted_input_hands_its_answer_on(self) -> None:
+        seen: list[str] = []
+
+        async def then(answer: str) -> None:
+            seen.append(answer)
+
+        self.assertTrue(await core.apply_input(_tiny_machine(), lambda i: i.go(), then))
+        self.assertEqual(seen, ["went"])
+
+    async def test_refused_input_is_false(self) -> None:
+        machine = _tiny_machine()
+        self.assertTrue(await core.apply_input(machine, lambda i: i.go()))
+        seen: list[Any] = []
+        self.assertFalse(await core.apply_input(machine, lambda i: i.go(), lambda a: defer.succeed(seen.append(a))))
+        self.assertEqual(seen, [])

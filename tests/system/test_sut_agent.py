@@ -34,7 +34,7 @@ class SUTAgentSystemTests(TestCase):
         self.reboots: list[int] = []
         self.agent = SimulatedSUTAgent(reactor, rebootDownTime=0.5, onReboot=lambda: self.reboots.append(1))
         self.agent.start()
-        self.client = SUTClient(reactor, TIMINGS, addressFor=lambda fqdn: self.agent.address)
+        self.client = SUTClient(reactor, TIMINGS, address_for=lambda fqdn: self.agent.address)
         self.addCleanup(self.agent.stop, True)
 
     async def settle(self) -> None:
@@ -79,7 +79,7 @@ class SUTAgentSystemTests(TestCase):
         self.assertEqual(self.agent.commands[:3], ["testroot", "isdir /mnt/sdcard/tests", "ver"])
 
     async def test_sdcard(self) -> None:
-        result, _ = await self.timed(self.client.checkSDCard("panda-0001"))
+        result, _ = await self.timed(self.client.check_sdcard("panda-0001"))
         self.assertTrue(result.ok, result.reason)
         self.assertEqual(
             self.agent.commands,
@@ -107,11 +107,11 @@ class SUTAgentSystemTests(TestCase):
         await self.agent.stop()
         await self.assertFails(self.client.verify("panda-0001"), "connection refused")
 
-    async def test_noPrompt(self) -> None:
+    async def test_no_prompt(self) -> None:
         self.agent.faults.noPrompt = True
         await self.assertFails(self.client.verify("panda-0001"), "no prompt from agent within 0.8 s", TIMINGS.connect)
 
-    async def test_hangAt(self) -> None:
+    async def test_hang_at(self) -> None:
         self.agent.faults.hangAt = 2
         result = await self.assertFails(self.client.verify("panda-0001"), "no data from agent for 0.5 s", TIMINGS.idle)
         self.assertIn("'isdir'", result.reason)
@@ -121,61 +121,61 @@ class SUTAgentSystemTests(TestCase):
         self.agent.faults.drip = 0.1
         await self.assertFails(self.client.verify("panda-0001"), "verify did not finish within 1.5 s", TIMINGS.verify)
 
-    async def test_slowWithinBounds(self) -> None:
+    async def test_slow_within_bounds(self) -> None:
         self.agent.faults.slow = 0.1
         result, elapsed = await self.timed(self.client.verify("panda-0001"))
         self.assertTrue(result.ok, result.reason)
         self.assertGreaterEqual(elapsed, 0.39, "4 delayed replies")
 
-    async def test_slowPastIdle(self) -> None:
+    async def test_slow_past_idle(self) -> None:
         self.agent.faults.slow = 0.7
         await self.assertFails(self.client.verify("panda-0001"), "no data from agent for 0.5 s", TIMINGS.idle)
 
-    async def test_slowPastTotal(self) -> None:
+    async def test_slow_past_total(self) -> None:
         # Each reply inside the idle bound, the sum (13 x 0.25 s) past the SD-card total.
         self.agent.faults.slow = 0.25
-        await self.assertFails(self.client.checkSDCard("panda-0001"), "did not finish within 2 s", TIMINGS.sdcard)
+        await self.assertFails(self.client.check_sdcard("panda-0001"), "did not finish within 2 s", TIMINGS.sdcard)
 
-    async def test_warnOn(self) -> None:
+    async def test_warn_on(self) -> None:
         self.agent.faults.warnOn["ver"] = "Something went wrong"
         await self.assertFails(self.client.verify("panda-0001"), "agent warning: Something went wrong")
 
-    async def test_emptyTestroot(self) -> None:
+    async def test_empty_testroot(self) -> None:
         self.agent.faults.emptyTestroot = True
         await self.assertFails(self.client.verify("panda-0001"), "invalid device root")
 
-    async def test_badVer(self) -> None:
+    async def test_bad_ver(self) -> None:
         self.agent.faults.badVer = True
         await self.assertFails(self.client.verify("panda-0001"), "unrecognised ver reply")
 
-    async def test_badMd5(self) -> None:
+    async def test_bad_md5(self) -> None:
         self.agent.faults.badMd5 = True
-        await self.assertFails(self.client.checkSDCard("panda-0001"), "push md5 mismatch")
+        await self.assertFails(self.client.check_sdcard("panda-0001"), "push md5 mismatch")
 
-    async def test_readOnly(self) -> None:
+    async def test_read_only(self) -> None:
         self.agent.faults.readOnly = True
         result, _ = await self.timed(self.client.verify("panda-0001"))
         self.assertTrue(result.ok, "verify does not write")
-        await self.assertFails(self.client.checkSDCard("panda-0001"), "failed to create directory under device root")
+        await self.assertFails(self.client.check_sdcard("panda-0001"), "failed to create directory under device root")
 
-    async def test_dropMidPush(self) -> None:
+    async def test_drop_mid_push(self) -> None:
         self.agent.faults.dropMidPush = 5
-        await self.assertFails(self.client.checkSDCard("panda-0001"), "closed by agent while waiting for reply to 'push'")
+        await self.assertFails(self.client.check_sdcard("panda-0001"), "closed by agent while waiting for reply to 'push'")
 
-    async def test_dropAfterCommand(self) -> None:
+    async def test_drop_after_command(self) -> None:
         self.agent.faults.dropAfter.add("isdir")
         await self.assertFails(self.client.verify("panda-0001"), "closed by agent while waiting for reply to 'isdir'")
 
-    async def test_splitPrompt(self) -> None:
+    async def test_split_prompt(self) -> None:
         self.agent.faults.splitPrompt = True
-        result, _ = await self.timed(self.client.checkSDCard("panda-0001"))
+        result, _ = await self.timed(self.client.check_sdcard("panda-0001"))
         self.assertTrue(result.ok, result.reason)
 
-    async def test_trailingGarbage(self) -> None:
+    async def test_trailing_garbage(self) -> None:
         self.agent.faults.trailingGarbage = b"junk"
         await self.assertFails(self.client.verify("panda-0001"), "bytes after prompt")
 
-    async def test_stopDropsConnections(self) -> None:
+    async def test_stop_drops_connections(self) -> None:
         """Power off mid-operation: the open connection dies and the client fails at once."""
         self.agent.faults.hangAt = 1
         d = self.client.verify("panda-0001")
@@ -243,5 +243,5 @@ class AgentPortTaken(TestCase):
         await deferLater(reactor, 1.0, lambda: None)
         self.addCleanup(agent.stop, True)
         self.assertNotEqual(agent.port, first)
-        result = await SUTClient(reactor, SUTTimings(connect=2, idle=2, verify=3), addressFor=lambda fqdn: ("127.0.0.1", agent.port)).verify("d")
+        result = await SUTClient(reactor, SUTTimings(connect=2, idle=2, verify=3), address_for=lambda fqdn: ("127.0.0.1", agent.port)).verify("d")
         self.assertTrue(result, result)

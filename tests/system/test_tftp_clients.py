@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from mozpool.bmm.tftp import TFTPServer
 from mozpool.bmm.tftp import packets as P
-from mozpool.bmm.tftp.netascii import toNetascii
+from mozpool.bmm.tftp.netascii import to_netascii
 
 SECRET = b"the secret outside the root\n"
 TEXT = b"DEFAULT linux\nLABEL linux\r\n  KERNEL vmlinuz\n  APPEND root=/dev/ram0 \rbare cr\n" * 20
@@ -58,8 +58,8 @@ class LossyRelay:
 
             def datagramReceived(self, data: bytes, addr: Any) -> None:
                 self.target = addr
-                if P.opcodeOf(data) == P.DATA:
-                    block = P.parseData(data)[0]
+                if P.opcode_of(data) == P.DATA:
+                    block = P.parse_data(data)[0]
                     relay.dataSeen[block] = relay.dataSeen.get(block, 0) + 1
                     if block in relay.drop:
                         relay.drop.discard(block)
@@ -126,7 +126,7 @@ class ClientTests(TestCase):
                                                     "-c", command, remote, local])
         return output
 
-    async def test_tftpHpaOctet(self) -> None:
+    async def test_tftp_hpa_octet(self) -> None:
         for name in ("kernel.bin", "exact.bin", "empty", "alias"):
             local = self.outFile(name)
             await self.tftpHpa("octet", "get", name, local.path)
@@ -134,20 +134,20 @@ class ClientTests(TestCase):
             self.assertEqual(local.getContent(), expected, name)
         self.assertEqual(self.server.sessions, {})
 
-    async def test_tftpHpaNetascii(self) -> None:
+    async def test_tftp_hpa_netascii(self) -> None:
         """tftp-hpa converts netascii back to local text, so the download equals the file."""
         local = self.outFile("cfg")
         await self.tftpHpa("netascii", "get", "pxelinux.cfg/01-aa-bb-cc-dd-ee-ff", local.path)
         self.assertEqual(local.getContent(), TEXT)
 
-    async def test_tftpHpaWriteRefused(self) -> None:
+    async def test_tftp_hpa_write_refused(self) -> None:
         upload = self.out.child("up.txt")
         upload.setContent(b"upload")
         output = await self.tftpHpa("octet", "put", upload.path, "up.txt")
         self.assertIn(b"Error code 2", output)
         self.assertFalse(self.root.child("up.txt").exists())
 
-    async def test_tftpHpaEscapesRefused(self) -> None:
+    async def test_tftp_hpa_escapes_refused(self) -> None:
         secret = FilePath(self.root.dirname()).child("secret").path
         for i, (remote, code) in enumerate([("../secret", 2), ("pxelinux.cfg/../../secret", 2),
                                             (secret, 1), ("escape", 2), ("updir/secret", 2)]):
@@ -156,7 +156,7 @@ class ClientTests(TestCase):
             self.assertIn(b"Error code %d" % code, output, remote)
             self.assertNotLeaked(local)
 
-    async def test_tftpHpaLostData(self) -> None:
+    async def test_tftp_hpa_lost_data(self) -> None:
         """The 3rd DATA is dropped once: our retransmission timer recovers, bytes are identical."""
         relay = LossyRelay(self.port, {3})
         self.addCleanup(relay.stop)
@@ -172,7 +172,7 @@ class ClientTests(TestCase):
         return await self.runClient(client("curl"), ["-sS", "--max-time", "30", *extra,
                                                f"tftp://127.0.0.1:{port or self.port}/{url}", "-o", local.path])
 
-    async def test_curlOctetAndBlksize(self) -> None:
+    async def test_curl_octet_and_blksize(self) -> None:
         for blksize in (None, "8", "1428", "8192", "65464"):
             local = self.outFile(f"curl-{blksize}")
             extra = ["--tftp-blksize", blksize] if blksize else []
@@ -180,14 +180,14 @@ class ClientTests(TestCase):
             self.assertEqual(code, 0, output)
             self.assertEqual(local.getContent(), self.files["kernel.bin"], blksize)
 
-    async def test_curlNetascii(self) -> None:
+    async def test_curl_netascii(self) -> None:
         """curl asks for netascii but keeps the wire form: the download is the converted text."""
         local = self.outFile("curl-cfg")
         output, code = await self.curl("pxelinux.cfg/01-aa-bb-cc-dd-ee-ff;mode=netascii", local)
         self.assertEqual(code, 0, output)
-        self.assertEqual(local.getContent(), toNetascii(TEXT))
+        self.assertEqual(local.getContent(), to_netascii(TEXT))
 
-    async def test_curlEscapesRefused(self) -> None:
+    async def test_curl_escapes_refused(self) -> None:
         cases = [("escape", 69), ("updir/secret", 69), ("%2e%2e/secret", 69), ("/" + self.root.dirname().lstrip("/") + "/secret", 68)]
         for i, (url, code) in enumerate(cases):
             local = self.outFile(f"curl-escape{i}")
@@ -195,7 +195,7 @@ class ClientTests(TestCase):
             self.assertEqual(rc, code, (url, output))
             self.assertNotLeaked(local)
 
-    async def test_curlLostData(self) -> None:
+    async def test_curl_lost_data(self) -> None:
         relay = LossyRelay(self.port, {3})
         self.addCleanup(relay.stop)
         local = self.outFile("curl-lossy")
@@ -214,7 +214,7 @@ class ClientTests(TestCase):
             args += ["--option", option]
         return await self.runClient(client("atftp"), args + ["127.0.0.1", str(port or self.port)])
 
-    async def test_atftpOptions(self) -> None:
+    async def test_atftp_options(self) -> None:
         """Each option is negotiated (the OACK atftp traces lists it) and the bytes are identical."""
         size = len(self.files["kernel.bin"])
         cases = [
@@ -234,7 +234,7 @@ class ClientTests(TestCase):
             self.assertIn(expected, oack[0])
             self.assertEqual(local.getContent(), self.files["kernel.bin"], options)
 
-    async def test_atftpWindowedExactAndEmpty(self) -> None:
+    async def test_atftp_windowed_exact_and_empty(self) -> None:
         # blksize 8 makes the OACK longer than one segment of a segmented (GSO) window send.
         for name, blksize in (("exact.bin", "512"), ("empty", "512"), ("exact.bin", "8")):
             local = self.outFile(f"atftp-{name}-{blksize}")
@@ -243,7 +243,7 @@ class ClientTests(TestCase):
             self.assertIn(b"received OACK <windowsize: 8, blksize: %s," % blksize.encode(), output)
             self.assertEqual(local.getContent(), self.files[name])
 
-    async def test_atftpWindowedLostData(self) -> None:
+    async def test_atftp_windowed_lost_data(self) -> None:
         """Lost blocks inside a window: the client acknowledges short and we resume after it."""
         relay = LossyRelay(self.port, {3, 40})
         self.addCleanup(relay.stop)
@@ -253,7 +253,7 @@ class ClientTests(TestCase):
         self.assertEqual(sorted(relay.dropped), [3, 40])
         self.assertEqual(local.getContent(), self.files["kernel.bin"])
 
-    async def test_atftpEscapesRefused(self) -> None:
+    async def test_atftp_escapes_refused(self) -> None:
         for i, remote in enumerate(["../secret", "escape", "updir/secret", "pxelinux.cfg/../../secret"]):
             local = self.outFile(f"atftp-escape{i}")
             output, code = await self.atftp(remote, local)

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mozpool.web.interfaces import IBMM, IBroker, ILifeGuard
+from mozpool.web.interfaces import IBMM, IBroker, ILifeGuard, RequestSpec
 
 
 class _Recorder:
@@ -25,10 +25,8 @@ class _Recorder:
 
 @implementer(IBroker)
 class FakeBroker(_Recorder):
-    def create_request(self, device: str, assignee: str, duration: int, image: str, environment: str,
-                       boot_config: str, created_by: str | None = None) -> Any:
-        extra = () if created_by is None else (created_by,)
-        return self._answer("create_request", device, assignee, duration, image, environment, boot_config, *extra)
+    def create_request(self, device: str, spec: RequestSpec) -> Any:
+        return self._answer("create_request", device, spec)
 
     def renew(self, request_id: int, duration: int) -> Any:
         return self._answer("renew", request_id, duration)

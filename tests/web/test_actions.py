@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from zope.interface.verify import verifyObject
 
-from mozpool.web.interfaces import IBMM, IBroker, DeviceHeld, ILifeGuard, StateMismatch
+from mozpool.web.interfaces import IBMM, IBroker, DeviceHeld, ILifeGuard, RequestSpec, StateMismatch
 from tests.support.dbtest import on_both_backends
 from tests.web.fakes import FakeBMM, FakeBroker, FakeLifeGuard
 from tests.web.support import APITest
@@ -83,7 +83,8 @@ class Actions(APITest):
         self.broker.calls.clear()
         for body, expected in variants:
             await self.ok("POST", "/api/device/any/request/", body)
-            self.assertEqual(self.broker.calls[-1], ("create_request", *expected))
+            device, *fields = expected
+            self.assertEqual(self.broker.calls[-1], ("create_request", device, RequestSpec(*fields)))
         await self.ok("POST", "/api/device/bpanda-0001/request/", GOOD)  # never redirected
         self.assertEqual(self.broker.calls[-1][1], "bpanda-0001")
 

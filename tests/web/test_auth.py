@@ -138,7 +138,7 @@ class Roles(APITest):
 
     async def test_request_creation_records_its_creator(self) -> None:
         await self.ok("POST", "/api/device/any/request/", GOOD, headers=self.as_("user"))
-        self.assertEqual(self.broker.calls[-1][-1], "user-1")
+        self.assertEqual(self.broker.calls[-1][-1].created_by, "user-1")
 
     async def test_revocation_takes_effect_within_the_cache_time(self) -> None:
         self.assertEqual(await self.status("operator", "POST", "/api/device/panda-0001/clear-pxe/"), 200)

@@ -8,14 +8,14 @@ import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from mozpool.web.site import makeSite
+from mozpool.web.site import make_site
 from tests.support.dbtest import on_both_backends
 from tests.web.support import APITest
 
 
 class Site(APITest):
     async def test_multipart_label_is_still_json(self) -> None:
-        port = reactor.listenTCP(0, makeSite(self.api), interface="127.0.0.1")
+        port = reactor.listenTCP(0, make_site(self.api), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         base = f"http://127.0.0.1:{port.getHost().port}"
         for ctype in ("multipart/form-data; boundary=xx", "application/x-www-form-urlencoded"):
@@ -35,7 +35,7 @@ class Site(APITest):
     async def raw(self, head: bytes, chunks: list[bytes]) -> tuple[bytes, int]:
         """Send ``head`` then ``chunks`` (stopping when the server hangs up); what came back, and
         how many chunks were sent before the answer arrived."""
-        port = reactor.listenTCP(0, makeSite(self.api), interface="127.0.0.1")
+        port = reactor.listenTCP(0, make_site(self.api), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         client = _Collect()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
@@ -77,7 +77,7 @@ class Site(APITest):
         self.assertEqual(response.code, 200, await response.content())
 
     async def base(self) -> str:
-        port = reactor.listenTCP(0, makeSite(self.api), interface="127.0.0.1")
+        port = reactor.listenTCP(0, make_site(self.api), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return f"http://127.0.0.1:{port.getHost().port}"
 

@@ -1,6 +1,6 @@
 """Our embedded read-only TFTP server (spec bmm-protocols.md section 5).
 
-`TFTPServer` is the main-socket protocol, `makeTFTPService` the service the tap starts; packets,
+`TFTPServer` is the main-socket protocol, `make_tftp_service` the service the tap starts; packets,
 netascii conversion, path confinement and the per-transfer protocol live in the submodules.
 """
 
@@ -14,7 +14,7 @@ from .server import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     TFTPServer,
-    makeTFTPService,
+    make_tftp_service,
 )
 from .transfer import ReadTransfer
 
@@ -29,5 +29,5 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "ReadTransfer",
     "TFTPServer",
-    "makeTFTPService",
+    "make_tftp_service",
 ]

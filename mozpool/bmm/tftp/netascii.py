@@ -18,13 +18,13 @@ class BlockSource(Protocol):
         """Bytes read from the file and not yet handed out."""
 
 
-def toNetascii(data: bytes) -> bytes:
+def to_netascii(data: bytes) -> bytes:
     """LF -> CR LF and bare CR -> CR NUL (RFC 764), the only conversions netascii asks for."""
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
-def fromNetascii(data: bytes) -> bytes:
-    """The inverse of toNetascii, for tests and clients (CR LF -> LF, CR NUL -> CR)."""
+def from_netascii(data: bytes) -> bytes:
+    """The inverse of to_netascii, for tests and clients (CR LF -> LF, CR NUL -> CR)."""
     return data.replace(b"\r\n", b"\n").replace(b"\r\0", b"\r")
 
 
@@ -68,7 +68,7 @@ class NetasciiSource:
             if not raw:
                 self._eof = True
                 break
-            self._pending += toNetascii(raw)
+            self._pending += to_netascii(raw)
         out, self._pending = self._pending[:size], self._pending[size:]
         return out
 

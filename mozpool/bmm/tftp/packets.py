@@ -44,16 +44,16 @@ class Request:
     options: dict[str, str] = field(default_factory=dict)
 
 
-def opcodeOf(datagram: bytes) -> int | None:
+def opcode_of(datagram: bytes) -> int | None:
     """The opcode of a datagram, or None when it is too short to carry one."""
     if len(datagram) < 2:
         return None
     return int(_OPCODE.unpack_from(datagram)[0])
 
 
-def parseRequest(datagram: bytes) -> Request:
+def parse_request(datagram: bytes) -> Request:
     """Parse RRQ/WRQ; raise MalformedPacket for anything RFC 1350 would call illegal."""
-    opcode = opcodeOf(datagram)
+    opcode = opcode_of(datagram)
     if opcode not in (RRQ, WRQ):
         raise MalformedPacket("not a request")
     body = datagram[2:]
@@ -79,31 +79,31 @@ def parseRequest(datagram: bytes) -> Request:
     return Request(opcode, filename, mode, options)
 
 
-def parseAck(datagram: bytes) -> int:
+def parse_ack(datagram: bytes) -> int:
     """The block number of an ACK."""
     if len(datagram) < 4 or datagram[:2] != ACK_PREFIX:
         raise MalformedPacket("not an ACK")
     return int(_HEADER.unpack_from(datagram)[1])
 
 
-def parseData(datagram: bytes) -> tuple[int, bytes]:
+def parse_data(datagram: bytes) -> tuple[int, bytes]:
     """Block number and payload of a DATA packet (used by tests and the scripted bench client)."""
-    if len(datagram) < 4 or opcodeOf(datagram) != DATA:
+    if len(datagram) < 4 or opcode_of(datagram) != DATA:
         raise MalformedPacket("not a DATA packet")
     return int(_HEADER.unpack_from(datagram)[1]), datagram[4:]
 
 
-def parseError(datagram: bytes) -> tuple[int, str]:
+def parse_error(datagram: bytes) -> tuple[int, str]:
     """Code and message of an ERROR packet."""
-    if len(datagram) < 4 or opcodeOf(datagram) != ERROR:
+    if len(datagram) < 4 or opcode_of(datagram) != ERROR:
         raise MalformedPacket("not an ERROR packet")
     message = datagram[4:].split(b"\0", 1)[0]
     return int(_HEADER.unpack_from(datagram)[1]), message.decode("ascii", "replace")
 
 
-def parseOack(datagram: bytes) -> dict[str, str]:
+def parse_oack(datagram: bytes) -> dict[str, str]:
     """Options of an OACK packet."""
-    if opcodeOf(datagram) != OACK:
+    if opcode_of(datagram) != OACK:
         raise MalformedPacket("not an OACK")
     parts = datagram[2:].split(b"\0")
     return {
@@ -112,7 +112,7 @@ def parseOack(datagram: bytes) -> dict[str, str]:
     }
 
 
-def encodeRequest(
+def encode_request(
     filename: bytes, mode: str = "octet", options: dict[str, str] | None = None, opcode: int = RRQ
 ) -> bytes:
     """Build an RRQ/WRQ (for tests and the bench client)."""
@@ -122,24 +122,25 @@ def encodeRequest(
     return b"".join(out)
 
 
-def encodeData(block: int, payload: bytes) -> bytes:
+def encode_data(block: int, payload: bytes) -> bytes:
     """Build a DATA packet; block numbers wrap modulo 2^16."""
     return _HEADER.pack(DATA, block & 0xFFFF) + payload
 
 
-def encodeAck(block: int) -> bytes:
+def encode_ack(block: int) -> bytes:
     """Build an ACK packet."""
     return _HEADER.pack(ACK, block & 0xFFFF)
 
 
-def encodeError(code: int, message: str) -> bytes:
+def encode_error(code: int, message: str) -> bytes:
     """Build an ERROR packet."""
     return _HEADER.pack(ERROR, code) + message.encode("ascii", "replace") + b"\0"
 
 
-def encodeOack(options: dict[str, str]) -> bytes:
+def encode_oack(options: dict[str, str]) -> bytes:
     """Build an OACK listing exactly the accepted options."""
     out = [_OPCODE.pack(OACK)]
     for name, value in options.items():
         out += [name.encode("ascii"), b"\0", value.encode("ascii"), b"\0"]
     return b"".join(out)
+

@@ -16,7 +16,7 @@ class PathRefused(Exception):
         self.message = message
 
 
-def _hasControl(name: bytes) -> bool:
+def _has_control(name: bytes) -> bool:
     return any(b < 32 or b == 127 for b in name)
 
 
@@ -27,13 +27,13 @@ def resolve(root: bytes, filename: bytes) -> bytes:
     out of the root, while links that stay inside are still served.
     """
     name = filename.lstrip(b"/")
-    if not name or b"\\" in name or _hasControl(name):
+    if not name or b"\\" in name or _has_control(name):
         raise PathRefused(ERR_ACCESS, "illegal filename")
     if b".." in name.split(b"/"):
         raise PathRefused(ERR_ACCESS, "access violation")
-    realRoot = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(realRoot, name))
-    if real != realRoot and not real.startswith(realRoot.rstrip(b"/") + b"/"):
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, name))
+    if real != real_root and not real.startswith(real_root.rstrip(b"/") + b"/"):
         raise PathRefused(ERR_ACCESS, "access violation")
     if not os.path.lexists(real):
         raise PathRefused(ERR_NOT_FOUND, "file not found")

@@ -66,10 +66,10 @@ from .packets import (
     WRQ,
     MalformedPacket,
     Request,
-    encodeError,
-    encodeOack,
-    opcodeOf,
-    parseRequest,
+    encode_error,
+    encode_oack,
+    opcode_of,
+    parse_request,
 )
 from .paths import PathRefused, resolve
 from .transfer import ReadTransfer
@@ -106,7 +106,7 @@ def _is_loopback(host: str) -> bool:
     return bool((mapped or ip).is_loopback)
 
 
-def _openRegular(path: bytes) -> tuple[Any, int]:
+def _open_regular(path: bytes) -> tuple[Any, int]:
     """Open a regular file for reading without following a last-moment symlink or blocking on a FIFO."""
     try:
         st = os.stat(path)
@@ -148,10 +148,10 @@ class TFTPServer(DatagramProtocol):
         *,
         interface: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        maxTimeout: float = DEFAULT_MAX_TIMEOUT,
+        max_timeout: float = DEFAULT_MAX_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
-        maxBlksize: int = DEFAULT_MAX_BLKSIZE,
-        maxWindowsize: int = DEFAULT_MAX_WINDOWSIZE,
+        max_blksize: int = DEFAULT_MAX_BLKSIZE,
+        max_windowsize: int = DEFAULT_MAX_WINDOWSIZE,
         max_transfers: int = DEFAULT_MAX_TRANSFERS,
         max_transfers_per_client: int = DEFAULT_MAX_TRANSFERS_PER_CLIENT,
         max_window_bytes: int = DEFAULT_MAX_WINDOW_BYTES,
@@ -160,16 +160,16 @@ class TFTPServer(DatagramProtocol):
             raise ValueError("max_transfers must be at least 1")
         if max_transfers_per_client < 0:
             raise ValueError("max_transfers_per_client must be 0 (no limit) or more")
-        rootPath: str | bytes = root.path if isinstance(root, FilePath) else root
-        self.root: bytes = os.fsencode(rootPath)
+        root_path: str | bytes = root.path if isinstance(root, FilePath) else root
+        self.root: bytes = os.fsencode(root_path)
         self._reactor = reactor
         self._interface = interface
         self.timeout = timeout
-        self.maxTimeout = maxTimeout
+        self.max_timeout = max_timeout
         self.retries = retries
-        self.maxBlksize = max(8, min(maxBlksize, 65464))
+        self.max_blksize = max(8, min(max_blksize, 65464))
         # Above 32768 blocks in flight, ACK numbers modulo 2^16 would become ambiguous.
-        self.maxWindowsize = max(1, min(maxWindowsize, 32768))
+        self.max_windowsize = max(1, min(max_windowsize, 32768))
         self.max_transfers = max_transfers
         self.max_transfers_per_client = max_transfers_per_client
         self.max_window_bytes = max_window_bytes
@@ -197,14 +197,14 @@ class TFTPServer(DatagramProtocol):
 
     def _error(self, code: int, message: str, addr: Any) -> None:
         try:
-            self.transport.write(encodeError(code, message), addr)
+            self.transport.write(encode_error(code, message), addr)
         except OSError as e:
             log.debug("tftp error reply to {addr} failed: {error}", addr=addr, error=e)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        opcode = opcodeOf(datagram)
+        opcode = opcode_of(datagram)
         if opcode == RRQ:
-            self._readRequest(datagram, addr)
+            self._read_request(datagram, addr)
         elif opcode == WRQ:
             log.info("tftp refused write request from {addr}", addr=addr)
             self._error(ERR_ACCESS, "writes not permitted", addr)
@@ -213,11 +213,11 @@ class TFTPServer(DatagramProtocol):
         else:
             self._error(ERR_ILLEGAL, "illegal TFTP operation", addr)
 
-    def _readRequest(self, datagram: bytes, addr: Any, recheck: bool = True) -> None:
+    def _read_request(self, datagram: bytes, addr: Any, recheck: bool = True) -> None:
         if self.transport is None:
             return  # stopped while a re-check was pending
         try:
-            request = parseRequest(datagram)
+            request = parse_request(datagram)
         except MalformedPacket as e:
             log.debug("tftp malformed request from {addr}: {why}", addr=addr, why=str(e))
             self._error(ERR_ILLEGAL, "malformed request", addr)
@@ -232,7 +232,7 @@ class TFTPServer(DatagramProtocol):
             # us that RRQ before the ERROR waiting on the transfer's own socket; so look again
             # after the current batch of events, when that ERROR has ended the old transfer.
             if recheck:
-                self._reactor.callLater(0, self._readRequest, datagram, addr, False)
+                self._reactor.callLater(0, self._read_request, datagram, addr, False)
             return
         held = len(self.by_client.get(key[0], ()))
         limit = self.max_transfers_per_client
@@ -249,7 +249,7 @@ class TFTPServer(DatagramProtocol):
         name = request.filename.decode("ascii", "backslashreplace")
         try:
             path = resolve(self.root, request.filename)
-            f, size = _openRegular(path)
+            f, size = _open_regular(path)
         except PathRefused as e:
             # Boot loaders probe a series of names and stop at the first that exists, so a missing
             # file is routine; anything else is worth an operator's eye.
@@ -310,13 +310,13 @@ class TFTPServer(DatagramProtocol):
             if value is None:
                 continue
             if option == "blksize" and value >= 8:
-                blksize = min(value, self.maxBlksize)
+                blksize = min(value, self.max_blksize)
                 accepted[option] = str(blksize)
             elif option == "timeout" and 1 <= value <= 255:
                 fixed = float(value)
                 accepted[option] = str(value)
             elif option == "windowsize" and 1 <= value <= 65535:
-                windowsize = min(value, self.maxWindowsize)
+                windowsize = min(value, self.max_windowsize)
                 accepted[option] = ""  # its value once blksize is known, whatever the order
         if "windowsize" in accepted:
             # The window is what a transfer buffers: no more blocks than fit in max_window_bytes.
@@ -325,7 +325,7 @@ class TFTPServer(DatagramProtocol):
         source: BlockSource = OctetSource(f) if request.mode == "octet" else NetasciiSource(f)
         key = (addr[0], addr[1], request.filename)
 
-        def onDone(transfer: ReadTransfer, reason: str) -> None:
+        def on_done(transfer: ReadTransfer, reason: str) -> None:
             self._forget(key, transfer)
 
         return ReadTransfer(
@@ -335,16 +335,16 @@ class TFTPServer(DatagramProtocol):
             name=name,
             blksize=blksize,
             windowsize=windowsize,
-            oack=encodeOack(accepted) if accepted else None,
-            fixedTimeout=fixed,
+            oack=encode_oack(accepted) if accepted else None,
+            fixed_timeout=fixed,
             timeout=self.timeout,
-            maxTimeout=self.maxTimeout,
+            max_timeout=self.max_timeout,
             retries=self.retries,
-            onDone=onDone,
+            on_done=on_done,
         )
 
 
-def makeTFTPService(
+def make_tftp_service(
     root: FilePath[Any] | str | bytes,
     port: int,
     interface: str,
@@ -354,5 +354,7 @@ def makeTFTPService(
     """The service the tap adds for `--tftp-port`/`--tftp-root`; options are TFTPServer's keywords."""
     server = TFTPServer(root, reactor, interface=interface or None, **options)
     service = internet.UDPServer(port, server, interface=interface, reactor=reactor)
-    service.tftpServer = server  # type: ignore[attr-defined]
+    service.tftp_server = server  # type: ignore[attr-defined]
     return cast(IService, service)
+
+

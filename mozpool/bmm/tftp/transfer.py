@@ -20,7 +20,7 @@ from twisted.internet.protocol import DatagramProtocol
 from mozpool.logconfig import Logger
 
 from .netascii import BlockSource
-from .packets import ACK_PREFIX, ERR_UNDEFINED, ERR_UNKNOWN_TID, ERROR_PREFIX, encodeError
+from .packets import ACK_PREFIX, ERR_UNDEFINED, ERR_UNKNOWN_TID, ERROR_PREFIX, encode_error
 
 log = Logger()
 
@@ -57,11 +57,11 @@ class ReadTransfer(DatagramProtocol):
         blksize: int = 512,
         windowsize: int = 1,
         oack: bytes | None = None,
-        fixedTimeout: float | None = None,
+        fixed_timeout: float | None = None,
         timeout: float = 1.0,
-        maxTimeout: float = 8.0,
+        max_timeout: float = 8.0,
         retries: int = 5,
-        onDone: Callable[[ReadTransfer, str], None] | None = None,
+        on_done: Callable[[ReadTransfer, str], None] | None = None,
     ) -> None:
         self._clock = clock
         self._seconds = clock.seconds
@@ -72,29 +72,29 @@ class ReadTransfer(DatagramProtocol):
         self._blksize = blksize
         self._windowsize = windowsize
         self._oack = oack
-        self._fixed = fixedTimeout
-        self._baseTimeout = timeout
-        self._maxTimeout = maxTimeout
-        self._interval = fixedTimeout if fixedTimeout is not None else timeout
+        self._fixed = fixed_timeout
+        self._base_timeout = timeout
+        self._max_timeout = max_timeout
+        self._interval = fixed_timeout if fixed_timeout is not None else timeout
         self._retries = retries
-        self._onDone = onDone
+        self._on_done = on_done
         # Sent but unacknowledged DATA packets, oldest first: blocks _acked+1 .. _acked+len.
         self._window: deque[bytes] = deque()
         self._acked = 0  # absolute number of the highest acknowledged block
         self._next = 1  # absolute number of the next block to read
         self._eof = False  # the final (short) block has been read and sent
         self._timer: IDelayedCall | None = None
-        self._lastProgress = 0.0
+        self._last_progress = 0.0
         self._timeouts = 0
         self._finished = False
-        self._write: Callable[[bytes, Any], Any] = self._transportWrite
-        self._gsoBatch = 0  # blocks per segmented send; 0 = one send per block
-        self._gsoSend: Callable[..., Any] | None = None
-        self._gsoControl: list[tuple[int, int, bytes]] = []
+        self._write: Callable[[bytes, Any], Any] = self._transport_write
+        self._gso_batch = 0  # blocks per segmented send; 0 = one send per block
+        self._gso_send: Callable[..., Any] | None = None
+        self._gso_control: list[tuple[int, int, bytes]] = []
         self.retransmissions = 0
         self.done: defer.Deferred[str] = defer.Deferred()
 
-    def _transportWrite(self, datagram: bytes, addr: Any) -> None:
+    def _transport_write(self, datagram: bytes, addr: Any) -> None:
         self.transport.write(datagram, addr)
 
     # -- lifecycle
@@ -122,19 +122,19 @@ class ReadTransfer(DatagramProtocol):
         batch = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment)
         sendmsg = getattr(sock, "sendmsg", None)
         if self._windowsize > 1 and batch > 1 and sendmsg is not None and sys.platform.startswith("linux"):
-            self._gsoBatch = batch
-            self._gsoSend = sendmsg
-            self._gsoControl = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", segment))]
+            self._gso_batch = batch
+            self._gso_send = sendmsg
+            self._gso_control = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", segment))]
 
     def start(self) -> None:
         """Send the OACK (and wait for ACK 0) or the first window of DATA."""
-        self._lastProgress = self._seconds()
+        self._last_progress = self._seconds()
         if self._oack is not None:
             self._send(self._oack)
         else:
             self._fill()
         if not self._finished:
-            self._timer = self._clock.callLater(self._interval, self._timedOut)
+            self._timer = self._clock.callLater(self._interval, self._timed_out)
 
     @property
     def peer(self) -> tuple[str, int]:
@@ -153,7 +153,7 @@ class ReadTransfer(DatagramProtocol):
     def displace(self) -> None:
         """Give up this transfer's place in a full session table to another client's."""
         if not self._finished:
-            self._send(encodeError(ERR_UNDEFINED, "server busy, transfer cancelled"))
+            self._send(encode_error(ERR_UNDEFINED, "server busy, transfer cancelled"))
         self._finish(DISPLACED)
 
     def _finish(self, reason: str) -> None:
@@ -184,8 +184,8 @@ class ReadTransfer(DatagramProtocol):
             blocks=self._acked,
             retransmissions=self.retransmissions,
         )
-        if self._onDone is not None:
-            self._onDone(self, reason)
+        if self._on_done is not None:
+            self._on_done(self, reason)
         self.done.callback(reason)
 
     # -- sending
@@ -197,26 +197,26 @@ class ReadTransfer(DatagramProtocol):
             # A full socket buffer is a lost packet; retransmission takes care of it.
             log.debug("tftp send to {peer} failed: {error}", peer=self._peer, error=e)
 
-    def _sendMany(self, packets: list[bytes] | deque[bytes]) -> None:
+    def _send_many(self, packets: list[bytes] | deque[bytes]) -> None:
         write = self._write
         peer = self._peer
-        n = self._gsoBatch
-        gsoSend = self._gsoSend
-        if n and gsoSend is not None and len(packets) > 1:
+        n = self._gso_batch
+        gso_send = self._gso_send
+        if n and gso_send is not None and len(packets) > 1:
             if not isinstance(packets, list):
                 packets = list(packets)
             for i in range(0, len(packets), n):
                 chunk = packets[i : i + n]
                 try:
                     if len(chunk) > 1:
-                        gsoSend([b"".join(chunk)], self._gsoControl, 0, peer)
+                        gso_send([b"".join(chunk)], self._gso_control, 0, peer)
                     else:
                         write(chunk[0], peer)
                 except OSError as e:
                     if e.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                         # No GSO here (old kernel, or a device without checksum offload): singly.
-                        self._gsoBatch = 0
-                        self._sendMany(packets[i:])
+                        self._gso_batch = 0
+                        self._send_many(packets[i:])
                         return
                     # EAGAIN/ENOBUFS: lost; retransmission takes care of it.
             return
@@ -237,10 +237,10 @@ class ReadTransfer(DatagramProtocol):
             try:
                 payload = read(blksize)
                 if len(payload) < blksize:
-                    payload = self._readRest(payload)
+                    payload = self._read_rest(payload)
             except OSError as e:
                 log.error("tftp read error on {name}: {error}", name=self.name, error=e)
-                self._send(encodeError(ERR_UNDEFINED, "I/O error"))
+                self._send(encode_error(ERR_UNDEFINED, "I/O error"))
                 self._finish(IO_ERROR)
                 return
             packet = _DATA.pack(_DATA_OPCODE, self._next & 0xFFFF) + payload
@@ -256,9 +256,9 @@ class ReadTransfer(DatagramProtocol):
             except OSError:
                 pass  # lost; the window is resent at the next timeout
         elif fresh:
-            self._sendMany(fresh)
+            self._send_many(fresh)
 
-    def _readRest(self, payload: bytes) -> bytes:
+    def _read_rest(self, payload: bytes) -> bytes:
         """A short read is the end of the file only if the next read returns nothing."""
         while len(payload) < self._blksize:
             more = self._read(self._blksize - len(payload))
@@ -273,7 +273,7 @@ class ReadTransfer(DatagramProtocol):
         if addr != self._peer:
             if not self._finished and datagram[:2] != ERROR_PREFIX:
                 try:
-                    self.transport.write(encodeError(ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
+                    self.transport.write(encode_error(ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
                 except OSError:
                     pass
             return
@@ -297,13 +297,13 @@ class ReadTransfer(DatagramProtocol):
             else:
                 for _ in range(delta):
                     window.popleft()
-            self._lastProgress = self._seconds()
+            self._last_progress = self._seconds()
             if self._timeouts:
                 self._progress()
             if window:
                 # The peer acknowledged short of what we sent: RFC 7440 says resume at block+1.
                 self.retransmissions += len(window)
-                self._sendMany(window)
+                self._send_many(window)
             elif self._eof:
                 self._finish(COMPLETE)
                 return
@@ -313,27 +313,27 @@ class ReadTransfer(DatagramProtocol):
         # Anything else from the peer is ignored.
 
     def _progress(self) -> None:
-        self._lastProgress = self._seconds()
+        self._last_progress = self._seconds()
         if self._timeouts:
             # Recovering from timeouts: the pending timer was armed for a backed-off interval, so
-            # re-arm it for the base one (the lazy re-arm in _timedOut only ever extends).
+            # re-arm it for the base one (the lazy re-arm in _timed_out only ever extends).
             self._timeouts = 0
-            self._interval = self._fixed if self._fixed is not None else self._baseTimeout
+            self._interval = self._fixed if self._fixed is not None else self._base_timeout
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
-            self._timer = self._clock.callLater(self._interval, self._timedOut)
+            self._timer = self._clock.callLater(self._interval, self._timed_out)
 
     # -- retransmission
 
-    def _timedOut(self) -> None:
+    def _timed_out(self) -> None:
         self._timer = None
         if self._finished:
             return
         now = self._seconds()
-        remaining = self._lastProgress + self._interval - now
+        remaining = self._last_progress + self._interval - now
         if remaining > 1e-6:
             # Progress was made since the timer was armed; wait out the rest of the interval.
-            self._timer = self._clock.callLater(remaining, self._timedOut)
+            self._timer = self._clock.callLater(remaining, self._timed_out)
             return
         self._timeouts += 1
         if self._timeouts >= self._retries:
@@ -342,16 +342,16 @@ class ReadTransfer(DatagramProtocol):
                 # file. Close without an error.
                 self._finish(TIMEOUT)
             else:
-                self._send(encodeError(ERR_UNDEFINED, "timeout"))
+                self._send(encode_error(ERR_UNDEFINED, "timeout"))
                 self._finish(TIMEOUT)
             return
         if self._fixed is None:
-            self._interval = min(self._interval * 2, self._maxTimeout)
+            self._interval = min(self._interval * 2, self._max_timeout)
         if self._oack is not None:
             self._send(self._oack)
             self.retransmissions += 1
         else:
             self.retransmissions += len(self._window)
-            self._sendMany(self._window)
-        self._lastProgress = now
-        self._timer = self._clock.callLater(self._interval, self._timedOut)
+            self._send_many(self._window)
+        self._last_progress = now
+        self._timer = self._clock.callLater(self._interval, self._timed_out)

@@ -213,7 +213,7 @@ class OperatorUI:
         body = pages.lab_map(boards, devices, self.fqdn, servers, server)
         return await self._page(request, "Lab map", body, "lab", _pool_events("device_state", "request_device"))
 
-    @app.route("/ui/lab/board/<string:address>", methods=["GET"])
+    @app.route("/ui/lab/board/<path:address>", methods=["GET"])
     async def lab_board(self, request: IRequest, address: str) -> bytes:
         """One board of the lab map, refetched when one of its devices changes."""
         board, candidates = await self._read(queries.relay_board, address)

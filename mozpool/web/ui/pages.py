@@ -15,7 +15,9 @@ from urllib.parse import quote
 
 from twisted.web.template import Tag, tags
 
-from mozpool.bmm.relay import BANKS, RELAYS, RelayConfigError, parse_relay_info
+from mozpool.bmm.interfaces import PowerConfigError
+from mozpool.bmm.power import DEFAULT_SCHEME, kind_of, parse_location, scheme_of
+from mozpool.bmm.relay import BANKS, RELAYS, RelayInfo
 from mozpool.db.summary import CATEGORIES
 from mozpool.serverurl import base_url
 from mozpool.web.ui import params
@@ -241,46 +243,79 @@ def _board_grid(board: str, slots: dict[tuple[int, int], dict[str, Any]]) -> Tag
     return tags.div(tags.table(tags.caption(caption), head, tags.tbody(rows), class_="grid"), class_="table-wrap")
 
 
-def wiring(devices: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[tuple[int, int], dict[str, Any]]], list]:
-    """Devices by board address and (bank, relay), and those whose relay_info does not parse."""
-    wired: dict[str, dict[tuple[int, int], dict[str, Any]]] = defaultdict(dict)
+def _port_list(controller: str, ports: dict[Any, dict[str, Any]]) -> Tag:
+    """A controller without banks (a PDU behind pdudaemon): one row per port in use."""
+    rows = []
+    for outlet in sorted(ports, key=lambda o: (len(str(o)), str(o))):
+        device = ports[outlet]
+        name, state = device["name"], device["state"]
+        shape = tags.span(state_mark(state, device["category"]), class_="mark", **{"aria-hidden": "true"})
+        held = {"data-request": str(device["request_id"])} if device["request_id"] is not None else {}
+        rows.append(tags.tr(
+            tags.th(str(outlet), scope="row"),
+            tags.td(tags.a(shape, " ", name, href=device_url(name)),
+                    class_=f"cell cat-{device['category']}" + (" parked" if state in PARKED_STATES else ""),
+                    title=f"port {outlet}: {name} — {state}",
+                    **_ids("lab-cell", **{"data-device": name, "data-category": device["category"], "data-state": state},
+                           **held)),
+            tags.td(state),
+        ))
+    head = tags.thead(tags.tr(tags.th("port", scope="col"), tags.th("device", scope="col"), tags.th("state", scope="col")))
+    return tags.div(tags.table(tags.caption(f"{controller}: ports in use"), head, tags.tbody(rows), class_="ports"),
+                    class_="table-wrap")
+
+
+def wiring(devices: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[Any, dict[str, Any]]], list]:
+    """Devices by power controller and outlet (``(bank, relay)`` on a ProXR board, the port on
+    another controller), and those whose relay_info does not parse."""
+    wired: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
     unwired = []
     for device in devices:
         try:
-            relay = parse_relay_info(device["relay_info"])
-        except RelayConfigError:
+            where = parse_location(device["relay_info"])
+        except PowerConfigError:
             unwired.append(device)
             continue
-        wired[str(relay.board)][(relay.bank, relay.relay)] = device
+        outlet = (where.bank, where.relay) if isinstance(where, RelayInfo) else where.outlet
+        wired[where.controller][outlet] = device
     return wired, unwired
 
 
-def board_section(board: dict[str, Any], slots: dict[tuple[int, int], dict[str, Any]]) -> Tag:
-    """One relay board, refetched alone when one of its devices changes (``data-live-contains``:
-    the events that name a device or request shown in it)."""
+def board_anchor(controller: str) -> str:
+    """The lab map's element id of a controller's section."""
+    return "board-" + re.sub(r"[^A-Za-z0-9_-]", "-", controller)
+
+
+def board_section(board: dict[str, Any], slots: dict[Any, dict[str, Any]]) -> Tag:
+    """One power controller (a relay board as banks x relays, a PDU as its ports), refetched
+    alone when one of its devices changes (``data-live-contains``: the events that name a device
+    or request shown in it)."""
     tally: dict[str, int] = defaultdict(int)
     for device in slots.values():
         tally[device["category"]] += 1
     summary = ", ".join(f"{tally[c]} {CATEGORY_MARKS[c][1]}" for c in CATEGORIES if tally[c]) or "no devices"
     owner = board["imaging_server"]
+    proxr = scheme_of(board["fqdn"]) == DEFAULT_SCHEME
     test: Any = ""
     if owner is not None:
         test = api_form(
-            "GET", f"/api/relay/{quote(board['name'], safe='')}/test/", label="Test board",
+            "GET", f"/api/relay/{quote(board['name'], safe='')}/test/", label="Test board" if proxr else "Test controller",
             testid="relay-test", owner=owner, result="success", style="inline",
         )
+    kind = kind_of(board["fqdn"])
     return live_region(
-        "board-" + re.sub(r"[^A-Za-z0-9_-]", "-", board["fqdn"]), "/ui/lab/board/" + quote(board["fqdn"], safe=""),
+        board_anchor(board["fqdn"]), "/ui/lab/board/" + quote(board["fqdn"], safe=""),
         "device_state request_device",
         tags.div(tags.h3(board["name"]), test, class_="board-head"),
-        tags.p(f"{board['fqdn']} · board {board['state']} · {summary}", class_="muted"),
-        _board_grid(board["fqdn"], slots),
-        class_="board", **_ids("relay-board", **{"data-board": board["fqdn"], "data-live-contains": ""}),
+        tags.p(f"{board['fqdn']} · {kind} · {board['state']} · {summary}", class_="muted"),
+        _board_grid(board["fqdn"], slots) if proxr else _port_list(board["fqdn"], slots),
+        class_="board", **_ids("relay-board", **{"data-board": board["fqdn"], "data-kind": kind,
+                                                 "data-live-contains": ""}),
     )
 
 
 def unknown_board(address: str) -> dict[str, Any]:
-    """A board devices name in their relay_info that the relay_boards table does not know."""
+    """A controller devices name in their relay_info that the relay_boards table does not know."""
     return {"name": address, "fqdn": address, "state": "not in the database", "imaging_server": None}
 
 
@@ -288,11 +323,13 @@ def lab_map(
     boards: Sequence[dict[str, Any]], devices: Sequence[dict[str, Any]], this_server: str,
     servers: Sequence[str], shown: str,
 ) -> list[Any]:
-    """Every board (of server ``shown``, or of all when it is empty), grouped by server."""
+    """Every power controller (of server ``shown``, or of all when it is empty), grouped by
+    server, relay boards first."""
     wired, unwired = wiring(devices)
     known = {b["fqdn"] for b in boards}
     all_boards = list(boards) + [unknown_board(address) for address in sorted(set(wired) - known)]
     by_server: dict[str, list[Tag]] = defaultdict(list)
+    all_boards.sort(key=lambda b: scheme_of(b["fqdn"]) != DEFAULT_SCHEME)  # stable: boards, then the rest
     for board in all_boards:
         by_server[board["imaging_server"] or "(no server)"].append(board_section(board, wired.get(board["fqdn"], {})))
     choices = [("", "all servers")] + [(fqdn, fqdn) for fqdn in servers]
@@ -317,13 +354,13 @@ def lab_map(
     ]
     if unwired:
         sections.append(_section(
-            f"Devices without a usable relay ({len(unwired)})",
+            f"Devices without a usable relay or power location ({len(unwired)})",
             tags.ul([tags.li(device_link(d["name"]), " ", text_or_dash(d["relay_info"])) for d in unwired],
                     class_="plain"),
             testid="unwired",
         ))
     if not sections:
-        sections = [tags.p("No relay boards.", class_="empty")]
+        sections = [tags.p("No relay boards or other power controllers.", class_="empty")]
     return [picker, legend, *sections]
 
 
@@ -450,9 +487,9 @@ def device_summary(found: dict[str, Any], this_server: str, now: float) -> Tag:
     server = found["imaging_server"]
     relay: Any = text_or_dash(found["relay_info"])
     try:
-        board = str(parse_relay_info(found["relay_info"]).board)
-        relay = tags.a(found["relay_info"], href=f"/ui/lab#board-{board}")
-    except RelayConfigError:
+        controller = parse_location(found["relay_info"]).controller
+        relay = tags.a(found["relay_info"], href=f"/ui/lab#{board_anchor(controller)}")
+    except PowerConfigError:
         pass
     return live_region(
         "device-summary", device_url(name) + "/summary",

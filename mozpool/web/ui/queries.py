@@ -291,12 +291,17 @@ def wired_devices(c: Cursor, server: str = "") -> list[dict[str, Any]]:
 
 
 def relay_board(c: Cursor, address: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The board at ``address`` (host[:port], as relay_boards.fqdn) or None, and the devices
-    whose relay_info may name it (the caller parses them: the prefix match is loose)."""
+    """The power controller at ``address`` (as relay_boards.fqdn: a board's ``host[:port]``, or
+    ``pdudaemon://host:port/PDU``) or None, and the devices whose relay_info may name it (the
+    caller parses them: the prefix match is loose)."""
     boards = [b for b in relay_boards(c) if b["fqdn"] == address]
+    # A board's devices as host[:port]:bankB:relayN or proxr://host[:port]/B/N; another
+    # controller's as <controller>/PORT.
+    prefixes = [address + "/"] if "://" in address else [address + ":", "proxr://" + address + "/"]
     rows = c.execute(
-        _DEVICE_COLUMNS + _DEVICE_FROM + " WHERE LOWER(d.relay_info) LIKE ? ESCAPE '!' ORDER BY d.name",
-        (_like(address + ":", anywhere=False),),
+        _DEVICE_COLUMNS + _DEVICE_FROM + " WHERE " + " OR ".join(["LOWER(d.relay_info) LIKE ? ESCAPE '!'"] * len(prefixes))
+        + " ORDER BY d.name",
+        [_like(p, anywhere=False) for p in prefixes],
     ).fetchall()
     return (boards[0] if boards else None), [_device(r) for r in rows]
 

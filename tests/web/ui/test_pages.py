@@ -85,6 +85,29 @@ class Pages(UITest):
         self.assertEqual(self.attr(board, "lab-cell", "data-device"), ["panda-0003"])
         self.assertIn("not in the database", " ".join(board.text.split()))
 
+    async def test_lab_map_groups_by_power_controller(self) -> None:
+        """A mixed lab: the ProXR board as a grid, a PDU behind pdudaemon as a list of ports,
+        each with the test of its controller."""
+        pdu = "pdudaemon://127.0.0.1:16421/127.0.0.1:20901"
+        await self.sql("UPDATE devices SET relay_info = ? WHERE name = 'panda-0003'", (pdu + "/3",))
+        await self.sql("UPDATE devices SET relay_info = ? WHERE name = 'panda-0002'", (pdu + "/1",))
+        await self.sql("INSERT INTO relay_boards (name, fqdn, imaging_server_id, state, state_counters, state_timeout)"
+                       " SELECT '127.0.0.1-20901', ?, imaging_server_id, 'ready', '{}', state_timeout FROM relay_boards"
+                       " WHERE fqdn = 'localhost:20001'", (pdu,))
+        doc = await self.page(f"/ui/lab?server={A}")
+        self.assertEqual(self.attr(doc, "relay-board", "data-board"), ["localhost:20001", pdu])
+        self.assertEqual(self.attr(doc, "relay-board", "data-kind"), ["ProXR relay board", "pdudaemon PDU"])
+        self.assertEqual(len(doc.find("relay-test")), 2)
+        fragment = await self.page("/ui/lab/board/" + pdu.replace(":", "%3A").replace("/", "%2F"))
+        cells = fragment.find("lab-cell")
+        self.assertEqual([c.attrs["data-device"] for c in cells], ["panda-0002", "panda-0003"])
+        self.assertEqual([c.attrs["title"].split(":")[0] for c in cells], ["port 1", "port 3"])
+        self.assertIn("Test controller", fragment.text)
+        device = await self.page("/ui/device/panda-0003")
+        self.assertIn(b"/ui/lab#board-pdudaemon---127-0-0-1-16421-127-0-0-1-20901",
+                      (await self.call("GET", "/ui/device/panda-0003")).body)
+        self.assertTrue(device.find("device-details"))
+
     async def test_device_page(self) -> None:
         await self.set_state("panda-0001", "ready")
         request_id = await self.add_request(device="panda-0001")

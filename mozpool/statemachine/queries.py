@@ -1,0 +1,51 @@
+"""The SQL of a machine's persisted part, for either table (``devices`` or ``requests``): its
+state, ``state_counters`` (JSON text) and ``state_timeout``, each change journalled and logged
+in the transaction that makes it (spec state-machines.md R-1).
+
+``table``, ``column`` and ``log_kind`` come from a :class:`~mozpool.statemachine.core.MachineKind`,
+never from input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from mozpool.db import changes, logs
+from mozpool.db.pool import Cursor
+
+
+def load_row(c: Cursor, table: str, column: str, key: str) -> tuple[Any, ...] | None:
+    """(id, key, state, counters text, timeout) of the machine addressed by ``key``, or None."""
+    return c.execute(
+        f"SELECT id, {column}, state, state_counters, state_timeout FROM {table} WHERE {column} = ?", (key,)
+    ).fetchone()
+
+
+def write_state(
+    c: Cursor, table: str, log_kind: str, row_id: int, state: str, timeout: str | None, counters: str,
+    now: str, log_lines: Sequence[str] = (), old_state: str | None = None,
+) -> None:
+    """Write state, deadline and counters, and ``log_lines`` to the machine's log; a change from
+    ``old_state`` goes to the change journal too."""
+    c.execute(
+        f"UPDATE {table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
+        (state, timeout, counters, row_id),
+    )
+    if old_state is not None and old_state != state:
+        changes.record(c, f"{log_kind}_state", now, **{f"{log_kind}_id": row_id}, state=state, old_state=old_state)
+    for line in log_lines:
+        logs.add_log(c, log_kind, row_id, "statemachine", line, now)
+
+
+def set_counters(c: Cursor, table: str, row_id: int, counters: str) -> None:
+    c.execute(f"UPDATE {table} SET state_counters = ? WHERE id = ?", (counters, row_id))
+
+
+def due_keys(c: Cursor, table: str, column: str, server_fqdn: str, now: str) -> list[str]:
+    """Keys of ``server_fqdn``'s machines whose deadline is ``now`` or earlier."""
+    rows = c.execute(
+        f"SELECT t.{column} FROM {table} t JOIN imaging_servers s ON s.id = t.imaging_server_id"
+        " WHERE s.fqdn = ? AND t.state_timeout IS NOT NULL AND t.state_timeout <= ?",
+        (server_fqdn, now),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
