@@ -7,11 +7,11 @@ from typing import Any
 from twisted.internet import error as neterror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
 from twisted.python.failure import Failure
 
 
-def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+def tcp_endpoint(reactor: IReactorTCP, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
     """IP literals (and ``localhost``, the simulated boards' and agents' host) connect directly,
     skipping name resolution and the resolver's thread pool; other names go through the reactor's
     resolver."""

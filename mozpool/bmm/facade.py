@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any, Callable, Coroutine
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from mozpool.logconfig import Logger
 from zope.interface import implementer
 
@@ -39,7 +40,7 @@ def database_boot_tokens(db: Database) -> BootTokenStore:
     return store
 
 
-def database_logger(db: Database, clock: Any) -> DeviceLogger:
+def database_logger(db: Database, clock: IReactorTime) -> DeviceLogger:
     """Log lines into ``device_logs`` by device name; a failed write is only logged."""
 
     def write(name: str, source: str, message: str) -> "defer.Deferred[Any]":

@@ -36,6 +36,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from zope.interface import implementer
@@ -135,7 +136,7 @@ class PdudaemonClient:
     """One per daemon, so the per-PDU queues are shared.  ``http`` is treq-like: ``get(url)``
     firing with a response that has ``code`` and ``content()``."""
 
-    def __init__(self, reactor: Any, http: Any, timing: PdudaemonTiming = PdudaemonTiming()) -> None:
+    def __init__(self, reactor: IReactorTime, http: Any, timing: PdudaemonTiming = PdudaemonTiming()) -> None:
         self._reactor = reactor
         self._http = http
         self.timing = timing

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
@@ -138,7 +138,7 @@ class FpingPinger:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorProcess,
         fping: str | None = None,
         simulated: SimulatedLookup | None = None,
         bound: float = PING_BOUND,
@@ -149,7 +149,7 @@ class FpingPinger:
         timeout_ms: int = 50,
     ) -> None:
         self._reactor = reactor
-        self._clock: IReactorTime = reactor
+        self._clock = cast(IReactorTime, reactor)  # one reactor, both interfaces
         self.fping = find_fping(fping)
         self._configured = fping
         self.simulated = simulated
@@ -304,14 +304,14 @@ class TCPProbePinger:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTCP,
         port: int,
         simulated: SimulatedLookup | None = None,
         bound: float = PING_BOUND,
         endpoint_factory: Callable[[str, int, float], IStreamClientEndpoint] | None = None,
     ) -> None:
         self._reactor = reactor
-        self._clock: IReactorTime = reactor
+        self._clock = cast(IReactorTime, reactor)  # one reactor, both interfaces
         self.port = port
         self.simulated = simulated
         self.bound = bound

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, ConnectionRefusedError, DNSLookupError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
@@ -299,13 +299,13 @@ class SUTClient:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTCP,
         timings: SUTTimings = SUTTimings(),
         address_for: AddressFor = default_address,
         endpoint_factory: EndpointFactory | None = None,
     ) -> None:
         self._reactor = reactor
-        self._clock: IReactorTime = reactor
+        self._clock = cast(IReactorTime, reactor)  # one reactor, both interfaces
         self.timings = timings
         self._address_for = address_for
         self._endpoint_factory = endpoint_factory or self._default_endpoint

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, error as neterror, task
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import _newclient
@@ -194,7 +194,7 @@ class _StreamReader(Protocol):
     """Feeds an event-stream body to the parser; ``done`` fires when the body ends, or after
     :data:`STREAM_IDLE` seconds of silence (the connection is then dropped)."""
 
-    def __init__(self, parser: SSEParser, on_event: Callable[[Event], None], clock: Any) -> None:
+    def __init__(self, parser: SSEParser, on_event: Callable[[Event], None], clock: IReactorTime) -> None:
         self.parser = parser
         self.on_event = on_event
         self.clock = clock

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet.interfaces import IReactorTime
+
 from twisted.application.service import Service
 from twisted.internet import defer
 
@@ -26,7 +28,7 @@ log = Logger()
 class InventorySyncService(Service):
     """Runs :class:`Sync` at start and ``settings.sync_interval`` seconds after each run."""
 
-    def __init__(self, db: Database, settings: InventorySettings, clock: Any, who: str,
+    def __init__(self, db: Database, settings: InventorySettings, clock: IReactorTime, who: str,
                  make_source: Callable[[], InventorySource]) -> None:
         self.db = db
         self.settings = settings

@@ -48,6 +48,7 @@ from typing import Any, cast
 from twisted.application import internet
 from twisted.application.service import IService
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from mozpool.logconfig import Logger
 from twisted.python.filepath import FilePath
@@ -144,7 +145,7 @@ class TFTPServer(DatagramProtocol):
     def __init__(
         self,
         root: FilePath[Any] | str | bytes,
-        reactor: Any,
+        reactor: IReactorUDP,
         *,
         interface: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -232,7 +233,7 @@ class TFTPServer(DatagramProtocol):
             # us that RRQ before the ERROR waiting on the transfer's own socket; so look again
             # after the current batch of events, when that ERROR has ended the old transfer.
             if recheck:
-                self._reactor.callLater(0, self._read_request, datagram, addr, False)
+                cast(IReactorTime, self._reactor).callLater(0, self._read_request, datagram, addr, False)
             return
         held = len(self.by_client.get(key[0], ()))
         limit = self.max_transfers_per_client
