@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 import json
 
 from twisted.web import server
@@ -10,6 +11,10 @@ from twisted.web.resource import IResource
 
 from mozpool.web.api import JSON_TYPE, MozpoolAPI
 from mozpool.web.validate import MAX_BODY
+
+
+#: How long a refused client's remaining body is read and dropped before the connection closes.
+LINGER_SECONDS = 2.0
 
 
 class BoundedRequest(server.Request):
@@ -41,13 +46,29 @@ class BoundedRequest(server.Request):
             super().allContentReceived()
 
     def _refuse(self) -> None:
+        """Answer 413 at once, then half-close: closing outright while the client is still
+        sending makes the kernel answer with a reset, which can destroy the 413 before the
+        client reads it.  What the client still sends is read and dropped for
+        :data:`LINGER_SECONDS`, then the connection goes."""
         self._refused = True
         body = json.dumps({"error": f"request body larger than {self.max_body} bytes"}).encode("utf-8")
-        self.channel.transport.write(
+        transport = self.channel.transport
+        transport.write(
             b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: " + JSON_TYPE
             + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
         )
-        self.channel.loseConnection()
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.channel.loseConnection()
+            return
+        half_close()
+        self._linger = self.channel.callLater(LINGER_SECONDS, transport.loseConnection)
+
+    def connectionLost(self, reason: Any) -> None:
+        linger = getattr(self, "_linger", None)
+        if linger is not None and linger.active():
+            linger.cancel()
+        super().connectionLost(reason)
 
 
 def make_site(api: MozpoolAPI, ui: IResource | None = None, access_log: bool = False) -> server.Site:

@@ -227,7 +227,11 @@ class Daemon:
 
     async def wait_request(self, request_id: int, states: tuple[str, ...] = ("ready",), timeout: float = 60) -> str:
         async def done() -> str | None:
-            state = await self.request_state(request_id)
+            code, body = await self.call("GET", f"/api/request/{request_id}/status/")
+            if code == 503:
+                return None  # the database is away (or just back): ask again
+            assert code == 200, (request_id, code, body)
+            state = body["state"]
             final = state in ("ready", "closed") or state.startswith("failed_")
             return state if (state in states or final) else None
 
