@@ -9,14 +9,16 @@ Faults answer fast (MySQL/MariaDB, Galera included).  A query that runs past the
 (:data:`DEFAULT_TIMEOUT`, 10 s) fails; and when the server answers *nothing* for that long
 while work waits (a hung server: every pool thread blocked on it), or refuses service (down,
 or a Galera node outside the primary component: ``wsrep_ready`` OFF, error 1047), the database
-is marked unavailable: every waiting call and every new one fails at once with
-:class:`DatabaseUnavailable` (the API's 503, ``Retry-After: 5``), and a probe asks the server
-every :data:`PROBE_INTERVAL` seconds until it answers again; then calls flow as before.  Work
-that a caller abandoned before a pool thread reached it is skipped, not run late.  Transactions InnoDB rolled
-back (deadlock, lock wait timeout) and Galera write sets that lost certification (reported as
-deadlocks at commit) run again, up to :data:`RERUN_ATTEMPTS` times.  On a Galera node every
-connection reads causally (``wsrep_sync_wait = 1``): a read sees every write the cluster had
-committed when it began, whichever node took it, so a server never acts on another's stale row.
+is marked unavailable: every waiting call fails at once with :class:`DatabaseUnavailable` (the
+API's 503, ``Retry-After: 5``), and so does every new one after at most :data:`PROBE_WAIT`
+(0.5 s) spent waiting for a probe.  A probe asks the server every :data:`PROBE_INTERVAL`
+seconds, and when a call comes (so the first call after the server is back is served), until
+it answers; then calls flow as before.  Work that a caller abandoned before a pool thread
+reached it is skipped, not run late.  Transactions InnoDB rolled back (deadlock, lock wait
+timeout) and Galera write sets that lost certification (reported as deadlocks at commit) run
+again, up to :data:`RERUN_ATTEMPTS` times.  On a Galera node every connection reads causally
+(``wsrep_sync_wait = 1``): a read sees every write the cluster had committed when it began,
+whichever node took it, so a server never acts on another's stale row.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_QUEUE_TIMEOUT = 60.0
 #: While the database is unavailable, how often it is asked whether it is back.
 PROBE_INTERVAL = 1.0
+#: A call made while the database is unavailable asks at once too (no more often than every
+#: PROBE_GAP seconds) and waits for that answer up to PROBE_WAIT seconds after the probe began:
+#: the first call after the database returns is served, and a hung server delays no call longer.
+PROBE_GAP = 0.1
+PROBE_WAIT = 0.5
 #: What a 503 for an unavailable database tells the client to wait (Retry-After, seconds).
 RETRY_AFTER = 5
 #: Runs of a transaction that keeps losing to concurrent work (deadlock, certification).
@@ -243,6 +250,9 @@ class Database:
         self._watchdog: Any = None
         self._probe_timer: Any = None
         self._probing = False
+        self._probe_began = 0.0
+        self._probe_ended = float("-inf")
+        self._probe_waiters: list[defer.Deferred[None]] = []
         self._closed = False
 
     @property
@@ -251,7 +261,7 @@ class Database:
 
     @property
     def available(self) -> bool:
-        """False while the database is marked unavailable (calls fail at once)."""
+        """False while the database is marked unavailable (calls fail fast)."""
         return not self.down_reason
 
     @classmethod
@@ -400,12 +410,13 @@ class Database:
         self._watchdog = self._reactor.callLater(self.timeout - silent, self._check_stall)
 
     def _mark_down(self, reason: str) -> None:
-        """Fail every waiting call and every new one at once, and probe until it serves."""
+        """Fail every waiting call at once (new ones wait for a probe, briefly), and probe
+        until the server serves."""
         if self._closed or not self.mysql:
             return
         if self.available:
             self.down_since = self._reactor.seconds()
-            log.error("database unavailable ({reason}): calls fail at once (503) until it answers again",
+            log.error("database unavailable ({reason}): calls fail fast (503) until it answers again",
                       reason=reason)
         self.down_reason = reason
         message = f"database unavailable: {reason}"
@@ -417,28 +428,60 @@ class Database:
             self._probe_now()
 
     def _probe_now(self) -> None:
+        if self._probe_timer is not None and self._probe_timer.active():
+            self._probe_timer.cancel()
         self._probe_timer = None
-        if self._closed or self.available:
+        if self._closed or self.available or self._probing:
             return
         self._probing = True
+        self._probe_began = self._reactor.seconds()
         d = self._attempt(_probe, (), {}, probe=True)
         d.addCallbacks(self._probe_ok, self._probe_failed)
 
-    def _probe_ok(self, _: Any) -> None:
-        self._probing = False
-        if self._closed or self.available:
+    async def _ask_again(self) -> None:
+        """For a call made while the database is unavailable: the answer of a probe begun at
+        most :data:`PROBE_WAIT` ago (one is begun now unless one ended in the last
+        :data:`PROBE_GAP`), or nothing once that wait is over."""
+        now = self._reactor.seconds()
+        if not self.mysql:
             return
-        since = self.down_since if self.down_since is not None else self._reactor.seconds()
-        log.info("database available again after {s:.1f} s", s=self._reactor.seconds() - since)
-        self.down_reason = ""
-        self.down_since = None
+        if not self._probing:
+            if now - self._probe_ended < PROBE_GAP:
+                return
+            self._probe_now()
+            if not self._probing:
+                return
+        remaining = self._probe_began + PROBE_WAIT - now
+        if remaining <= 0:
+            return  # the probe has been waiting: the server hangs
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._probe_waiters.append(waiter)
+        timer = self._reactor.callLater(remaining, lambda: waiter.called or waiter.callback(None))
+        await waiter
+        if timer.active():
+            timer.cancel()
+
+    def _probe_done(self) -> None:
+        self._probing = False
+        self._probe_ended = self._reactor.seconds()
+        waiters, self._probe_waiters = self._probe_waiters, []
+        for w in waiters:
+            if not w.called:
+                w.callback(None)
+
+    def _probe_ok(self, _: Any) -> None:
+        if not (self._closed or self.available):
+            since = self.down_since if self.down_since is not None else self._reactor.seconds()
+            log.info("database available again after {s:.1f} s", s=self._reactor.seconds() - since)
+            self.down_reason = ""
+            self.down_since = None
+        self._probe_done()
 
     def _probe_failed(self, failure: Failure) -> None:
-        self._probing = False
-        if self._closed or self.available:
-            return
-        self.down_reason = f"{failure.value}" or failure.type.__name__
-        self._probe_timer = self._reactor.callLater(self.probe_interval, self._probe_now)
+        if not (self._closed or self.available):
+            self.down_reason = f"{failure.value}" or failure.type.__name__
+            self._probe_timer = self._reactor.callLater(self.probe_interval, self._probe_now)
+        self._probe_done()
 
     def _classify(self, err: BaseException) -> str:
         """'retry', 'rerun', 'unavailable', 'not_ready', 'timeout', 'cancelled' or 'other'
@@ -473,7 +516,9 @@ class Database:
         retried = reruns = 0
         while True:
             if not self.available:
-                raise unavailable(f"database unavailable: {self.down_reason}")
+                await self._ask_again()
+                if not self.available:
+                    raise unavailable(f"database unavailable: {self.down_reason}")
             try:
                 return await self._attempt(fn, args, kw)
             except Exception as e:
