@@ -28,7 +28,7 @@ from werkzeug import exceptions as wz
 
 from mozpool.db import catalog, tokens
 from mozpool.db.errors import DatabaseUnavailable
-from mozpool.db.pool import Database
+from mozpool.db.pool import RETRY_AFTER, Database
 from mozpool.timeutil import dbnow
 from mozpool.web import auth
 from mozpool.web.ui import pages, params, queries
@@ -111,6 +111,7 @@ class OperatorUI:
             status, message = 404, "There is no such page."
         elif isinstance(exc, DatabaseUnavailable):
             status, message = 503, f"The database is unavailable ({exc}); try again in a moment."
+            request.setHeader(b"Retry-After", str(getattr(exc, "retry_after", RETRY_AFTER)).encode("ascii"))
         else:
             log.failure("bug rendering {uri}", failure, uri=request.uri.decode("latin-1"))
             status, message = 500, "Something went wrong rendering this page; it has been logged."

@@ -99,3 +99,4 @@ class Routes(UITest, TestCase):
         for path in ("/ui/", "/ui/devices", "/ui/device/panda-0001", "/ui/lab"):
             doc = await self.page(path, code=503)
             self.assertEqual(self.attr(doc, "error-message", "data-status"), ["503"], path)
+            self.assertEqual((await self.call("GET", path)).header("retry-after"), "5", path)
