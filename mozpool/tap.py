@@ -468,7 +468,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         serverFromString(reactor, config.http_endpoint or _listen(config.port, config.listen_host)),
         make_site(
             api,
-            ui=OperatorUI(db, fqdn, reactor, authority).resource(),
+            ui=OperatorUI(db, fqdn, reactor, authority, config.time_scale).resource(),
             access_log=config.extra.getboolean("server", "access_log", fallback=False),
         ),
     )

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 from werkzeug import exceptions as wz
 
+from mozpool import liveness
 from mozpool.db import catalog, tokens
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import RETRY_AFTER, Database
@@ -72,8 +73,11 @@ class OperatorUI:
 
     app = Klein()
 
-    def __init__(self, db: Database, fqdn: str, clock: IReactorTime, authority: auth.Authority | None = None) -> None:
+    def __init__(self, db: Database, fqdn: str, clock: IReactorTime, authority: auth.Authority | None = None,
+                 time_scale: float = 1.0) -> None:
         self.db = db
+        #: scales the liveness bound, like every interval of this daemon
+        self.time_scale = time_scale
         self.fqdn = fqdn
         self.clock = clock
         self.authority = authority or auth.Authority(db, clock, auth.OPEN)
@@ -199,7 +203,7 @@ class OperatorUI:
         counts = await self._read(queries.category_counts)
         needing, needing_total = await self._read(queries.needs_a_human, OVERVIEW_LIMIT)
         open_requests, open_total = await self._read(queries.request_page, False, 1, OVERVIEW_LIMIT)
-        servers = await self._read(queries.imaging_servers)
+        servers = await self._read(queries.imaging_servers, self._dead_before())
         body = pages.overview(counts, needing, needing_total, open_requests, open_total, servers, self.fqdn,
                               self.clock.seconds())
         return await self._page(request, "Pool overview", body, "overview", _pool_events())
@@ -269,13 +273,16 @@ class OperatorUI:
 
     @app.route("/ui/servers", methods=["GET"])
     async def servers(self, request: IRequest) -> bytes:
-        found = await self._read(queries.imaging_servers)
+        found = await self._read(queries.imaging_servers, self._dead_before())
         return await self._page(request, "Imaging servers", pages.servers(found, self.fqdn), "servers")
 
     # --- one device -------------------------------------------------------------------------
 
+    def _dead_before(self) -> str:
+        return liveness.dead_before(self.clock, self.time_scale)
+
     async def _device(self, name: str) -> dict[str, Any]:
-        found = await self._read(queries.device_by_name, name)
+        found = await self._read(queries.device_by_name, name, self._dead_before())
         if found is None:
             raise PageNotFound(f"There is no device {name}.")
         return found

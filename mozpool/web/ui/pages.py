@@ -186,6 +186,7 @@ def overview(
             tags.span(f"{_count(s['devices'], 'device')}, {_count(s['open_requests'], 'open request')}",
                       class_="muted"),
             " (this server)" if s["fqdn"] == this_server else "",
+            _down(s.get("down_since")),
             **_ids("server-item"),
         ) for s in servers],
         class_="plain",
@@ -503,7 +504,8 @@ def device_summary(found: dict[str, Any], this_server: str, now: float) -> Tag:
             ("Next image", text_or_dash(found["next_image"])),
             ("Hardware", f"{found['hardware_type']} {found['hardware_model'] or ''}".strip()),
             ("Imaging server", [server, " (this server)" if server == this_server else
-                                tags.a(" open there", href=server_ui_url(server, device_url(name)))]),
+                                tags.a(" open there", href=server_ui_url(server, device_url(name))),
+                                _down(found.get("server_down_since"), "unreachable: its server is not responding")]),
             ("Relay", relay),
             ("FQDN", found["fqdn"]),
             ("MAC address", found["mac_address"]),
@@ -800,10 +802,20 @@ def pxe_configs(found: Sequence[dict[str, Any]]) -> list[Tag]:
     ] or [tags.p("No PXE configs.", class_="empty")]
 
 
+def _down(since: str | None, text: str = "not responding") -> Any:
+    """A server silent for three heartbeats (mozpool.liveness): said in words, not only colour."""
+    if since is None:
+        return ""
+    return tags.span(" ✖ ", text, " since ", tags.time(since.replace(" ", "T") + "Z", datetime=since.replace(" ", "T") + "Z",
+                                                        title=since + " UTC"),
+                     class_="down", **_ids("server-down"))
+
+
 def servers(found: Sequence[dict[str, Any]], this_server: str) -> Tag:
     return table(
         ["imaging server", "devices", *(CATEGORY_MARKS[c][1] for c in CATEGORIES), "open requests", "relay boards"],
-        [[[tags.a(s["fqdn"], href=server_ui_url(s["fqdn"])), " (this server)" if s["fqdn"] == this_server else ""],
+        [[[tags.a(s["fqdn"], href=server_ui_url(s["fqdn"])), " (this server)" if s["fqdn"] == this_server else "",
+           _down(s.get("down_since"))],
           _count_link(s["devices"], imaging_server=s["fqdn"]),
           *(_count_link(s["categories"].get(c, 0), imaging_server=s["fqdn"], category=c) for c in CATEGORIES),
           str(s["open_requests"]), str(s["relay_boards"])]

@@ -172,12 +172,18 @@ def category_counts(c: Cursor) -> dict[str, dict[str, int]]:
     return counts
 
 
-def device_by_name(c: Cursor, name: str) -> dict[str, Any] | None:
+def _down_since(last_seen: Any, dead_before: str | None) -> str | None:
+    if last_seen is None or dead_before is None or str(last_seen) >= dead_before:
+        return None
+    return str(last_seen)[:19]
+
+
+def device_by_name(c: Cursor, name: str, dead_before: str | None = None) -> dict[str, Any] | None:
     """Everything the device page shows but its log, or None for an unknown name (compared
     exactly: MariaDB's PAD SPACE collations ignore trailing spaces)."""
     rows = c.execute(
         _DEVICE_COLUMNS + ", d.id, d.fqdn, d.inventory_id, d.mac_address, d.boot_config, ni.name,"
-        " d.next_boot_config, h.model" + _DEVICE_FROM + " LEFT JOIN images ni ON ni.id = d.next_image_id"
+        " d.next_boot_config, h.model, s.last_seen" + _DEVICE_FROM + " LEFT JOIN images ni ON ni.id = d.next_image_id"
         " WHERE d.name = ?",
         (name,),
     ).fetchall()
@@ -188,9 +194,10 @@ def device_by_name(c: Cursor, name: str) -> dict[str, Any] | None:
         extra = dict(zip(
             ("id", "fqdn", "inventory_id", "mac_address", "boot_config", "next_image", "next_boot_config",
              "hardware_model"),
-            row[len(_DEVICE_KEYS):],
+            row[len(_DEVICE_KEYS):-1],
         ))
         device.update(extra)
+        device["server_down_since"] = _down_since(row[-1], dead_before)
         device["id"] = int(device["id"])
         device["state_since"] = state_since(c, device["id"], device["state"])
         return device
@@ -306,11 +313,13 @@ def relay_board(c: Cursor, address: str) -> tuple[dict[str, Any] | None, list[di
     return (boards[0] if boards else None), [_device(r) for r in rows]
 
 
-def imaging_servers(c: Cursor) -> list[dict[str, Any]]:
-    """Every imaging server with its devices by category, open requests and relay boards."""
+def imaging_servers(c: Cursor, dead_before: str | None = None) -> list[dict[str, Any]]:
+    """Every imaging server with its devices by category, open requests and relay boards, and
+    ``down_since`` (its last heartbeat) when it has been silent since before ``dead_before``."""
     servers: dict[str, dict[str, Any]] = {
-        fqdn: {"fqdn": fqdn, "devices": 0, "categories": {}, "open_requests": 0, "relay_boards": 0}
-        for (fqdn,) in c.execute("SELECT fqdn FROM imaging_servers ORDER BY fqdn").fetchall()
+        fqdn: {"fqdn": fqdn, "devices": 0, "categories": {}, "open_requests": 0, "relay_boards": 0,
+               "down_since": _down_since(last_seen, dead_before)}
+        for fqdn, last_seen in c.execute("SELECT fqdn, last_seen FROM imaging_servers ORDER BY fqdn").fetchall()
     }
     for fqdn, cat, count in c.execute(
         "SELECT s.fqdn, " + CATEGORY_SQL + ", COUNT(*) FROM devices d"
