@@ -94,6 +94,7 @@ class Daemon:
         """``tls``: (key file, certificate file, CA file): the API listens with TLS, its name
         is ``https://127.0.0.1:PORT``, and it trusts that CA for other servers.  Without
         ``board_ports`` the daemon picks its simulated boards' ports itself."""
+        self.fakes = fakes
         self.dir = os.path.abspath(test.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
@@ -211,6 +212,9 @@ class Daemon:
                 return False  # the schema is still being created
             assert code == 200, (code, body)
             states = {d["name"]: d["state"] for d in body["devices"]}
+            mine = [d for d in body["devices"] if d["imaging_server"] == self.fqdn]
+            if names is None and len(mine) < self.fakes:
+                return False  # not seeded yet: an empty list is not a ready pool
             wanted = names or list(states)
             return all(states.get(n) == "ready" for n in wanted)
 
