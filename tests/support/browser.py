@@ -319,35 +319,8 @@ class Browser:
 # -- the daemon -----------------------------------------------------------------
 
 
-def _free(port: int, kind: int) -> bool:
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
-def free_board_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports below the ephemeral range (the simulated
-    boards give their port up between connections; an outgoing connection must not take it)."""
-    import random
-
-    for _ in range(500):
-        base = random.randrange(20000, 32000 - count)
-        if all(_free(base + i, socket.SOCK_STREAM) for i in range(count)):
-            return base
-    raise RuntimeError("no free board ports")
+# free_port and free_board_ports: the same as the Twisted system tests'.
+from tests.system.daemon import free_board_ports, free_port  # noqa: E402
 
 
 class HTTPError(FailTest):
