@@ -330,7 +330,13 @@ def lab_map(
     known = {b["fqdn"] for b in boards}
     all_boards = list(boards) + [unknown_board(address) for address in sorted(set(wired) - known)]
     by_server: dict[str, list[Tag]] = defaultdict(list)
-    all_boards.sort(key=lambda b: scheme_of(b["fqdn"]) != DEFAULT_SCHEME)  # stable: boards, then the rest
+    def order(board: dict[str, Any]) -> tuple[bool, str]:
+        """Relay boards first, then the other controllers; each in the order of its first
+        device (board ports are picked at random, so their addresses say nothing)."""
+        names = [d["name"] for d in wired.get(board["fqdn"], {}).values()]
+        return scheme_of(board["fqdn"]) != DEFAULT_SCHEME, min(names) if names else "\uffff"
+
+    all_boards.sort(key=order)
     for board in all_boards:
         by_server[board["imaging_server"] or "(no server)"].append(board_section(board, wired.get(board["fqdn"], {})))
     choices = [("", "all servers")] + [(fqdn, fqdn) for fqdn in servers]

@@ -69,6 +69,14 @@ class Pages(UITest):
         self.assertEqual(held, {"panda-0001": str(request_id), "panda-0002": None, "panda-0003": None})
         await self.page("/ui/lab/board/nowhere%3A1", code=404)
 
+    async def test_lab_map_orders_boards_by_their_first_device(self) -> None:
+        """Board ports are picked at random: the map follows the devices, not the addresses."""
+        await self.sql("UPDATE devices SET relay_info = 'localhost:29000:bank1:relay1' WHERE name = 'panda-0001'")
+        await self.sql("UPDATE devices SET relay_info = 'localhost:21000:bank1:relay2' WHERE name = 'panda-0002'")
+        await self.sql("UPDATE devices SET relay_info = 'localhost:21000:bank1:relay3' WHERE name = 'panda-0003'")
+        doc = await self.page(f"/ui/lab?server={A}")
+        self.assertEqual(self.attr(doc, "relay-board", "data-board")[:2], ["localhost:29000", "localhost:21000"])
+
     async def test_lab_map_of_one_server(self) -> None:
         doc = await self.page(f"/ui/lab?server={B}")
         self.assertEqual(self.attr(doc, "relay-board", "data-board"), ["localhost:50001"])
