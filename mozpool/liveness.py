@@ -9,10 +9,8 @@ watchdogs: the file's modification time says the daemon's timers and database st
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from mozpool.db import catalog
@@ -36,7 +34,7 @@ def alive(last_seen: str | None, cutoff: str) -> bool:
     return last_seen is None or last_seen >= cutoff
 
 
-class Heartbeat(Service):
+class Heartbeat(TimerService):
     """Writes this server's heartbeat every interval; a failed write is logged (once per
     outage) and tried again at the next one."""
 
@@ -44,26 +42,13 @@ class Heartbeat(Service):
 
     def __init__(self, db: Database, fqdn: str, clock: IReactorTime, time_scale: float = 1.0,
                  heartbeat_file: str | None = None) -> None:
+        super().__init__(HEARTBEAT_INTERVAL * time_scale, lambda: defer.Deferred.fromCoroutine(self.beat()))
+        self.clock = clock
         self.db = db
         self.fqdn = fqdn
-        self.clock = clock
-        self.interval = HEARTBEAT_INTERVAL * time_scale
         self.heartbeat_file = heartbeat_file
         self.beats = 0
-        self._loop: task.LoopingCall | None = None
         self._failing = False
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(self.beat()))
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return None
 
     async def beat(self) -> None:
         try:

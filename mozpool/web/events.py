@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from mozpool.logconfig import Logger
@@ -243,7 +243,7 @@ class EventStream(Resource):
         return b""
 
 
-class ChangeFeed(Service):
+class ChangeFeed(TimerService):
     """Follows the change journal for this process: one poll every ``interval`` for every
     subscriber, each change published to the hub.
 
@@ -251,35 +251,26 @@ class ChangeFeed(Service):
     :data:`HOLE_SECONDS`: on MySQL a transaction that took its id earlier may commit later."""
 
     def __init__(self, db: Database, hub: EventHub, clock: IReactorTime, interval: float = POLL_INTERVAL) -> None:
+        # TimerService waits for each poll's Deferred, so polls never overlap; errors are
+        # handled inside :meth:`poll`, so the loop never dies.
+        super().__init__(interval, lambda: defer.Deferred.fromCoroutine(self.poll()))
+        self.clock = clock
         self.db = db
         self.hub = hub
-        self.clock = clock
-        self.interval = interval
         #: the highest journal id read; None until the first poll says where the journal ends
         self.position: int | None = None
         #: journal id -> when it was first seen missing
         self.holes: dict[int, float] = {}
-        self._loop: task.LoopingCall | None = None
         self._failing = False
 
     def startService(self) -> None:
-        super().startService()
         self.hub.start()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
+        super().startService()
 
     def stopService(self) -> Any:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        stopped = super().stopService()
         self.hub.stop()
-        return None
-
-    def _tick(self) -> "defer.Deferred[None]":
-        # LoopingCall waits for this Deferred, so polls never overlap; errors are handled
-        # inside, so the loop never dies.
-        return defer.Deferred.fromCoroutine(self.poll())
+        return stopped
 
     async def poll(self) -> int:
         """Read and publish what is new; how many events were published."""

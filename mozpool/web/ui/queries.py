@@ -56,14 +56,10 @@ DEVICE_SORTS = {
     "comments": "d.comments",
 }
 
-#: Exact-match filters of the devices table -> SQL expression.
+#: Exact-match filters of the devices table -> SQL expression (the sortable columns' own).
 DEVICE_FILTERS = {
-    "state": "d.state",
-    "category": CATEGORY_SQL,
-    "hardware_type": "h.type",
-    "environment": "d.environment",
-    "image": "i.name",
-    "imaging_server": "s.fqdn",
+    key: DEVICE_SORTS[key]
+    for key in ("state", "category", "hardware_type", "environment", "image", "imaging_server")
 }
 
 
