@@ -50,20 +50,38 @@ MiB = 1024 * 1024
 # -- serving our server (the child process) ------------------------------------------------------
 
 
-def serve(root: str, port: int, profile: str | None) -> None:
-    """Run our server alone in this process until SIGTERM/SIGINT."""
+def serve(root: str, port: int, profile: str | None, workers: int) -> None:
+    """Run our server as the daemon does (PXE configs from memory, `workers` worker processes)
+    until SIGTERM/SIGINT. With --profile, the main process is profiled into FILE and each worker
+    into FILE.<slot>."""
     sys.path.insert(0, REPO)
     from twisted.internet import reactor
 
-    from mozpool.bmm.tftp import TFTPServer
+    from mozpool.bmm.pxe import PXEConfigBackend, PXEConfigs
+    from mozpool.bmm.tftp import make_tftp_service
+    from mozpool.bmm.tftp.backend import FilesystemBackend
 
     if os.environ.get("TFTP_BENCH_LOG"):
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    listening = reactor.listenUDP(port, TFTPServer(root, reactor), interface="127.0.0.1")
-    print(listening.getHost().port, flush=True)
-    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(reactor.stop))
+    if profile:
+        os.environ["MOZPOOL_TFTP_WORKER_PROFILE"] = profile
+    # The configs the other servers read from pxelinux.cfg/ are loaded into the table and served
+    # from memory, as the daemon serves them; 256 transfers at once for the 200-device storm.
+    configs = PXEConfigs(root, files=True)
+    service = make_tftp_service(root, port, "127.0.0.1", reactor, workers=workers, max_transfers=256,
+                                backend=PXEConfigBackend(configs, FilesystemBackend(root)))
+    service.startService()
+    udp = service if not workers else [s for s in service if s.name != "tftp-workers"][0]
+    print(udp._port.getHost().port, flush=True)
+
+    def stop() -> None:
+        from twisted.internet import defer
+
+        defer.maybeDeferred(service.stopService).addBoth(lambda _: reactor.stop())
+
+    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))
     if profile:
         import cProfile
 
@@ -92,11 +110,20 @@ def sha256(path: str) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process plus its reaped children (tftpd-hpa forks one per transfer)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """utime+stime of a process, its reaped children (tftpd-hpa forks one per transfer) and its
+    live children (our workers)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ticks / os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(c) for c in children)
 
 
 def machine_busy_seconds() -> float:
@@ -123,13 +150,14 @@ class Server:
             self.proc.wait()
 
 
-def start_ours(root: str, profile: str | None) -> Server:
-    args = [sys.executable, os.path.abspath(__file__), "--serve", root, "0"]
+def start_ours(root: str, profile: str | None, workers: int) -> Server:
+    args = [sys.executable, os.path.abspath(__file__), "--serve", root, "0", "--workers", str(workers)]
     if profile:
         args += ["--profile", profile]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
+    time.sleep(1.0 if workers else 0.1)  # the workers' interpreters start
     return Server("ours", port, proc, True)
 
 
@@ -227,11 +255,12 @@ class Bench:
         mbytes = sum(os.path.getsize(os.path.join(self.root, name)) for name, _ in files) / 1e6
         return Result(test, server.name, elapsed, mbytes, cpu, machine, ok, note)
 
-    def cell(self, test: str, jobs: list[tuple[Server, list[list[str]], list[tuple[str, str]]]]) -> dict[str, Result]:
+    def cell(self, test: str, jobs: list[tuple[Server, list[list[str]], list[tuple[str, str]]]],
+             repeat: int | None = None) -> dict[str, Result]:
         """`repeat` rounds, servers taking turns within each round so background load hits all
         alike; the best run of each server is kept (any failed run marks the cell failed)."""
         runs: dict[str, list[Result]] = {server.name: [] for server, _, _ in jobs}
-        for _ in range(self.repeat):
+        for _ in range(repeat or self.repeat):
             for server, commands, files in jobs:
                 runs[server.name].append(self.once(test, server, commands, files))
         best = {}
@@ -279,17 +308,21 @@ def first_packet_latency(port: int, name: bytes, count: int = 50) -> tuple[float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", nargs=2, metavar=("DIR", "PORT"), help="internal: run our server")
-    parser.add_argument("--profile", help="cProfile our server into this file")
+    parser.add_argument("--profile", help="cProfile our server into this file (workers: FILE.<slot>)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="our worker processes (default: one per CPU; 0: the daemon's process only)")
+    parser.add_argument("--devices", type=int, default=200, help="devices in the PXE boot storm")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per cell; each server's best is kept")
     parser.add_argument("--quick", action="store_true", help="smaller files (8/4 MiB) for a smoke run")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--storm-repeat", type=int, default=2, help="rounds of the (long) PXE boot storm cell")
     parser.add_argument("--atftpd", help="path of the atftpd binary")
     parser.add_argument("--only", help="comma-separated servers to run (ours,tftpd-hpa,atftpd)")
-    parser.add_argument("--tests", default="lockstep,window,concurrent,latency",
-                        help="comma-separated subset of lockstep,window,concurrent,latency")
+    parser.add_argument("--tests", default="lockstep,window,concurrent,storm,latency",
+                        help="comma-separated subset of lockstep,window,concurrent,storm,latency")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]), args.profile)
+        serve(args.serve[0], int(args.serve[1]), args.profile, args.workers)
         return 0
 
     for tool in ("curl", "atftp"):
@@ -297,7 +330,7 @@ def main() -> int:
             print(f"{tool} is required (apt-get install -y curl atftp)", file=sys.stderr)
             return 2
 
-    big_size, conc_size = (8 * MiB, 4 * MiB) if args.quick else (64 * MiB, 16 * MiB)
+    big_size, conc_size, image_size = (8 * MiB, 4 * MiB, 2 * MiB) if args.quick else (64 * MiB, 16 * MiB, 30 * MiB)
     work = tempfile.mkdtemp(prefix="tftp-bench-")
     root = os.path.join(work, "root")
     out = os.path.join(work, "out")
@@ -305,8 +338,18 @@ def main() -> int:
     os.makedirs(out)
     os.chmod(work, 0o755)
     os.chmod(root, 0o755)  # atftpd and tftpd-hpa drop privileges to nobody/tftp
-    digests = {}
-    for name, size in (("big.bin", big_size), ("conc.bin", conc_size), ("pxe.cfg", 4096)):
+    digests: dict[str, str] = {}
+    macs = ["02-00-00-00-%02x-%02x" % (i >> 8, i & 0xFF) for i in range(args.devices)]
+    os.makedirs(os.path.join(root, "pxelinux.cfg"))
+    os.chmod(os.path.join(root, "pxelinux.cfg"), 0o755)
+    for mac in macs:
+        name = f"pxelinux.cfg/01-{mac}"
+        with open(os.path.join(root, name), "w") as f:
+            f.write(f"default live\nlabel live\n  kernel image.bin\n  append mac={mac} "
+                    "mobile-imaging-url=http://10.0.0.1/scripts/android-second-stage.sh\n")
+        os.chmod(os.path.join(root, name), 0o644)
+        digests[name] = sha256(os.path.join(root, name))
+    for name, size in (("big.bin", big_size), ("conc.bin", conc_size), ("image.bin", image_size), ("pxe.cfg", 4096)):
         path = os.path.join(root, name)
         with open(path, "wb") as f:
             remaining = size
@@ -321,7 +364,7 @@ def main() -> int:
     wanted = set(args.only.split(",")) if args.only else {"ours", "tftpd-hpa", "atftpd"}
     try:
         if "ours" in wanted:
-            servers.append(start_ours(root, args.profile))
+            servers.append(start_ours(root, args.profile, args.workers))
         for start in (lambda: start_tftpd_hpa(root), lambda: start_atftpd(root, args.atftpd)):
             s = start()
             if s is not None and s.name in wanted:
@@ -334,6 +377,7 @@ def main() -> int:
         t1 = f"{big_mib} MiB lock-step blksize 1428"
         t2 = f"{big_mib} MiB windowsize 16 blksize 1428"
         t3 = f"{n} x {conc_mib} MiB concurrent"
+        t4 = f"{len(macs)} devices: PXE config + {image_size // MiB} MiB"
         print(f"files in {root}; servers: " + ", ".join(f"{s.name}:{s.port}" for s in servers))
         tests = set(args.tests.split(","))
         if "lockstep" in tests:
@@ -351,6 +395,18 @@ def main() -> int:
                 outs = [os.path.join(out, f"{s.name}-c{i}") for i in range(n)]
                 jobs.append((s, [curl_args(s.port, "conc.bin", o, 1428) for o in outs], [("conc.bin", o) for o in outs]))
             bench.cell(t3, jobs)
+        if "storm" in tests:
+            jobs = []
+            for s in servers:
+                commands, files = [], []
+                for i, mac in enumerate(macs):
+                    cfg, img = os.path.join(out, f"{s.name}-cfg{i}"), os.path.join(out, f"{s.name}-img{i}")
+                    cfg_cmd = " ".join(curl_args(s.port, f"pxelinux.cfg/01-{mac}", cfg, 1428))
+                    img_cmd = " ".join(curl_args(s.port, "image.bin", img, 1428))
+                    commands.append(["sh", "-c", f"{cfg_cmd} && {img_cmd}"])
+                    files += [(f"pxelinux.cfg/01-{mac}", cfg), ("image.bin", img)]
+                jobs.append((s, commands, files))
+            bench.cell(t4, jobs, repeat=args.storm_repeat)
         latencies = {}
         for s in servers if "latency" in tests else []:
             latencies[s.name] = (first_packet_latency(s.port, b"pxe.cfg"), first_packet_latency(s.port, b"missing.cfg"))
@@ -359,7 +415,7 @@ def main() -> int:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    references = {t1: ("tftpd-hpa", 0.9), t2: ("atftpd", 0.8), t3: ("tftpd-hpa", 1.0)}
+    references = {t1: ("tftpd-hpa", 1.0), t2: ("atftpd", 1.0), t3: ("tftpd-hpa", 1.2), t4: ("tftpd-hpa", 1.2)}
     print()
     print("| test | server | best s | median s | MB/s (best) | server CPU s | machine CPU s | ratio | target | sha256 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")

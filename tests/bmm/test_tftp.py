@@ -21,6 +21,8 @@ from mozpool.bmm.tftp import packets as P
 from mozpool.bmm.tftp.netascii import NetasciiSource, from_netascii, to_netascii
 from mozpool.bmm.tftp.paths import PathRefused, resolve
 
+from .tftp_workers import InMemoryWorkerPool
+
 CLIENT = ("127.0.0.1", 40000)
 STRANGER = ("127.0.0.1", 40001)
 
@@ -38,7 +40,7 @@ class FakeDatagramPort:
 
     def write(self, datagram: bytes, addr: Any) -> None:
         assert not self.closed, "write on a closed port"
-        self.written.append((datagram, addr))
+        self.written.append((bytes(datagram), addr))  # the kernel copies a datagram at the send
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
@@ -62,7 +64,7 @@ class FakeSocket:
         self.refuse = refuseSegmentation
 
     def sendto(self, datagram: bytes, addr: Any) -> int:
-        self.sent.append((datagram, addr))
+        self.sent.append((bytes(datagram), addr))
         return len(datagram)
 
     def sendmsg(self, buffers: list[bytes], ancdata: list[Any], flags: int, addr: Any) -> int:
@@ -92,12 +94,24 @@ class FakeUDPReactor(Clock):
 
 
 class TFTPTestMixin:
+    #: 0: transfers run in the server's process; N: handed over to N (in-memory) workers
+    workers = 0
+
     def setUp(self) -> None:
         self.root = FilePath(self.mktemp())  # type: ignore[attr-defined]
         self.root.makedirs()
         self.reactor = FakeUDPReactor()
-        self.server = TFTPServer(self.root, self.reactor)
+        self.pool: InMemoryWorkerPool | None = None
+        options: dict[str, Any] = {}
+        if self.workers:
+            self.pool = InMemoryWorkerPool(self.reactor, self.workers, interface="127.0.0.1")
+            self.pool.startService()
+            options = {"handover": self.pool, "handover_min_bytes": 0}
+        self.server = TFTPServer(self.root, self.reactor, **options)
         self.main = self.reactor.listenUDP(69, self.server, interface="127.0.0.1")
+        if self.pool is not None:
+            self.addCleanup(self.pool.stopService)  # type: ignore[attr-defined]
+            self.assertEqual(len(self.pool.sides), self.workers)  # type: ignore[attr-defined]
 
     def write(self, name: str, content: bytes) -> bytes:
         fp = self.root.preauthChild(name)
@@ -680,3 +694,27 @@ class ServiceTests(SynchronousTestCase):
         reactor.listenUDP(69, server, interface="10.0.0.5")
         server.datagramReceived(P.encode_request(b"k"), CLIENT)
         self.assertEqual(reactor.ports[-1].interface, "10.0.0.5")
+
+
+class TransferWorkerTests(TransferTests):
+    """The same transfers, each handed over to one of two workers."""
+
+    workers = 2
+
+    def test_handed_over(self) -> None:
+        """The daemon keeps a RemoteTransfer; the worker runs the ReadTransfer on its own socket."""
+        self.write("k", os.urandom(600))
+        port = self.rrq("k")
+        assert port is not None and self.pool is not None
+        [remote] = self.server.sessions.values()
+        self.assertEqual(type(remote).__name__, "RemoteTransfer")
+        self.assertEqual(self.pool.transfers(), [port.protocol])
+        self.assertEqual(self.main.take(), [])
+
+
+class SocketPathWorkerTests(SocketPathTests):
+    workers = 2
+
+
+class RefusalWorkerTests(RefusalTests):
+    workers = 2

@@ -23,10 +23,13 @@ from mozpool.bmm.tftp import (
     make_tftp_service,
 )
 from mozpool.bmm.tftp import packets as P
-from mozpool.bmm.tftp import server as server_module
+from mozpool.bmm.tftp import backend as backend_module
 from mozpool.config import Config, ConfigError, load_config
 
+from mozpool.bmm.tftp import worker as worker_module
+
 from .test_tftp import FakeDatagramPort, FakeUDPReactor
+from .tftp_workers import InMemoryWorkerPool
 
 FLOODER = "10.0.0.66"
 DEVICE = ("10.0.0.7", 1024)
@@ -39,6 +42,8 @@ class TableTestCase(SynchronousTestCase):
     """A server on a fake reactor, with every file it opens recorded."""
 
     options: dict[str, Any] = {}
+    #: 0: transfers run in the server's process; N: handed over to N (in-memory) workers
+    workers = 0
 
     def setUp(self) -> None:
         self.root = FilePath(self.mktemp())
@@ -46,18 +51,52 @@ class TableTestCase(SynchronousTestCase):
         self.root.child("kernel").setContent(os.urandom(64 * 1024))
         self.root.child("cfg").setContent(b"default linux\n" * 3000)
         self.reactor = FakeUDPReactor()
-        self.server = TFTPServer(self.root, self.reactor, **self.options)
+        options = dict(self.options)
+        self.pool: InMemoryWorkerPool | None = None
+        if self.workers:
+            self.pool = InMemoryWorkerPool(self.reactor, self.workers, interface="10.0.0.1")
+            self.pool.startService()
+            self.addCleanup(self.pool.stopService)
+            options.update(handover=self.pool, handover_min_bytes=0)
+        self.server = TFTPServer(self.root, self.reactor, **options)
         self.main = self.reactor.listenUDP(69, self.server, interface="10.0.0.1")
+        #: the files the transfers read (in worker mode, the workers' copies of the descriptors)
         self.opened: list[Any] = []
-        original = server_module._open_regular
+        if self.workers:
+            original_adopt = worker_module.adopt_file
 
-        def recording(path: bytes) -> tuple[Any, int]:
-            f, size = original(path)
-            self.opened.append(f)
-            return f, size
+            def adopting(fd: int) -> Any:
+                f = original_adopt(fd)
+                self.opened.append(f)
+                return f
 
-        self.patch(server_module, "_open_regular", recording)
+            self.patch(worker_module, "adopt_file", adopting)
+        else:
+            original = backend_module.open_regular
+
+            def recording(path: bytes) -> tuple[Any, int]:
+                f, size = original(path)
+                self.opened.append(f)
+                return f, size
+
+            self.patch(backend_module, "open_regular", recording)
         self.addCleanup(self.server.stopProtocol)
+
+    def transfer_of(self, key: tuple[str, int, bytes]) -> Any:
+        """The ReadTransfer that runs the session ``key``, wherever it runs."""
+        if self.pool is None:
+            return self.server.sessions[key]
+        [transfer] = [t for t in self.pool.transfers() if t.peer == key[:2]]
+        return transfer
+
+    def buffered(self) -> int:
+        """Bytes buffered by every running transfer, wherever it runs."""
+        if self.pool is None:
+            return self.server.buffered_bytes
+        return sum(t.buffered_bytes for t in self.pool.transfers())
+
+    def running(self) -> list[Any]:
+        return list(self.server.sessions.values()) if self.pool is None else self.pool.transfers()
 
     def rrq(self, addr: tuple[str, int], name: bytes = b"kernel",
             options: dict[str, str] | None = None, mode: str = "octet") -> FakeDatagramPort | None:
@@ -264,7 +303,7 @@ class FairShareTests(TableTestCase):
                 self.main.take()
             elif roll < 0.85 and self.server.sessions:
                 key = rng.choice(list(self.server.sessions))
-                self.server.sessions[key].datagramReceived(P.encode_error(0, "done"), key[:2])
+                self.transfer_of(key).datagramReceived(P.encode_error(0, "done"), key[:2])
             else:
                 self.reactor.advance(rng.choice([0.5, 2, 8]))
             self.assertLessEqual(len(self.server.sessions), capacity)
@@ -332,16 +371,31 @@ class MemoryTests(TableTestCase):
             if port is not None:
                 port.protocol.datagramReceived(P.encode_ack(0), addr)
             self.main.take()
-            self.assertLessEqual(self.server.buffered_bytes, self.server.max_transfers * DEFAULT_MAX_WINDOW_BYTES)
+            self.assertLessEqual(self.buffered(), self.server.max_transfers * DEFAULT_MAX_WINDOW_BYTES)
         self.assertEqual(len(self.server.sessions), 12)
-        self.assertGreater(self.server.buffered_bytes, 12 * 3 * 65468)
-        for transfer in self.server.sessions.values():
+        self.assertGreater(self.buffered(), 12 * 3 * 65468)
+        for transfer in self.running():
             self.assertLessEqual(transfer.buffered_bytes, DEFAULT_MAX_WINDOW_BYTES)
         open_files = [f for f in self.opened if not f.closed]
         self.assertEqual(len(open_files), 12)  # the displaced ones were closed
         self.wait(ABANDONED_AFTER)
-        self.assertEqual(self.server.buffered_bytes, 0)
+        self.assertEqual(self.buffered(), 0)
         self.assertTrue(all(f.closed for f in self.opened))
+
+
+class ClientLimitWorkerTests(ClientLimitTests):
+    """The same rules with every transfer handed over to one of three workers: the table stays
+    the daemon's, so they hold across workers."""
+
+    workers = 3
+
+
+class FairShareWorkerTests(FairShareTests):
+    workers = 3
+
+
+class MemoryWorkerTests(MemoryTests):
+    workers = 3
 
 
 class ConfigurationTests(SynchronousTestCase):

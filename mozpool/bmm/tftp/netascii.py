@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol
+from typing import Any, Protocol
 
 
 class BlockSource(Protocol):
@@ -29,20 +29,29 @@ def from_netascii(data: bytes) -> bytes:
 
 
 class OctetSource:
-    """Bytes as stored: one read() syscall per block, straight from the unbuffered file.
+    """Bytes as stored, straight from the reader (an unbuffered file: one read() per block).
 
     A regular file only reads short at its end; the transfer confirms that with one more read.
+    ``readinto`` is there when the reader has it (a file): the transfer then reads into its own
+    reused buffer instead of allocating each block.
     """
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Any) -> None:
         self._f = f
-        self.read = f.read  # type: ignore[method-assign,assignment]
+        self.read = f.read  # type: ignore[method-assign]
+        readinto = getattr(f, "readinto", None)
+        if readinto is not None:
+            self.readinto = readinto
+        fileno = getattr(f, "fileno", None)
+        if fileno is not None:
+            self.fileno = fileno  # a regular file: the transfer reads ahead into its own ring
+        self._close = getattr(f, "finish", None) or f.close
 
-    def read(self, size: int) -> bytes:  # replaced per instance by the file's own read
-        return self._f.read(size)
+    def read(self, size: int) -> bytes:  # replaced per instance by the reader's own read
+        return bytes(self._f.read(size))
 
     def close(self) -> None:
-        self._f.close()
+        self._close()
 
     def buffered_bytes(self) -> int:
         return 0  # unbuffered: each read is one read() syscall
@@ -57,8 +66,9 @@ class NetasciiSource:
 
     _CHUNK = 8192
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Any) -> None:
         self._f = f
+        self._close = getattr(f, "finish", None) or f.close
         self._pending = b""
         self._eof = False
 
@@ -74,7 +84,7 @@ class NetasciiSource:
 
     def close(self) -> None:
         self._pending = b""
-        self._f.close()
+        self._close()
 
     def buffered_bytes(self) -> int:
         return len(self._pending)

@@ -16,6 +16,20 @@ class PathRefused(Exception):
         self.message = message
 
 
+class FileNotFound(PathRefused):
+    """ERROR 1: answered at once, since boot loaders probe a series of names."""
+
+    def __init__(self, message: str = "file not found") -> None:
+        super().__init__(ERR_NOT_FOUND, message)
+
+
+class AccessViolation(PathRefused):
+    """ERROR 2: outside the root, not a regular file, unreadable, an illegal name."""
+
+    def __init__(self, message: str = "access violation") -> None:
+        super().__init__(ERR_ACCESS, message)
+
+
 def _has_control(name: bytes) -> bool:
     return any(b < 32 or b == 127 for b in name)
 
@@ -28,13 +42,13 @@ def resolve(root: bytes, filename: bytes) -> bytes:
     """
     name = filename.lstrip(b"/")
     if not name or b"\\" in name or _has_control(name):
-        raise PathRefused(ERR_ACCESS, "illegal filename")
+        raise AccessViolation("illegal filename")
     if b".." in name.split(b"/"):
-        raise PathRefused(ERR_ACCESS, "access violation")
+        raise AccessViolation()
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, name))
     if real != real_root and not real.startswith(real_root.rstrip(b"/") + b"/"):
-        raise PathRefused(ERR_ACCESS, "access violation")
+        raise AccessViolation()
     if not os.path.lexists(real):
-        raise PathRefused(ERR_NOT_FOUND, "file not found")
+        raise FileNotFound()
     return real

@@ -9,6 +9,7 @@ generic UDP port, each explained where it is taken, make the difference measured
 from __future__ import annotations
 
 import errno
+import os
 import struct
 import sys
 from collections import deque
@@ -25,6 +26,8 @@ from .packets import ACK_PREFIX, ERR_UNDEFINED, ERR_UNKNOWN_TID, ERROR_PREFIX, e
 log = Logger()
 
 _DATA = struct.Struct("!HH")
+#: Bytes a file transfer reads ahead of what it sends, in one readv() into its ring of packets.
+READ_AHEAD_BYTES = 32 * 1024
 _DATA_OPCODE = 3
 
 # Linux UDP generic segmentation offload: one send carries several equal-sized datagrams.
@@ -83,6 +86,22 @@ class ReadTransfer(DatagramProtocol):
         self._acked = 0  # absolute number of the highest acknowledged block
         self._next = 1  # absolute number of the next block to read
         self._eof = False  # the final (short) block has been read and sent
+        # A regular file (octet mode) is read ahead into a ring of DATA packets allocated once:
+        # one readv() fills the payloads of several blocks in place, headers are packed into the
+        # slots, and the window holds views of them. Other sources go block by block as bytes.
+        self._fileno: int | None = None
+        fileno = getattr(source, "fileno", None)
+        if fileno is not None:
+            try:
+                self._fileno = fileno()
+            except (OSError, ValueError):
+                self._fileno = None
+        self._ahead: deque[memoryview] = deque()  # read, headed, not yet sent
+        self._ring: memoryview | None = None
+        self._slots: list[memoryview] = []
+        self._payloads: list[memoryview] = []
+        self._slot = 0  # the ring slot the next read-ahead fills first
+        self._per_read = 1
         self._timer: IDelayedCall | None = None
         self._last_progress = 0.0
         self._timeouts = 0
@@ -104,6 +123,12 @@ class ReadTransfer(DatagramProtocol):
         sock = getattr(transport, "socket", None)
         if sock is None:
             return  # a fake transport in tests: everything goes through write()
+        # 0. The epoll reactor looks selectables up by descriptor number: a stale "writable"
+        #    event of a TCP connection closed earlier in the same poll batch, whose number this
+        #    new socket reused, reaches the port's doWrite, which raises (seen in a 200-request
+        #    burst: the transfer died with "doWrite called on a udp.Port").  Nothing is ever
+        #    queued for writing on a UDP port, so such an event is ignored.
+        transport.doWrite = lambda: None
         # 1. udp.Port.write re-validates the address string (inet_pton, three times) on every
         #    datagram. The peer's address came from the kernel at the RRQ and never changes, so
         #    the transfer writes straight to the port's non-blocking socket.
@@ -142,9 +167,15 @@ class ReadTransfer(DatagramProtocol):
         return self._peer
 
     @property
+    def blocks_acked(self) -> int:
+        """Blocks the peer has acknowledged so far."""
+        return self._acked
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes this transfer holds: its unacknowledged window and its source's read-ahead."""
-        return sum(len(packet) for packet in self._window) + self._source.buffered_bytes()
+        return (sum(len(packet) for packet in self._window) + sum(len(packet) for packet in self._ahead)
+                + self._source.buffered_bytes())
 
     def abort(self) -> None:
         """Stop without telling the peer (the server is shutting down)."""
@@ -164,6 +195,8 @@ class ReadTransfer(DatagramProtocol):
             self._timer.cancel()
         self._timer = None
         self._window.clear()
+        self._ahead.clear()
+        self._slots, self._payloads, self._ring = [], [], None
         try:
             self._source.close()
         except OSError:
@@ -228,6 +261,9 @@ class ReadTransfer(DatagramProtocol):
 
     def _fill(self) -> None:
         """Read and send new blocks until the window is full or the file is exhausted."""
+        if self._fileno is not None:
+            self._fill_from_ring()
+            return
         window = self._window
         blksize = self._blksize
         read = self._read
@@ -249,6 +285,71 @@ class ReadTransfer(DatagramProtocol):
             self._next += 1
             room -= 1
             if len(payload) < blksize:
+                self._eof = True
+        if len(fresh) == 1:
+            try:
+                self._write(fresh[0], self._peer)
+            except OSError:
+                pass  # lost; the window is resent at the next timeout
+        elif fresh:
+            self._send_many(fresh)
+
+    def _make_ring(self) -> None:
+        segment = 4 + self._blksize
+        # At most 64 buffers per readv() (IOV_MAX is 1024; more only helps tiny blocks).
+        self._per_read = max(1, min(64, READ_AHEAD_BYTES // segment))
+        count = self._windowsize + self._per_read
+        ring = memoryview(bytearray(count * segment))
+        self._ring = ring
+        self._slots = [ring[i * segment:(i + 1) * segment] for i in range(count)]
+        self._payloads = [slot[4:] for slot in self._slots]
+
+    def _read_ahead(self) -> bool:
+        """Read the next blocks into free slots with one readv(); False if the transfer ended.
+
+        The slots after the window's are free: the ring holds the window plus one read-ahead.
+        A regular file reads short only at its end, so a short read is the final block.
+        """
+        if self._ring is None:
+            self._make_ring()
+        count = len(self._slots)
+        blksize = self._blksize
+        first = self._slot
+        wanted = self._per_read
+        try:
+            got = os.readv(self._fileno, [self._payloads[(first + i) % count] for i in range(wanted)])  # type: ignore[arg-type]
+        except OSError as e:
+            log.error("tftp read error on {name}: {error}", name=self.name, error=e)
+            self._send(encode_error(ERR_UNDEFINED, "I/O error"))
+            self._finish(IO_ERROR)
+            return False
+        full, rest = divmod(got, blksize)
+        blocks = full + 1 if got < wanted * blksize else full  # the short (maybe empty) final block
+        number = self._next + len(self._ahead)
+        pack_into = _DATA.pack_into
+        for i in range(blocks):
+            index = (first + i) % count
+            slot = self._slots[index]
+            pack_into(slot, 0, _DATA_OPCODE, (number + i) & 0xFFFF)
+            self._ahead.append(slot if i < full else slot[:4 + rest])
+        self._slot = (first + blocks) % count
+        return True
+
+    def _fill_from_ring(self) -> None:
+        window = self._window
+        ahead = self._ahead
+        room = self._windowsize - len(window)
+        full = 4 + self._blksize
+        fresh = []
+        while room > 0 and not self._eof:
+            if not ahead and not self._read_ahead():
+                return
+            packet = ahead.popleft()
+            window.append(packet)
+            fresh.append(packet)
+            self._next += 1
+            room -= 1
+            if len(packet) < full:
                 self._eof = True
         if len(fresh) == 1:
             try:
