@@ -22,6 +22,10 @@ class RequestSpec:
     boot_config: str = "{}"
     #: the token that asked (a ``user`` may renew and return only its own requests); None: no token
     created_by: str | None = None
+    #: 0-100: higher is served first (issue 14)
+    priority: int = 50
+    #: seconds to wait for a device before failing with failed_device_busy
+    queue_timeout: int = 600
 
 
 class DeviceHeld(Exception):
@@ -51,3 +55,7 @@ class IBroker(Interface):
 
     def request_event(request_id: int, event: str, body: dict[str, Any]) -> Any:
         """Feed ``event`` (with its already validated body) to the request's machine."""
+
+    def queue_place(request_id: int) -> Any:
+        """Fires with where a waiting request stands in the queue (``position``, ``ahead``,
+        ``eta``, ``why``), or None when it is not waiting for a device."""

@@ -7,13 +7,14 @@ this server's expired ones (spec state-machines.md 2.6). Device matching and cla
 from __future__ import annotations
 
 from mozpool.broker.interfaces import RequestSpec
-from mozpool.db import changes, logs
+from mozpool.db import changes, history, logs
 from mozpool.db.catalog import server_id
 from mozpool.db.pool import Cursor
 
 
 def insert_request(
     c: Cursor, server_fqdn: str, device: str, spec: RequestSpec, expires: str, now: str, message: str,
+    created: str | None = None,
 ) -> int:
     """A new request in state ``new`` owned by ``server_fqdn``, journalled and logged with
     ``message``; its id. ValueError for an unknown image."""
@@ -22,14 +23,19 @@ def insert_request(
         raise ValueError(f"unknown image {spec.image}")
     c.execute(
         "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id,"
-        " boot_config, state, state_counters, state_timeout, environment, created_by)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?, ?)",
+        " boot_config, state, state_counters, state_timeout, environment, created_by, priority, queue_timeout,"
+        " created)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?, ?, ?, ?, ?)",
         (server_id(c, server_fqdn), device, spec.assignee, expires, image_id, spec.boot_config,
-         spec.environment or "any", spec.created_by),
+         spec.environment or "any", spec.created_by, spec.priority, spec.queue_timeout, created or now),
     )
     request_id = c.lastrowid
     changes.record(c, changes.REQUEST_STATE, now, request_id=request_id, state="new", old_state=None)
     logs.add_log(c, "request", request_id, "statemachine", message, now)
+    history.record(c, history.Entry(  # the first entry of the request's history (issue 15)
+        history.REQUEST, request_id, now, None, "new", "created", server_fqdn,
+        {"requested_device": device, "image": spec.image, "environment": spec.environment or "any"},
+    ))
     return request_id
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mozpool.db import catalog, changes
+from mozpool.db import health as board_health
 from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor
 
@@ -46,6 +47,9 @@ class RequestInfo:
     image_id: int
     boot_config: str
     reusable: bool
+    #: hardware types the image has a PXE config for; empty: any hardware
+    hardware: tuple[int, ...] = ()
+    priority: int = 50
 
     @property
     def named(self) -> bool:
@@ -84,14 +88,17 @@ class Claimed:
 
 def request_info(c: Cursor, request_id: int) -> RequestInfo | None:
     row = c.execute(
-        "SELECT r.id, r.requested_device, r.environment, i.name, i.id, r.boot_config, i.can_reuse"
+        "SELECT r.id, r.requested_device, r.environment, i.name, i.id, r.boot_config, i.can_reuse, r.priority"
         " FROM requests r JOIN images i ON i.id = r.image_id WHERE r.id = ?",
         (request_id,),
     ).fetchone()
     if row is None:
         return None
+    hardware = tuple(sorted(int(h[0]) for h in c.execute(
+        "SELECT hardware_type_id FROM image_pxe_configs WHERE image_id = ?", (row[4],)).fetchall()))
     return RequestInfo(
-        int(row[0]), row[1], row[2] or "any", row[3], int(row[4]), row[5] or "{}", bool(row[6])
+        int(row[0]), row[1], row[2] or "any", row[3], int(row[4]), row[5] or "{}", bool(row[6]), hardware,
+        int(row[7] if row[7] is not None else 50),
     )
 
 
@@ -114,6 +121,9 @@ def _available(request: RequestInfo, exclude: Sequence[int], dead_servers: Seque
     if request.environment != "any":
         sql += " AND d.environment = ?"
         params.append(request.environment)
+    if request.hardware:
+        sql += f" AND d.hardware_type_id IN ({', '.join('?' * len(request.hardware))})"
+        params.extend(request.hardware)
     if exclude:
         sql += f" AND d.id NOT IN ({', '.join('?' * len(exclude))})"
         params.extend(exclude)
@@ -152,6 +162,14 @@ def pick(
             held = _count_held(c, request, where, params, rng.random())
         if held is not None:
             return held
+    else:
+        # A pristine device (imaged ahead of demand, never handed out) needs no re-imaging.
+        for row in c.execute(
+            f"SELECT d.id, d.name, d.boot_config{where} AND d.pristine = 1 AND d.image_id = ? ORDER BY d.id",
+            [*params, request.image_id],
+        ).fetchall():
+            if same_boot_config(row[2], request.boot_config):
+                return Candidate(int(row[0]), row[1])
     found = _sample(c, request, where, params, rng, ids, preferred=False)
     if found is not None:
         return found
@@ -219,7 +237,117 @@ def claim(c: Cursor, request_id: int, device_id: int, now: str) -> None:
         "INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES (?, ?, NULL)",
         (request_id, device_id),
     )
+    c.execute("UPDATE requests SET assigned_at = ? WHERE id = ?", (now, request_id))
     changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device_id)
+
+
+def claim_offered(c: Cursor, request_id: int, device_id: int, now: str) -> bool:
+    """Claim a device the queue offered, if it is still ``ready``; False if it is not, or if
+    another request claimed it first."""
+    if c.scalar("SELECT state FROM devices WHERE id = ?", (device_id,)) != "ready":
+        return False
+    clear_claim(c, request_id, now)
+    try:
+        claim(c, request_id, device_id, now)
+    except Conflict:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class FindOutcome:
+    """What looking for a device found: a claim, a reason to stop, or a place in the queue."""
+
+    claimed: Claimed = Claimed(None)
+    #: another open request holds the named device
+    holder: int | None = None
+    #: (server, last seen) when the named device's imaging server is dead
+    unreachable: tuple[str, str] | None = None
+    #: why the named device cannot serve (it is in a failed state)
+    broken: str | None = None
+    #: why nothing in the pool could ever serve the request
+    impossible: str | None = None
+    #: requests waiting ahead of this one for the same devices
+    queued_behind: int = 0
+
+
+def find_now(
+    c: Cursor, request_id: int, draws: Sequence[float], now: str, dead_before: str | None = None
+) -> tuple[RequestInfo, FindOutcome]:
+    """The entry of ``finding_device``: drop any old claim, stop for a held, dead, failed or
+    impossible request, and else claim a device at once -- unless requests are waiting ahead
+    for the same devices, when this one joins the queue behind them."""
+    info = request_info(c, request_id)
+    assert info is not None, "the request machine loaded this row"
+    clear_claim(c, info.id, now)
+    if info.named:
+        other = holder(c, info.requested_device, info.id)
+        if other is not None:
+            return info, FindOutcome(holder=other)
+    dead = catalog.dead_server_ids(c, dead_before) if dead_before is not None else []
+    if info.named:
+        row = c.execute(
+            "SELECT s.id, s.fqdn, s.last_seen, d.state FROM devices d JOIN imaging_servers s"
+            " ON s.id = d.imaging_server_id WHERE d.name = ?", (info.requested_device,)).fetchone()
+        if row is not None and int(row[0]) in dead:
+            return info, FindOutcome(unreachable=(row[1], str(row[2])[:19]))
+        if row is not None and str(row[3]).startswith("failed_"):
+            return info, FindOutcome(broken=f"device {info.requested_device} is in state {row[3]}")
+    why = impossible(c, info)
+    if why is not None:
+        return info, FindOutcome(impossible=why)
+    ahead = waiting_ahead(c, info, dead)
+    if ahead and not free_for_all(c, info, dead, ahead):
+        return info, FindOutcome(queued_behind=ahead)
+    return info, FindOutcome(claimed=pick_and_claim(c, info, draws, now, dead))
+
+
+def impossible(c: Cursor, info: RequestInfo) -> str | None:
+    """Why no device in the pool, in any state, could serve the request; None if one could."""
+    where, params = ["1 = 1"], []
+    if info.named:
+        where.append("d.name = ?")
+        params.append(info.requested_device)
+    if info.environment != "any":
+        where.append("d.environment = ?")
+        params.append(info.environment)
+        if c.scalar("SELECT 1 FROM devices d WHERE " + " AND ".join(where) + " LIMIT 1", params) is None:
+            return f"no device is in environment {info.environment}"
+    if info.hardware:
+        where.append(f"d.hardware_type_id IN ({', '.join('?' * len(info.hardware))})")
+        params.extend(info.hardware)
+        if c.scalar("SELECT 1 FROM devices d WHERE " + " AND ".join(where) + " LIMIT 1", params) is None:
+            if info.named:
+                return f"device {info.requested_device} cannot take image {info.image}: no PXE config for its hardware"
+            return f"no device in the pool can take image {info.image}: no PXE config for their hardware"
+    return None
+
+
+def free_for_all(c: Cursor, info: RequestInfo, dead_servers: Sequence[int], ahead: int) -> bool:
+    """Whether more devices this request could use are free than requests wait ahead of it:
+    then taking one at once wrongs nobody (a burst of requests on a large pool is served
+    without going through the queue one pass at a time)."""
+    where, params = _available(info, (), dead_servers)
+    found = c.scalar(f"SELECT COUNT(*) FROM (SELECT 1{where} LIMIT ?) enough", [*params, ahead + 1])
+    return int(found or 0) > ahead
+
+
+def waiting_ahead(c: Cursor, info: RequestInfo, dead_servers: Sequence[int] = ()) -> int:
+    """Requests of live servers waiting, unserved, with at least this one's priority, that could
+    take the same devices: a new request does not jump them."""
+    sql = (
+        "SELECT COUNT(*) FROM requests r LEFT JOIN device_requests dr ON dr.request_id = r.id"
+        " WHERE r.state = 'finding_device' AND dr.request_id IS NULL AND r.id <> ? AND r.priority >= ?"
+        " AND (r.requested_device = 'any' OR r.requested_device = ?)"
+    )
+    params: list[Any] = [info.id, info.priority, info.requested_device]
+    if info.environment != "any":
+        sql += " AND (r.environment = 'any' OR r.environment = ?)"
+        params.append(info.environment)
+    if dead_servers:
+        sql += f" AND r.imaging_server_id NOT IN ({', '.join('?' * len(dead_servers))})"
+        params.extend(dead_servers)
+    return int(c.scalar(sql, params) or 0)
 
 
 def find(
@@ -248,9 +376,11 @@ def pick_and_claim(
     The INSERT of the claim is the only guard: a device another request claimed first makes it
     fail (Conflict), and the next try picks among the rest at once (bmm-protocols 6.4)."""
     clear_claim(c, request.id, now)
+    # Fault isolation (issue 15): devices behind a suspect power controller are passed by.
+    avoided = board_health.avoided_device_ids(c)
     lost: list[Candidate] = []
     for draw in draws:
-        device = pick(c, request, draw, [d.id for d in lost], dead_servers)
+        device = pick(c, request, draw, [*avoided, *(d.id for d in lost)], dead_servers)
         if device is None:
             break
         try:

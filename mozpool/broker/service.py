@@ -21,13 +21,14 @@ from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from zope.interface import implementer
 
-from mozpool.broker import lifeguard, queries, selection
-from mozpool.broker.machine import RequestKind
+from mozpool import liveness
+from mozpool.broker import lifeguard, queries, queue, selection
+from mozpool.broker.machine import CONTACT_BOUND, INTERNAL_EVENTS, RequestKind
 from mozpool.db import requests as request_rows
 from mozpool.db.pool import Database
 from mozpool.httpcalls import TreqLike
 from mozpool.statemachine.core import Machine, MachineRunner, Row, TimeoutDriver, each_bounded
-from mozpool.timeutil import dbnow
+from mozpool.timeutil import dbnow, deadline_text
 from mozpool.broker.interfaces import DeviceHeld, IBroker, RequestSpec
 
 log = Logger()
@@ -54,8 +55,12 @@ class Broker:
         self.server_fqdn = server_fqdn
         self.time_scale = time_scale
         self.http = http_client
-        self.kind = RequestKind(contact=self._start_contact, rng=rng or random.Random())
+        self.kind = RequestKind(contact=self._start_contact, rng=rng or random.Random(), contact_bound=CONTACT_BOUND)
         self.runner = MachineRunner(db, clock, self.kind, server_fqdn, time_scale)
+        self.matcher = queue.Matcher(
+            db, clock, server_fqdn, self._offer, lambda: liveness.dead_before(clock, time_scale), time_scale
+        )
+        self.kind.wake_queue = self.matcher.wake
         #: posts to LifeGuard and queued events still running (waited for by :meth:`idle`)
         self._background: set[defer.Deferred[Any]] = set()
         #: the posts alone (cancelled by :meth:`stop`)
@@ -72,7 +77,8 @@ class Broker:
             f"{spec.environment or 'any'}, for {spec.duration} s (until {expires}; created {now})"
         )
         request_id = await self.db.runInteraction(
-            queries.insert_request, self.server_fqdn, device, spec, expires, now, created
+            queries.insert_request, self.server_fqdn, device, spec, expires, now, created,
+            deadline_text(self.clock.seconds()),  # to the millisecond: the queue's order and deadline
         )
         self.runner.echo(Row(request_id, str(request_id), "new"), created)
         await self.runner.handle_event(str(request_id), "find_device")
@@ -98,8 +104,23 @@ class Broker:
         return self.request_event(request_id, "close", {})
 
     def request_event(self, request_id: int, event: str, body: dict[str, Any]) -> "defer.Deferred[None]":
+        if event in INTERNAL_EVENTS:
+            body = {}  # from outside, never with the arguments that make them act
         d = defer.Deferred.fromCoroutine(self.runner.handle_event(str(request_id), event, body))
         return d.addCallback(lambda _: None)
+
+    async def queue_place(self, request_id: int) -> dict[str, Any] | None:
+        """Where a waiting request (of any server) stands in the queue (issue 14), as of the
+        queue's latest pass, or read now when that pass did not know it; None when it is not
+        waiting for a device."""
+        place = self.matcher.places.get(request_id)
+        if place is None:
+            place = (await self.matcher.read_places()).get(request_id)
+        return None if place is None else place.public()
+
+    async def _offer(self, request_id: int, device_id: int, device: str) -> bool:
+        return await self.runner.handle_event(
+            str(request_id), "device_offered", {"device_id": device_id, "device": device})
 
     # --- driving ----------------------------------------------------------------------------
 
@@ -115,10 +136,13 @@ class Broker:
                 log.failure("expiring request {id} failed", id=request_id)
 
         await each_bounded([str(i) for i in ids], EXPIRY_CONCURRENCY, one)
+        # The queue is woken by changes; this tick is its safety net for a change it missed.
+        self.matcher.wake()
 
     def contact_bound(self) -> float:
-        """The POST's bound: 20 s, but always shorter than contacting_lifeguard's scaled 30 s."""
-        return min(lifeguard.CONTACT_TIMEOUT, self.runner.scaled(30) * 2 / 3)
+        """The POST's bound follows the real work, whatever the time scale (issue 14):
+        contacting_lifeguard's timer never fires before it (RequestKind.min_delay)."""
+        return self.kind.contact_bound
 
     def _track(self, d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
         self._background.add(d)
@@ -146,9 +170,8 @@ class Broker:
             reason = f.getErrorMessage() or f.type.__name__
             if not _expected(f):
                 log.failure("contacting LifeGuard for request {id}", f, id=row.key, level=LogLevel.warn)
-            return defer.Deferred.fromCoroutine(
-                self.runner.log(row, f"LifeGuard did not accept {event} for {device.name}: {reason}; will retry", "warn")
-            )
+            why = f"LifeGuard did not accept {event} for {device.name}: {reason}; will retry"
+            return self.runner.post(row.key, "lifeguard_refused", {"why": why})
 
         d.addCallbacks(accepted, refused)
         self._contacts.add(d)
@@ -156,20 +179,26 @@ class Broker:
         self._track(d)
 
     def idle(self) -> "defer.Deferred[None]":
-        """Fires when no POST to LifeGuard and no queued event is still running."""
+        """Fires when no POST to LifeGuard, no queued event and no pass of the queue is still running."""
 
         async def wait() -> None:
-            while self._background:
+            while self._background or self.matcher.busy:
                 await defer.DeferredList(list(self._background), consumeErrors=True)
+                await self.matcher.idle()
 
         return defer.Deferred.fromCoroutine(wait())
 
     def stop(self) -> "defer.Deferred[None]":
-        """Cancel POSTs in flight; wait for queued events to finish."""
+        """Cancel POSTs in flight; wait for queued events and the queue's pass to finish."""
         self._stopping = True
         for d in list(self._contacts):
             d.cancel()
-        return self.idle()
+
+        async def both() -> None:
+            await self.matcher.stop()
+            await self.idle()
+
+        return defer.Deferred.fromCoroutine(both())
 
 
 def _expected(f: Failure) -> bool:
@@ -189,6 +218,11 @@ class BrokerService(MultiService):
         self.broker = broker
         self.driver = TimeoutDriver(broker.runner, extra=broker.expire_due, interval=interval)
         self.driver.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        self.broker.matcher.stopped = False
+        self.broker.matcher.wake()  # requests queued before a restart
 
     def stopService(self) -> "defer.Deferred[None]":
         stopped = super().stopService()

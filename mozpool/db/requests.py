@@ -48,7 +48,7 @@ def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
         return None
     row = c.execute(
         "SELECT r.id, r.requested_device, r.assignee, r.expires, r.environment, i.name, r.boot_config,"
-        " d.name, s.fqdn, r.state"
+        " d.name, s.fqdn, r.state, r.priority, r.queue_timeout"
         " FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
         " JOIN images i ON i.id = r.image_id"
         " LEFT JOIN device_requests dr ON dr.request_id = r.id"
@@ -70,11 +70,13 @@ def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
         "url": f"{base_url(row[8])}/api/request/{int(row[0])}/",
         "imaging_server": row[8],
         "state": row[9],
+        "priority": int(row[10]),
+        "queue_timeout": int(row[11]),
     }
 
 
 def public_request(request: dict[str, Any]) -> dict[str, Any]:
     """The request object exactly as the API shows it (3.4)."""
     keys = ("id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",
-            "assigned_device", "url")
+            "assigned_device", "url", "priority", "queue_timeout")
     return {k: request[k] for k in keys}

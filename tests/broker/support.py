@@ -123,6 +123,10 @@ class BrokerTest(DatabaseTest):
     async def counters(self, request_id: int) -> dict[str, int]:
         return (await self.row(request_id))[1]
 
+    async def public(self, request_id: int) -> dict[str, Any]:
+        """The request object as the API shows it now."""
+        return await self.broker._public(request_id)
+
     async def claimed(self, request_id: int) -> str | None:
         rows = await self.db.query(
             "SELECT d.name FROM device_requests dr JOIN devices d ON d.id = dr.device_id WHERE dr.request_id = ?",

@@ -119,36 +119,69 @@ class Table(BrokerTest):
 
     # --- finding_device (2.4) --------------------------------------------------------------
 
-    async def test_any_gives_up_after_60_attempts(self) -> None:
+    async def test_any_waits_in_the_queue_until_its_queue_timeout(self) -> None:
+        """Issue 14: no give-up after 60 attempts; the request waits its queue_timeout (600 s by
+        default, not scaled), then fails with failed_device_busy."""
         await self.db.query("UPDATE devices SET state = 'self_test_running'")
         rid = (await self.create())["id"]
-        for n in range(2, 60):
-            await self.tick(10)
+        self.assertIn("no suitable device is free; waiting in the queue", await self.messages(rid))
+        for n in range(2, 11):
+            await self.tick(60)  # the safety poll: the queue itself is woken by changes
             self.assertEqual((await self.row(rid))[:2], ("finding_device", {"finding_device": n}))
+        await self.tick(59)
+        self.assertEqual(await self.state(rid), "finding_device")
+        await self.tick(1)  # 600 s after creation
+        self.assertEqual(await self.row(rid), ("failed_device_busy", {"finding_device": 10}, None))
+        self.assertIn("no device became free within the request's queue_timeout", await self.messages(rid))
+
+    async def test_queue_timeout_is_the_requests_own(self) -> None:
+        await self.db.query("UPDATE devices SET state = 'self_test_running'")
+        created = await self.broker.create_request("any", RequestSpec("t", 3600, "android", queue_timeout=25))
+        rid = created["id"]
+        await self.tick(20)
         self.assertEqual(await self.state(rid), "finding_device")
         await self.tick(10)
-        self.assertEqual(await self.row(rid), ("failed_device_not_found", {"finding_device": 60}, None))
+        self.assertEqual(await self.state(rid), "failed_device_busy")
+
+    async def test_queue_timeout_0_fails_at_once_without_a_device(self) -> None:
+        await self.db.query("UPDATE devices SET state = 'self_test_running'")
+        created = await self.broker.create_request("any", RequestSpec("t", 3600, "android", queue_timeout=0))
+        self.assertEqual(await self.state(created["id"]), "failed_device_busy")
+
+    async def test_an_impossible_request_fails_at_once(self) -> None:
+        nowhere = await self.create(environment="qa")
+        self.assertEqual(await self.state(nowhere["id"]), "failed_device_not_found")
+        self.assertIn("no device is in environment qa", await self.messages(nowhere["id"]))
+        # An image with PXE configs only for a hardware type no device has.
+        await self.db.query("INSERT INTO hardware_types (type, model) VALUES ('phone', 'nexus')")
+        await self.db.query(
+            "INSERT INTO image_pxe_configs (image_id, hardware_type_id, pxe_config_id)"
+            " SELECT i.id, h.id, NULL FROM images i, hardware_types h WHERE i.name = 'reusable' AND h.model = 'nexus'")
+        rid = (await self.create(image="reusable", boot_config='{"b2gbase": "x"}'))["id"]
+        self.assertEqual(await self.state(rid), "failed_device_not_found")
+        self.assertIn("no device in the pool can take image reusable: no PXE config for their hardware",
+                      await self.messages(rid))
 
     async def test_any_finds_a_device_that_becomes_ready(self) -> None:
         await self.db.query("UPDATE devices SET state = 'self_test_running'")
         rid = (await self.create())["id"]
         await self.tick(10)
         await self.set_device("panda-0003", state="ready")
-        await self.tick(10)
+        await self.tick(10)  # the driver's tick wakes the queue (here no change feed does)
         self.assertEqual(await self.state(rid), "contact_lifeguard")
         self.assertEqual(await self.claimed(rid), "panda-0003")
-        self.assertEqual(await self.counters(rid), {"finding_device": 3})
+        self.assertEqual(await self.counters(rid), {"finding_device": 1}, "served by the queue, not a poll")
 
-    async def test_named_gives_up_after_2_attempts(self) -> None:
+    async def test_named_waits_for_its_device(self) -> None:
         await self.set_device("panda-0002", state="sut_verifying")
         created = await self.create("panda-0002")
         rid = created["id"]
         self.assertEqual(created["assigned_device"], "")
+        await self.tick(10)
         self.assertEqual(await self.state(rid), "finding_device")
-        await self.tick(9)
-        self.assertEqual(await self.state(rid), "finding_device")
-        await self.tick(1)
-        self.assertEqual(await self.row(rid), ("failed_device_busy", {"finding_device": 2}, None))
+        await self.set_device("panda-0002", state="ready")
+        await self.tick(10)
+        self.assertEqual((await self.state(rid), await self.claimed(rid)), ("contact_lifeguard", "panda-0002"))
 
     async def test_named_device_in_a_failed_state(self) -> None:
         await self.set_device("panda-0002", state="failed_pxe_booting")
@@ -166,17 +199,18 @@ class Table(BrokerTest):
             created = await self.create(environment="staging")
             chosen.add(created["assigned_device"])
         self.assertEqual(chosen, {"panda-0002", "panda-0004"})
-        # staging is used up: the next staging request waits, an 'any' request still gets prod.
+        # staging is used up: the next staging request waits, an 'any' request still gets prod
+        # (from the queue: the staging request waits ahead of it, but cannot use prod devices).
         waiting = await self.create(environment="staging")
         self.assertEqual((await self.state(waiting["id"]), waiting["assigned_device"]), ("finding_device", ""))
         anywhere = await self.create(environment="any")
-        self.assertIn(anywhere["assigned_device"], ("panda-0001", "panda-0003"))
-        nowhere = await self.create(environment="qa")
-        self.assertEqual(await self.state(nowhere["id"]), "finding_device")
+        got = await self.claimed(anywhere["id"])
+        self.assertIn(got, ("panda-0001", "panda-0003"))
+        self.assertEqual(await self.state(waiting["id"]), "finding_device")
         # A named device outside the environment is not available.
-        free_prod = ({"panda-0001", "panda-0003"} - {anywhere["assigned_device"]}).pop()
+        free_prod = ({"panda-0001", "panda-0003"} - {got}).pop()
         named = await self.create(free_prod, environment="staging")
-        self.assertEqual(named["assigned_device"], "")
+        self.assertIsNone(await self.claimed(named["id"]))
 
     async def test_held_devices_are_not_offered(self) -> None:
         names = {(await self.create())["assigned_device"] for _ in range(4)}
@@ -274,17 +308,33 @@ class Table(BrokerTest):
         rid, device = created["id"], created["assigned_device"]
         await self.db.query("UPDATE devices SET state = 'start_self_test'")
         await self.tick(0)
-        self.assertEqual(await self.row(rid), ("finding_device", {"finding_device": 2}, "2026-11-26 12:00:10"))
+        self.assertEqual(await self.row(rid), ("finding_device", {"finding_device": 2}, "2026-11-26 12:01:00"))
         self.assertIsNone(await self.claimed(rid))
         self.assertEqual(self.http.calls, [])
         self.assertIn(f"device {device} is in state start_self_test, not ready; looking for another device",
                       await self.messages(rid))
 
-    async def test_named_device_no_longer_ready_uses_its_second_attempt(self) -> None:
+    async def test_named_device_no_longer_ready_waits_for_it(self) -> None:
         rid = (await self.create("panda-0001"))["id"]
         await self.set_device("panda-0001", state="start_self_test")
         await self.tick(0)
-        self.assertEqual(await self.row(rid), ("failed_device_busy", {"finding_device": 2}, None))
+        self.assertEqual(await self.row(rid), ("finding_device", {"finding_device": 2}, "2026-11-26 12:01:00"))
+
+    async def test_a_lost_answer_is_not_a_lost_device(self) -> None:
+        """R2 resolved: a re-entry of contacting_lifeguard that finds the device busy (our first
+        POST arrived; its answer was lost) takes it as contacted instead of dropping it."""
+        self.http.answers = [defer.Deferred()]
+        rid = (await self.create())["id"]
+        device = await self.claimed(rid)
+        self.clock.advance(0)
+        await self.driver.tick()  # not idle(): the POST hangs until its bound
+        self.assertEqual(await self.state(rid), "contacting_lifeguard")
+        await self.set_device(device, state="pxe_power_cycling")
+        await self.tick(20)  # the POST's bound
+        await self.tick(10)  # the state's timeout
+        self.assertEqual((await self.state(rid), await self.claimed(rid)), ("pending", device))
+        self.assertIn(f"device {device} is in state pxe_power_cycling: LifeGuard took our event",
+                      await self.messages(rid))
 
     async def assertRetriedThenFailed(self, answer: object, expect_in_log: str) -> None:
         self.http.default = answer
@@ -334,10 +384,13 @@ class Table(BrokerTest):
         self.assertEqual(len(self.http.calls), 2)
         self.assertEqual(await self.state(rid), "pending")
 
-    async def test_bound_is_shorter_than_the_scaled_state_timeout(self) -> None:
+    async def test_bound_follows_the_real_work_not_the_time_scale(self) -> None:
+        """Issue 14: at time scale 0.01 the POST used to be cut off after 0.2 s, so a loaded
+        LifeGuard made requests drop devices that were imaging for them."""
+        self.broker.runner.time_scale = 0.01
         self.assertEqual(self.broker.contact_bound(), 20.0)
-        self.broker.runner.time_scale = 0.1
-        self.assertAlmostEqual(self.broker.contact_bound(), 2.0)
+        self.assertEqual(self.broker.runner.delay("contacting_lifeguard"), 21.0)
+        self.assertAlmostEqual(self.broker.runner.delay("pending") or 0, 0.6)
 
     async def test_one_redirect_is_followed_with_method_and_body(self) -> None:
         self.http.answers = [(302, "http://c.example.com/api/device/panda-0001/event/please_image/"), 200]

@@ -40,7 +40,7 @@ class Service(BrokerTest):
         second = e.request
         self.assertEqual(
             set(second), {"id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",
-                          "assigned_device", "url"})
+                          "assigned_device", "url", "priority", "queue_timeout"})
         self.assertEqual((second["requested_device"], second["assignee"], second["image"], second["boot_config"],
                           second["assigned_device"], second["environment"]),
                          ("panda-0002", "someone@example.com", "b2g", '{"b2gbase": "http://b/"}', "", "any"))
@@ -151,6 +151,7 @@ class Service(BrokerTest):
 
     async def fresh(self) -> None:
         """Forget the old Broker (as a crashed daemon would) and build a new one on the same DB."""
+        await self.broker.stop()  # its POSTs are cut off; a dead daemon's never answer
         self.broker = self.makeBroker(seed=7)
         self.driver = TimeoutDriver(self.broker.runner, extra=self.broker.expire_due, interval=10)
 
@@ -180,12 +181,15 @@ class Service(BrokerTest):
         self.assertEqual(await self.state(rid), "pending")
         self.assertEqual((await self.counters(rid))["contacting_lifeguard"], 1)
 
-    async def test_restart_keeps_counters(self) -> None:
+    async def test_restart_keeps_the_queue_deadline(self) -> None:
         await self.db.query("UPDATE devices SET state = 'self_test_running'")
-        rid = (await self.create("panda-0001"))["id"]
+        created = await self.broker.create_request("panda-0001", RequestSpec("t", 3600, "android", queue_timeout=15))
+        rid = created["id"]
         await self.fresh()
         await self.tick(10)
-        self.assertEqual(await self.state(rid), "failed_device_busy", "the first attempt still counts")
+        self.assertEqual(await self.state(rid), "finding_device")
+        await self.tick(5)  # the deadline is kept in the row: the new broker honours it
+        self.assertEqual(await self.state(rid), "failed_device_busy")
 
     # --- races for devices ------------------------------------------------------------------
 
@@ -198,6 +202,9 @@ class Service(BrokerTest):
         created = await defer.gatherResults([
             brokers[i % 2].create_request("any", RequestSpec(f"user{i}", 600, "android")) for i in range(20)
         ])
+        await self.broker.idle()
+        await other.idle()
+        created = [await self.public(c["id"]) for c in created]
         claims = await self.claims()
         self.assertEqual(len(claims), 3)
         self.assertEqual(sorted(name for _, name in claims), ["panda-0001", "panda-0002", "panda-0003"])

@@ -30,7 +30,7 @@ class Commands(TestCase):
     async def setUp(self) -> None:
         self.url = "sqlite:///" + os.path.abspath(self.mktemp()) + ".sqlite"
         out, err, code = await run("mozpool.cli.db", "--db", self.url, "create-schema")
-        self.assertEqual((code, out.strip()), (0, "created schema version 3"), err)
+        self.assertEqual((code, out.strip()), (0, "created schema version 4"), err)
 
     async def test_db_commands(self) -> None:
         out, err, code = await run("mozpool.cli.db", "--db", self.url, "create-schema")
@@ -39,7 +39,7 @@ class Commands(TestCase):
         out, _, code = await run("mozpool.cli.db", "--db", self.url, "--fqdn", "img1:8010", "load-fixture", "--devices", "5")
         self.assertEqual((code, out.strip()), (0, "loaded 5 devices owned by img1:8010"))
         out, _, code = await run("mozpool.cli.db", "--db", self.url, "upgrade")
-        self.assertEqual((code, out.strip()), (0, "schema is at version 3"))
+        self.assertEqual((code, out.strip()), (0, "schema is at version 4"))
         _, err, code = await run("mozpool.cli.db", "--db", self.url, "load-fixture", "--devices", "5")
         self.assertEqual(code, 1, "the same names twice conflict")
         _, err, code = await run("mozpool.cli.db", "bogus")

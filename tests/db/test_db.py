@@ -143,11 +143,13 @@ class Queries(DatabaseTest):
         old, new = await self.db.runInteraction(write)
         counts = await purge(self.db, NOW, 14, 7)
         # the three log lines were journalled as changes, all older than the journal's day
-        self.assertEqual(counts, {"device_logs": 1, "request_logs": 1, "requests": 1, "changes": 3})
+        self.assertEqual(counts, {"device_logs": 1, "request_logs": 1, "requests": 1, "changes": 3,
+                                  "state_history": 0, "boots": 0})
         left = await self.db.query("SELECT id FROM requests")
         self.assertEqual(left, [(new,)])
         self.assertEqual(await self.db.query("SELECT COUNT(*) FROM device_requests"), [(0,)])
-        self.assertEqual(await purge(self.db, NOW), {"device_logs": 0, "request_logs": 0, "requests": 0, "changes": 0})
+        self.assertEqual(await purge(self.db, NOW), {"device_logs": 0, "request_logs": 0, "requests": 0, "changes": 0,
+                                                     "state_history": 0, "boots": 0})
 
     async def test_varchar_names_case_sensitive(self) -> None:
         await self.seed(1)

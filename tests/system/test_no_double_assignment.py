@@ -1,6 +1,7 @@
 """Many concurrent `any` requests against a pool shared by two real daemons on one MariaDB: no
-device is ever held by two open requests, every request ends `ready` (then expires) or
-`failed_device_not_found`, nothing is left stuck (state-machines.md 2.3, 2.4, 2.6).
+device is ever held by two open requests, every request waits in the queue until it is served
+(issue 14: 200 requests on 40 devices, all served; none fails), and the burst leaves no device
+failed and nothing stuck (state-machines.md 2.3, 2.6).
 
 Size: ``MOZPOOL_STRESS_REQUESTS`` requests against ``MOZPOOL_STRESS_DEVICES`` devices (half on
 each server); the defaults keep the suite quick, e.g. ``MOZPOOL_STRESS_REQUESTS=1000
@@ -35,6 +36,8 @@ HOLD = (1, 3)
 #: Requests being created at once (HTTP calls in flight).
 CREATE_CONCURRENCY = 50
 TERMINAL = ("closed", "failed_device_not_found", "failed_bad_image", "failed_bad_device", "failed_device_busy")
+#: Seconds a request may wait for a device: long enough for every request of the burst.
+QUEUE_TIMEOUT = 900
 
 
 def connect(url: str) -> pymysql.connections.Connection:
@@ -112,7 +115,8 @@ class NoDoubleAssignment(TestCase):
 
         async def create(i: int) -> None:
             d = (a, b)[i % 2]
-            code, body = await d.request("any", image="android", duration=3600, assignee=f"stress-{i}")
+            code, body = await d.request("any", image="android", duration=3600, assignee=f"stress-{i}",
+                                         queue_timeout=QUEUE_TIMEOUT)
             self.assertEqual(code, 200, body)
             owner[body["request"]["id"]] = d
 
@@ -154,14 +158,12 @@ class NoDoubleAssignment(TestCase):
             f"{final['failed_device_not_found']} failed_device_not_found, final states {dict(final)}, "
             f"wall {elapsed:.1f} s, max concurrent holders {max_holders}, {figures['samples']} samples"
         )
-        self.assertEqual(set(final) - {"closed", "failed_device_not_found"}, set(), final)
+        self.assertEqual(set(final) - {"closed"}, set(), f"every request served, none failed: {final}")
         self.assertEqual(closed, ever_ready, "closed exactly when it had been ready")
+        self.assertEqual(len(ever_ready), REQUESTS)
         self.assertEqual(seen_ready, ever_ready, "every ready request was seen ready (and renewed) by the test")
         self.assertEqual(claims, 0, "no claim left behind")
         self.assertGreater(len(ever_ready), 0)
-        # How many requests a freed device serves again depends on CPU speed while requests give
-        # up after their 'any' budget (the CI machine served 20 of 200 where a quiet one served
-        # 45): issue 14's queue makes every request wait for a device instead.
 
         # Nothing stuck: every device ends ready or in a failed_ state LifeGuard chose, none in
         # the middle of an operation.
@@ -171,6 +173,7 @@ class NoDoubleAssignment(TestCase):
             states = await a.device_states()
             self.fail(f"devices stuck after the run: { {n: s for n, s in states.items() if not done(s)} }")
         print(f"no-double-assignment: devices failed at start-up {failed(startup)}, after the run {failed(end)}")
+        self.assertEqual(set(failed(end)) - set(failed(startup)), set(), "the burst failed devices")
         for d in (a, b):
             self.assertEqual(daemon_errors(d), [], d.log_path)
 
