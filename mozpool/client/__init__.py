@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mozpool.client.api import Request
+from mozpool.client.api import QueuePlace, Request
 from mozpool.client.base import Device
 from mozpool.client.errors import (
     DeviceBusy,
@@ -29,7 +29,7 @@ from mozpool.client.errors import (
 from mozpool.client.plans import Progress
 
 __all__ = ["Client", "Device", "DeviceBusy", "MozpoolClient", "MozpoolError", "NoServerReachable", "NotFound",
-           "Progress", "Request", "RequestFailed", "WaitTimeout"]
+           "Progress", "QueuePlace", "Request", "RequestFailed", "WaitTimeout"]
 
 
 def __getattr__(name: str) -> Any:

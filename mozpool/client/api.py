@@ -73,13 +73,65 @@ def _key(key: str) -> Callable[[Any], Any]:
 # --- the request object -------------------------------------------------------------------
 
 
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``21st``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a request waiting for a device stands (the ``queue`` of its status, issue 14):
+    ``position`` 1 is served next among all waiting requests, ``ahead`` counts those before it
+    that could take the same devices, ``eta`` is the UTC time (``YYYY-MM-DDTHH:MM:SS``) it
+    should be ready, or None when the server cannot tell."""
+
+    position: int
+    ahead: int
+    eta: str | None = None
+    why: str = ""
+
+    @classmethod
+    def from_status(cls, status: Any) -> "QueuePlace | None":
+        """The place a status answer carries; None when it has none (not waiting, or a server
+        without a queue) or it is not one (a wait must not break on a malformed extra)."""
+        place = status.get("queue") if isinstance(status, dict) else None
+        if not isinstance(place, dict):
+            return None
+        try:
+            position, ahead = int(place["position"]), int(place["ahead"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        eta = place.get("eta")
+        return cls(position, ahead, eta if isinstance(eta, str) and eta else None, str(place.get("why") or ""))
+
+    def eta_text(self, today: str | None = None) -> str:
+        """``~12:04 UTC``, to the minute (an estimate); with the date (``~2030-01-02 12:04
+        UTC``) when ``today`` (``YYYY-MM-DD``, UTC) is given and the ETA is another day."""
+        if self.eta is None:
+            return "no estimate yet"
+        day, _, clock = self.eta.partition("T")
+        shown = clock[:5] if today is None or day == today else f"{day} {clock[:5]}"
+        return f"~{shown} UTC"
+
+    def text(self, today: str | None = None) -> str:
+        """``3rd in queue (2 ahead), ready by ~12:04 UTC``."""
+        ready = f"ready by {self.eta_text(today)}" if self.eta else self.eta_text()
+        return f"{ordinal(self.position)} in queue ({self.ahead} ahead), {ready}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"position": self.position, "ahead": self.ahead, "eta": self.eta, "why": self.why}
+
+
 class Request:
     """A request as the server describes it (http-api.md 3.4, 3.6), with its state when known.
-    ``data`` keeps every key the server sent, so JSON output loses nothing."""
+    ``data`` keeps every key the server sent, so JSON output loses nothing; ``queue`` is its
+    place in the queue when its status was read while it waited for a device."""
 
     def __init__(self, data: dict[str, Any], state: str | None = None) -> None:
         self.data = dict(data)
         self.state = state if state is not None else data.get("state")
+        self.queue: QueuePlace | None = None
 
     @property
     def id(self) -> int:
@@ -100,8 +152,23 @@ class Request:
         head, sep, _ = self.url.partition("/api/")
         return head if sep else None
 
+    @property
+    def priority(self) -> int | None:
+        """0-100, higher served first; None from a server without a queue."""
+        value = self.data.get("priority")
+        return None if value is None else int(value)
+
+    @property
+    def queue_timeout(self) -> int | None:
+        """Seconds it may wait for a device; None from a server without a queue."""
+        value = self.data.get("queue_timeout")
+        return None if value is None else int(value)
+
     def to_json(self) -> dict[str, Any]:
-        return {**self.data, "state": self.state}
+        out = {**self.data, "state": self.state}
+        if self.queue is not None:
+            out["queue"] = self.queue.to_json()
+        return out
 
     def __repr__(self) -> str:
         return f"<Request {self.id} {self.state or '?'} {self.assigned_device or '-'} {self.url}>"
@@ -191,13 +258,20 @@ def environments() -> Call:
 
 
 def request_device(device: str, image: str, duration: int, assignee: str, environment: str | None = None,
-                   boot_config: dict[str, Any] | None = None) -> Call:
+                   boot_config: dict[str, Any] | None = None, priority: int | None = None,
+                   queue_timeout: int | None = None) -> Call:
     """Ask for ``device`` (a name or ``any``).  ``boot_config``'s keys go into the body next to
-    the others, as the server reads them (e.g. ``{"b2gbase": URL}`` for ``b2g``)."""
+    the others, as the server reads them (e.g. ``{"b2gbase": URL}`` for ``b2g``).  ``priority``
+    (0-100) and ``queue_timeout`` (seconds to wait for a device) are sent only when given, so
+    the server's defaults apply otherwise and an older server sees the body it knows."""
     body: dict[str, Any] = dict(boot_config or {})
     body.update(assignee=assignee, duration=int(duration), image=image)
     if environment not in (None, "", "any"):
         body["environment"] = environment
+    if priority is not None:
+        body["priority"] = int(priority)
+    if queue_timeout is not None:
+        body["queue_timeout"] = int(queue_timeout)
 
     def busy(status: int, message: str, answer: Any) -> errors.ApiError:
         return errors.DeviceBusy(status, message, answer, device)

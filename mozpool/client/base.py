@@ -65,32 +65,40 @@ class BaseClient:
     # --- requests ---------------------------------------------------------------------------
 
     def request(self, device: str, image: str, duration: int, *, environment: str | None = None,
-                boot_config: dict[str, Any] | None = None, assignee: str | None = None) -> Any:
+                boot_config: dict[str, Any] | None = None, assignee: str | None = None,
+                priority: int | None = None, queue_timeout: int | None = None) -> Any:
         """Ask for ``device`` (a name or ``"any"``); the new :class:`api.Request`, not yet
-        ready.  A held named device is :class:`errors.DeviceBusy`, an unknown image or device
-        :class:`errors.NotFound`."""
+        ready.  ``priority`` (0-100, the server's default 50) orders the queue, higher first;
+        ``queue_timeout`` is how many seconds it may wait for a device (default 600) before it
+        fails with ``failed_device_busy``.  A held named device is :class:`errors.DeviceBusy`,
+        an unknown image or device :class:`errors.NotFound`."""
         return self._call(api.request_device(device, image, duration, assignee or self.config.assignee,
-                                             environment, boot_config))
+                                             environment, boot_config, priority, queue_timeout))
 
     def request_ready(self, device: str, image: str, duration: int, *, environment: str | None = None,
                       boot_config: dict[str, Any] | None = None, assignee: str | None = None,
+                      priority: int | None = None, queue_timeout: int | None = None,
                       timeout: float = DEFAULT_WAIT, on_progress: ProgressCallback | None = None,
                       interval: float = POLL_INTERVAL) -> Any:
-        """Request, wait until ready, and look the device up: a :class:`plans.Handover`.  A
-        request that fails, times out or is interrupted is returned before the error is raised."""
+        """Request (``priority`` and ``queue_timeout`` as for :meth:`request`), wait until ready,
+        and look the device up: a :class:`plans.Handover`.  A request that fails, times out or is
+        interrupted is returned before the error is raised."""
         return self._run(plans.acquire(self.context, device, image, duration, environment=environment,
-                                       boot_config=boot_config, assignee=assignee, timeout=timeout,
-                                       interval=interval), on_progress)
+                                       boot_config=boot_config, assignee=assignee, priority=priority,
+                                       queue_timeout=queue_timeout, timeout=timeout, interval=interval),
+                         on_progress)
 
     def wait(self, request: RequestRef, timeout: float = DEFAULT_WAIT, on_progress: ProgressCallback | None = None,
              interval: float = POLL_INTERVAL) -> Any:
         """Wait until the request is ready: its :class:`api.Request` (state ``ready``), or
         :class:`errors.RequestFailed` / :class:`errors.WaitTimeout`.  ``on_progress`` gets a
-        :class:`plans.Progress` whenever the request's or its device's state changes."""
+        :class:`plans.Progress` whenever the request's or its device's state, or its place in the
+        queue, changes."""
         return self._run(plans.wait_ready(self.context, request, timeout, interval), on_progress)
 
     def status(self, request: RequestRef) -> Any:
-        """The request's details with its current ``state``."""
+        """The request's details with its current ``state``, and its ``queue`` place
+        (:class:`api.QueuePlace`) while it waits for a device."""
         return self._run(plans.request_view(self.context, request))
 
     def requests(self, include_closed: bool = False) -> Any:

@@ -19,11 +19,13 @@ import sys
 from typing import Any, Callable, Sequence, TextIO
 
 from mozpool.client import errors, plans, render
-from mozpool.client.api import Request
+from mozpool.client.api import Request, ordinal
 from mozpool.client.sync import Client
 
 _DURATION = re.compile(r"\A(\d+)([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The largest number of seconds the API takes.
+MAX_INT32 = 2**31 - 1
 
 
 def seconds(text: str) -> int:
@@ -32,6 +34,26 @@ def seconds(text: str) -> int:
     if found is None or int(found.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"not a positive duration: {text!r} (e.g. 3600, 30m, 2h)")
     return int(found.group(1)) * _UNITS[found.group(2)]
+
+
+def wait_seconds(text: str) -> int:
+    """As :func:`seconds`, and ``0`` too: a ``queue_timeout`` of 0 fails at once when no device
+    is free.  At most the API's 2147483647."""
+    found = _DURATION.match(text.strip())
+    if found is None or int(found.group(1)) * _UNITS[found.group(2)] > MAX_INT32:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 0, 600, 10m, 1h)")
+    return int(found.group(1)) * _UNITS[found.group(2)]
+
+
+def priority(text: str) -> int:
+    """0-100: higher is served first."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"not a priority from 0 to 100: {text!r}")
+    return value
 
 
 def request_id(text: str) -> int:
@@ -90,11 +112,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--boot-config", type=json_object, metavar="JSON",
                    help="the image's boot configuration keys as a JSON object, e.g. '{\"b2gbase\": URL}'")
     c.add_argument("--assignee", help="who holds the device (default: user@host)")
+    c.add_argument("--priority", type=priority, metavar="N",
+                   help="0-100, higher is served first when devices are short (the server's default: 50)")
+    c.add_argument("--queue-timeout", type=wait_seconds, metavar="S",
+                   help="how long the request may wait for a free device before it fails with failed_device_busy: "
+                        "seconds, or 10m, 1h; 0 fails at once unless a device is free (the server's default: 600)")
     c.add_argument("--wait", action="store_true", help="wait until ready; return the request if it is not")
     c.add_argument("--timeout", type=seconds, default=3600, metavar="S",
                    help="with --wait: give up (and return the request) after this long (default 1h)")
 
-    c = command("status", "a request's state and details")
+    c = command("status", "a request's state and details (while it waits for a device, its place in the queue)")
     c.add_argument("id", metavar="ID", type=request_id)
     c = command("wait", "wait until a request is ready")
     c.add_argument("id", metavar="ID", type=request_id)
@@ -179,6 +206,14 @@ def _request_text(request: Request, style: render.Style, device: dict[str, Any] 
         ("state", style.state(request.state)),
         ("device", request.assigned_device),
     ]
+    place = request.queue
+    if place is not None:
+        # while it waits for a device (issue 14)
+        pairs += [
+            ("queue", f"{ordinal(place.position)} in queue, {place.ahead} ahead for the same devices"),
+            ("ready by", f"~{place.eta.replace('T', ' ')} UTC (estimate)" if place.eta else "no estimate yet"),
+            ("why", place.why),
+        ]
     if device is not None:
         pairs += [("fqdn", device.get("fqdn")), ("imaging server", device.get("imaging_server"))]
     pairs += [
@@ -186,6 +221,12 @@ def _request_text(request: Request, style: render.Style, device: dict[str, Any] 
         ("image", request.data.get("image")),
         ("environment", request.data.get("environment")),
         ("assignee", request.data.get("assignee")),
+    ]
+    if request.priority is not None:  # absent from a server without a queue
+        pairs.append(("priority", request.priority))
+    if request.queue_timeout is not None:
+        pairs.append(("queue timeout", f"{request.queue_timeout} s"))
+    pairs += [
         ("expires", f"{request.data.get('expires')} UTC"),
         ("url", request.url),
     ]
@@ -193,15 +234,15 @@ def _request_text(request: Request, style: render.Style, device: dict[str, Any] 
 
 
 def cmd_request(client: Client, args: argparse.Namespace, out: Output) -> int:
+    asked = dict(environment=args.environment, boot_config=args.boot_config, assignee=args.assignee,
+                 priority=args.priority, queue_timeout=args.queue_timeout)
     if not args.wait:
-        request = client.request(args.device, args.image, args.duration, environment=args.environment,
-                                 boot_config=args.boot_config, assignee=args.assignee)
+        request = client.request(args.device, args.image, args.duration, **asked)
         out.emit(request.to_json(), lambda: _request_text(request, out.style))
         return 0
     show, end = out.progress()
     try:
-        handover = client.request_ready(args.device, args.image, args.duration, environment=args.environment,
-                                        boot_config=args.boot_config, assignee=args.assignee, timeout=args.timeout,
+        handover = client.request_ready(args.device, args.image, args.duration, **asked, timeout=args.timeout,
                                         on_progress=show)
     finally:
         end()

@@ -92,8 +92,9 @@ class WaitTimeout(MozpoolError):
 
 #: What each public failed state means for the one who asked (http-api.md 6.1).
 FAILURE_REASONS = {
-    "failed_device_not_found": "no free device fitting the request was found",
+    "failed_device_not_found": "no device fitting the request could be found; its log says why",
     "failed_bad_image": "installing the image failed in a way that points at the image",
     "failed_bad_device": "the named device failed or is in a failed state",
-    "failed_device_busy": "the named device stayed unavailable",
+    # the original says it of a named device; a server with the queue (issue 14), of any request
+    "failed_device_busy": "no fitting device became free within its queue_timeout",
 }

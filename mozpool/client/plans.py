@@ -93,18 +93,23 @@ Plan = Generator[Instruction, Any, T]
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a request being waited for stands: its state and its device's."""
+    """Where a request being waited for stands: its state and its device's, and its place in
+    the queue while it waits for a device (issue 14)."""
 
     request_id: int
     state: str
     device: str | None = None
     device_state: str | None = None
+    queue: api.QueuePlace | None = None
 
-    def line(self, state: Callable[[str | None], str] = lambda name: name or "?") -> str:
-        """``request 12: pending, device panda-0003 android_downloading``; ``state`` writes a
-        state name (the CLI colours it)."""
+    def line(self, state: Callable[[str | None], str] = lambda name: name or "?", today: str | None = None) -> str:
+        """``request 12: pending, device panda-0003 android_downloading``, or while queued
+        ``request 12: finding_device, no device yet — 3rd in queue (2 ahead), ready by ~12:04
+        UTC``; ``state`` writes a state name (the CLI colours it), ``today`` (``YYYY-MM-DD``)
+        lets an ETA on another day show its date."""
         device = f"device {self.device} {state(self.device_state)}" if self.device else "no device yet"
-        return f"request {self.request_id}: {state(self.state)}, {device}"
+        place = f" — {self.queue.text(today)}" if self.queue is not None else ""
+        return f"request {self.request_id}: {state(self.state)}, {device}{place}"
 
 
 class Context:
@@ -216,13 +221,16 @@ def request_view(ctx: Context, ref: RequestRef) -> Plan[api.Request]:
     details: api.Request = yield from exchange(ctx, api.request_details(rid), owner(ref))
     status = yield from exchange(ctx, api.request_status(rid), details.server)
     details.state = status["state"]
+    details.queue = api.QueuePlace.from_status(status)
     return details
 
 
 def wait_ready(ctx: Context, ref: RequestRef, timeout: float, interval: float = POLL_INTERVAL) -> Plan[api.Request]:
     """Poll a request until it is ``ready`` (returned with its details) or final
-    (:class:`errors.RequestFailed`), emitting a :class:`Progress` whenever the request's or its
-    device's state changes; :class:`errors.WaitTimeout` after ``timeout`` seconds."""
+    (:class:`errors.RequestFailed`), emitting a :class:`Progress` whenever its line would read
+    differently: the request's or its device's state, or its place in the queue (an ETA that
+    moves within the minute is not a change); :class:`errors.WaitTimeout` after ``timeout``
+    seconds."""
     rid = request_id(ref)
     deadline = ctx.now() + timeout
     request: api.Request | None = ref if isinstance(ref, api.Request) else None
@@ -238,6 +246,7 @@ def wait_ready(ctx: Context, ref: RequestRef, timeout: float, interval: float = 
             server = request.server or server
             seen = state
         request.state = state
+        request.queue = api.QueuePlace.from_status(status)
         device = request.assigned_device or None
         device_state = None
         if device and not api.is_final(state):
@@ -245,8 +254,8 @@ def wait_ready(ctx: Context, ref: RequestRef, timeout: float, interval: float = 
                 device_state = yield from exchange(ctx, api.device_state(device), server)
             except errors.NotFound:
                 pass
-        progress = Progress(rid, state, device, device_state)
-        if progress != shown:
+        progress = Progress(rid, state, device, device_state, request.queue)
+        if shown is None or progress.line() != shown.line():
             yield Emit(progress)
             shown = progress
         if state == "ready":
@@ -269,12 +278,13 @@ class Handover:
 
 def acquire(ctx: Context, device: str, image: str, duration: int, *, environment: str | None = None,
             boot_config: dict[str, Any] | None = None, assignee: str | None = None,
+            priority: int | None = None, queue_timeout: int | None = None,
             timeout: float = 3600, interval: float = POLL_INTERVAL) -> Plan[Handover]:
     """Request a device, wait until it is ready, look up its details.  If anything after the
     request's creation fails (including an interrupt the driver throws in), the request is
     returned before the error goes on, so no device stays held for a caller that gave up."""
     created: api.Request = yield from exchange(ctx, api.request_device(
-        device, image, duration, assignee or ctx.config.assignee, environment, boot_config))
+        device, image, duration, assignee or ctx.config.assignee, environment, boot_config, priority, queue_timeout))
     yield Emit(Progress(created.id, "new", created.assigned_device or None))
     try:
         ready = yield from wait_ready(ctx, created, timeout, interval)

@@ -72,20 +72,28 @@ def log_line(entry: dict[str, Any], style: Style) -> str:
     return f"{style.paint(str(entry.get('timestamp') or ''), 'dim')}  {source:<12} {entry.get('message', '')}"
 
 
+def utc_day(now: float) -> str:
+    """``YYYY-MM-DD`` of a POSIX time, in UTC (the API's times are UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
 class ProgressLine:
     """Shows a wait's :class:`Progress` on ``stream``: one line rewritten in place on a
-    terminal, a new line per change elsewhere (a CI log)."""
+    terminal, a new line per change elsewhere (a CI log).  ``wall`` (POSIX time) tells which
+    day it is, so an ETA on another day shows its date."""
 
-    def __init__(self, stream: TextIO, style: Style, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stream: TextIO, style: Style, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.stream = stream
         self.style = style
         self.clock = clock
+        self.wall = wall
         self.started = clock()
         self.in_place = bool(getattr(stream, "isatty", lambda: False)())
         self.open = False
 
     def show(self, progress: Progress) -> None:
-        text = f"[{self.clock() - self.started:5.0f}s] {progress.line(self.style.state)}"
+        text = f"[{self.clock() - self.started:5.0f}s] {progress.line(self.style.state, utc_day(self.wall()))}"
         if self.in_place:
             self.stream.write("\r\x1b[K" + text)
             self.open = True

@@ -147,14 +147,16 @@ class Client(BaseClient):
     @contextlib.contextmanager
     def device(self, device: str = "any", *, image: str, duration: int, environment: str | None = None,
                boot_config: dict[str, Any] | None = None, assignee: str | None = None,
+               priority: int | None = None, queue_timeout: int | None = None,
                timeout: float = DEFAULT_WAIT, on_progress: ProgressCallback | None = None,
                interval: float = POLL_INTERVAL) -> Iterator[Device]:
         """Request a device, wait until it is ready, hand it over, and return it when the block
         ends, also when it raises (a failure to return it then is added to that exception's
-        notes rather than hiding it).  ``timeout`` bounds the wait for ready."""
+        notes rather than hiding it).  ``timeout`` bounds the wait for ready; ``priority`` and
+        ``queue_timeout`` go to the server (see :meth:`BaseClient.request`)."""
         handover = self.request_ready(device, image, duration, environment=environment, boot_config=boot_config,
-                                      assignee=assignee, timeout=timeout, on_progress=on_progress,
-                                      interval=interval)
+                                      assignee=assignee, priority=priority, queue_timeout=queue_timeout,
+                                      timeout=timeout, on_progress=on_progress, interval=interval)
         try:
             yield Device(self, handover)
         except BaseException as e:

@@ -132,14 +132,17 @@ class MozpoolClient(BaseClient):
 
     def device(self, device: str = "any", *, image: str, duration: int, environment: str | None = None,
                boot_config: dict[str, Any] | None = None, assignee: str | None = None,
+               priority: int | None = None, queue_timeout: int | None = None,
                timeout: float = DEFAULT_WAIT, on_progress: ProgressCallback | None = None,
                interval: float = POLL_INTERVAL) -> "_Held":
         """``async with client.device(...) as dev``: request a device, wait until it is ready,
         hand it over (:class:`~mozpool.client.base.Device`; its ``renew`` returns a Deferred),
-        and return it when the block ends, also when it raises."""
+        and return it when the block ends, also when it raises.  ``priority`` and
+        ``queue_timeout`` go to the server (see :meth:`BaseClient.request`)."""
         return _Held(self, plans.acquire(self.context, device, image, duration, environment=environment,
-                                         boot_config=boot_config, assignee=assignee, timeout=timeout,
-                                         interval=interval), on_progress)
+                                         boot_config=boot_config, assignee=assignee, priority=priority,
+                                         queue_timeout=queue_timeout, timeout=timeout, interval=interval),
+                     on_progress)
 
     # --- the event stream -------------------------------------------------------------------
 

@@ -195,7 +195,11 @@ class FakeTreq:
 
 class FakePool:
     """One MozPool server as a :data:`Handler`, over a few devices: requests get the first free
-    device and walk through ``script``, one state per status poll."""
+    device (or, when none is free, the first free one as they leave ``finding_device``) and walk
+    through ``script``, one state per status poll.  ``queue[rid]``: the queue
+    places (or None) its status answers carry while ``finding_device``, one per poll like the
+    states; a request echoes the ``priority`` and ``queue_timeout`` it was made with (or 50 and
+    600, the server's defaults)."""
 
     IMAGES = ("android", "b2g")
 
@@ -208,6 +212,7 @@ class FakePool:
         self.script = script
         self.requests: dict[int, dict[str, Any]] = {}
         self.states: dict[int, list[str]] = {}
+        self.queue: dict[int, list[dict[str, Any] | None]] = {}
         self.next_id = first_id
 
     def __call__(self, method: str, path: str, body: Any) -> Answer:
@@ -232,6 +237,12 @@ class FakePool:
                 states = self.states[rid]
                 state = states.pop(0) if len(states) > 1 else states[0]
                 self.requests[rid]["state"] = state
+                if state in ("pending", "ready") and not self.requests[rid]["assigned_device"]:
+                    self.take_free_device(rid)
+                places = self.queue.get(rid) or [None]
+                place = places.pop(0) if len(places) > 1 else places[0]
+                if state == "finding_device" and place is not None:
+                    return 200, {"state": state, "log": [], "queue": place}
                 return 200, {"state": state, "log": []}
             if what == "details":
                 return 200, {k: v for k, v in self.requests[rid].items() if k != "state"}
@@ -251,7 +262,8 @@ class FakePool:
         rid, self.next_id = self.next_id, self.next_id + 1
         request = {"id": rid, "requested_device": name, "assignee": body["assignee"], "expires": "2030-01-01T00:00:00",
                    "environment": body.get("environment", "any"), "image": body["image"], "boot_config": "{}",
-                   "assigned_device": "", "url": f"{self.url}/api/request/{rid}/", "state": "new"}
+                   "assigned_device": "", "url": f"{self.url}/api/request/{rid}/", "state": "new",
+                   "priority": body.get("priority", 50), "queue_timeout": body.get("queue_timeout", 600)}
         self.requests[rid] = request
         candidates = [name] if name != "any" else [d for d, row in self.devices.items() if row["request_id"] is None]
         device = candidates[0] if candidates else None
@@ -265,6 +277,14 @@ class FakePool:
             self.devices[device]["request_id"] = rid
         self.states[rid] = list(self.script)
         return 200, {"request": {k: v for k, v in request.items() if k != "state"}}
+
+    def take_free_device(self, rid: int) -> None:
+        """A request that waited for a device (none was free when it was made) takes the first
+        free one as it moves on."""
+        free = [name for name, row in self.devices.items() if row["request_id"] is None]
+        if free:
+            self.requests[rid]["assigned_device"] = free[0]
+            self.devices[free[0]]["request_id"] = rid
 
     def close(self, rid: int) -> None:
         self.requests[rid]["state"] = "closed"

@@ -36,6 +36,15 @@ class Building(SynchronousTestCase):
         self.assertEqual(named.body["environment"], "staging")
         self.assertNotIn("environment", api.request_device("any", "android", 60, "me", "any").body or {})
 
+    def test_request_priority_and_queue_timeout(self) -> None:
+        """Issue 14's fields are sent when given (0 included: fail at once), and left out
+        otherwise so the server's defaults apply and an older server sees its own body."""
+        call = api.request_device("any", "android", 60, "ci", priority=90, queue_timeout=0)
+        self.assertEqual((call.body["priority"], call.body["queue_timeout"]), (90, 0))
+        plain = api.request_device("any", "android", 60, "ci").body or {}
+        self.assertNotIn("priority", plain)
+        self.assertNotIn("queue_timeout", plain)
+
     def test_paths(self) -> None:
         """Every call's method and path (spec section 9), with trailing slashes."""
         cases = [
@@ -89,6 +98,39 @@ class Parsing(SynchronousTestCase):
         self.assertEqual(created.to_json(), {**REQUEST, "state": "new"})
         details = answer(api.request_details(7), 200, REQUEST)
         self.assertEqual((details.id, details.state), (7, None))
+
+    def test_priority_and_queue_timeout(self) -> None:
+        """Read from the request object; None from a server without a queue."""
+        created = answer(api.request_device("any", "android", 60, "ci"), 200,
+                         {"request": {**REQUEST, "priority": 80, "queue_timeout": 1800}})
+        self.assertEqual((created.priority, created.queue_timeout), (80, 1800))
+        old = answer(api.request_device("any", "android", 60, "ci"), 200, {"request": REQUEST})
+        self.assertEqual((old.priority, old.queue_timeout), (None, None))
+
+    def test_queue_place(self) -> None:
+        """A status's ``queue`` as a QueuePlace, in JSON output too; none when absent, null or
+        malformed (a wait must not break on it)."""
+        status = {"state": "finding_device", "log": [],
+                  "queue": {"position": 3, "ahead": 2, "eta": "2030-01-01T12:04:59", "why": "2 ahead"}}
+        place = api.QueuePlace.from_status(status)
+        self.assertEqual(place, api.QueuePlace(3, 2, "2030-01-01T12:04:59", "2 ahead"))
+        assert place is not None
+        self.assertEqual(place.text(), "3rd in queue (2 ahead), ready by ~12:04 UTC")
+        self.assertEqual(place.text("2030-01-01"), "3rd in queue (2 ahead), ready by ~12:04 UTC")
+        self.assertEqual(place.text("2029-12-31"), "3rd in queue (2 ahead), ready by ~2030-01-01 12:04 UTC")
+        self.assertEqual(api.QueuePlace(1, 0, None, "").text(), "1st in queue (0 ahead), no estimate yet")
+        for bad in ({"state": "ready", "log": []}, {"state": "ready", "queue": None}, {"queue": {"position": "x"}},
+                    {"queue": {"ahead": 1}}, {"queue": [1, 2]}, None):
+            self.assertIsNone(api.QueuePlace.from_status(bad), bad)
+        request = api.Request(REQUEST, "finding_device")
+        request.queue = place
+        self.assertEqual(request.to_json()["queue"], status["queue"])
+        self.assertNotIn("queue", api.Request(REQUEST, "ready").to_json())
+
+    def test_ordinal(self) -> None:
+        self.assertEqual([api.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 100, 101, 111, 112)],
+                         ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "100th",
+                          "101st", "111th", "112th"])
 
     def test_busy(self) -> None:
         """409 on a named device: DeviceBusy naming the device and the holder, with the closed request."""
@@ -149,6 +191,9 @@ class Parsing(SynchronousTestCase):
         self.assertEqual(str(errors.RequestFailed(3, "failed_bad_image")),
                          "request 3 failed: failed_bad_image (installing the image failed in a way that points at "
                          "the image)")
+        self.assertEqual(str(errors.RequestFailed(3, "failed_device_busy")),
+                         "request 3 failed: failed_device_busy (no fitting device became free within its "
+                         "queue_timeout)")
         self.assertEqual(str(errors.RequestFailed(3, "closed")),
                          "request 3 closed before it was ready (expired or returned)")
 

@@ -106,7 +106,7 @@ class Output(CLITest):
     def test_request_status_renew_return(self) -> None:
         code, out, _ = self.mozpool("request", "panda-0002", "--image", "android", "--duration", "60")
         self.assertEqual(code, 0)
-        self.assertTrue(out.startswith("request 1\nstate        new\ndevice       panda-0002\n"), out)
+        self.assertTrue(out.startswith("request 1\nstate          new\ndevice         panda-0002\n"), out)
         code, out, _ = self.mozpool("status", "1", "--json")
         self.assertEqual(json.loads(out)["state"], "finding_device")
         code, out, _ = self.mozpool("renew", "1", "--duration", "2h")
@@ -114,6 +114,53 @@ class Output(CLITest):
         self.assertIn("request 1 renewed: expires", out)
         code, out, _ = self.mozpool("return", "1", "--json")
         self.assertEqual((code, json.loads(out)["state"]), (0, "closed"))
+
+    def test_priority_and_queue_timeout(self) -> None:
+        """--priority and --queue-timeout (a duration, 0 allowed) reach the creation body, with
+        --wait too, and the request's text says them."""
+        code, out, err = self.mozpool("request", "any", "--image", "android", "--duration", "60", "--priority", "80",
+                                      "--queue-timeout", "10m")
+        self.assertEqual(code, 0, err)
+        self.assertEqual((self.lab.sent[-1].body["priority"], self.lab.sent[-1].body["queue_timeout"]), (80, 600))
+        self.assertIn("\npriority       80\nqueue timeout  600 s\n", out)
+        self.mozpool("request", "any", "--image", "android", "--duration", "60", "--queue-timeout", "0", "--wait",
+                     "-q")
+        created = [s.body for s in self.lab.sent if s.method == "POST" and s.url.endswith("/request/")]
+        self.assertEqual((created[-1]["queue_timeout"], "priority" in created[-1]), (0, False))
+
+    def test_queue_place_while_waiting(self) -> None:
+        """The progress line on stderr says the request's place in the queue, a new line when
+        it changes; ``status`` shows it too (text and JSON) while the request waits."""
+        for row in self.pool.devices.values():
+            row["request_id"] = 99  # every device held: the request waits
+        self.pool.script = ("finding_device", "finding_device", "finding_device", "pending", "ready")
+        code, out, err = self.mozpool("request", "any", "--image", "android", "--duration", "60")
+        self.assertEqual((code, self.pool.requests[1]["assigned_device"]), (0, ""), err)
+        self.pool.devices["panda-0002"]["request_id"] = None
+        self.pool.queue[1] = [{"position": 3, "ahead": 2, "eta": "2099-01-01T12:04:10", "why": "2 ahead"},
+                              {"position": 2, "ahead": 1, "eta": "2099-01-01T12:03:55", "why": "1 ahead"}, None]
+        code, out, err = self.mozpool("wait", "1")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([line.split("] ", 1)[1] for line in err.splitlines()], [
+            "request 1: finding_device, no device yet — 3rd in queue (2 ahead), ready by ~2099-01-01 12:04 UTC",
+            "request 1: finding_device, no device yet — 2nd in queue (1 ahead), ready by ~2099-01-01 12:03 UTC",
+            "request 1: finding_device, no device yet",
+            "request 1: pending, device panda-0002 ready",
+            "request 1: ready, device panda-0002 ready",
+        ])
+
+        self.pool.script = ("finding_device",)
+        place = {"position": 4, "ahead": 3, "eta": "2099-01-01T12:30:00", "why": "3 ahead for 2 suitable devices"}
+        self.mozpool("request", "any", "--image", "android", "--duration", "60")
+        self.pool.queue[2] = [place]
+        code, out, err = self.mozpool("status", "2")
+        self.assertEqual(code, 0, err)
+        self.assertIn("state          finding_device\ndevice         -\n"
+                      "queue          4th in queue, 3 ahead for the same devices\n"
+                      "ready by       ~2099-01-01 12:30:00 UTC (estimate)\n"
+                      "why            3 ahead for 2 suitable devices\n", out)
+        code, out, err = self.mozpool("status", "2", "--json")
+        self.assertEqual(json.loads(out)["queue"], place)
 
     def test_options_reach_the_client(self) -> None:
         self.mozpool("--servers", A, "--token", "t", "--http-timeout", "5", "devices")
@@ -141,8 +188,8 @@ class Failures(CLITest):
         """A request that fails while waited for: its reason, and it is returned."""
         self.pool.script = ("finding_device", "failed_device_not_found")
         self.assertFails(("request", "any", "--image", "android", "--duration", "60", "--wait", "-q"),
-                         "request 1 failed: failed_device_not_found (no free device fitting the request was "
-                         "found) (request 1 was returned)")
+                         "request 1 failed: failed_device_not_found (no device fitting the request could be "
+                         "found; its log says why) (request 1 was returned)")
 
     def test_no_server(self) -> None:
         self.lab.servers = {A: DEAD}
@@ -157,6 +204,10 @@ class Failures(CLITest):
     def test_usage(self) -> None:
         """Usage errors exit 2 (argparse), before any call."""
         for argv in (["request", "any", "--duration", "60"], ["status", "abc"], ["renew", "1", "--duration", "-5"],
+                     ["request", "any", "--image", "android", "--duration", "60", "--priority", "101"],
+                     ["request", "any", "--image", "android", "--duration", "60", "--priority", "high"],
+                     ["request", "any", "--image", "android", "--duration", "60", "--queue-timeout", "-1"],
+                     ["request", "any", "--image", "android", "--duration", "60", "--queue-timeout", "99999999d"],
                      ["request", "any", "--image", "b2g", "--duration", "60", "--boot-config", "[1]"], []):
             with self.assertRaises(SystemExit) as caught, contextlib.redirect_stderr(io.StringIO()) as usage:
                 cli.run(argv, io.StringIO(), io.StringIO(), make_client=self.make_client)
@@ -166,3 +217,5 @@ class Failures(CLITest):
 
     def test_durations(self) -> None:
         self.assertEqual([cli.seconds(t) for t in ("90", "90s", "30m", "2h", "1d")], [90, 90, 1800, 7200, 86400])
+        self.assertEqual([cli.wait_seconds(t) for t in ("0", "0s", "10m", "1h")], [0, 0, 600, 3600])
+        self.assertEqual([cli.priority(t) for t in ("0", "50", "100")], [0, 50, 100])

@@ -176,6 +176,41 @@ class Waiting(Plans):
         self.assertEqual(set(self.tried()), {B}, "the owner is asked, never the dead configured server")
         self.assertEqual(self.lab.clock.now(), 1000 + 3 * 2)
 
+    def test_queue_place_in_progress(self) -> None:
+        """While the request waits for a device its progress carries its place and the line says
+        it; a new line when the place changes, none when only the ETA's seconds move."""
+        pool = FakePool(A, devices=(), script=("finding_device",) * 4 + ("pending", "ready"))
+        self.lab.servers = {A: pool}
+        ctx = self.context(A)
+        created = self.play(plans.exchange(ctx, api.request_device("any", "android", 60, "ci")))
+
+        def place(position: int, ahead: int, eta: str) -> dict[str, Any]:
+            return {"position": position, "ahead": ahead, "eta": eta, "why": f"{ahead} ahead"}
+
+        pool.queue[1] = [place(3, 2, "2030-01-01T12:04:10"), place(3, 2, "2030-01-01T12:04:50"),
+                         place(2, 1, "2030-01-01T12:04:20"), place(1, 0, "2030-01-01T12:03:00"), None]
+        ready = self.play(plans.wait_ready(ctx, created, timeout=60, interval=1))
+        self.assertEqual([p.line() for p in self.emitted], [
+            "request 1: finding_device, no device yet — 3rd in queue (2 ahead), ready by ~12:04 UTC",
+            "request 1: finding_device, no device yet — 2nd in queue (1 ahead), ready by ~12:04 UTC",
+            "request 1: finding_device, no device yet — 1st in queue (0 ahead), ready by ~12:03 UTC",
+            "request 1: pending, no device yet",
+            "request 1: ready, no device yet",
+        ])
+        self.assertEqual(self.emitted[0].queue, api.QueuePlace(3, 2, "2030-01-01T12:04:10", "2 ahead"))
+        self.assertIsNone(ready.queue)
+        self.assertEqual(self.lab.clock.now(), 1000 + 5, "six polls, five pauses")
+
+    def test_status_carries_the_queue_place(self) -> None:
+        pool = FakePool(A, devices=(), script=("finding_device",))
+        pool_place = {"position": 4, "ahead": 1, "eta": None, "why": "no device that could serve it now"}
+        self.lab.servers = {A: pool}
+        ctx = self.context(A)
+        self.play(plans.exchange(ctx, api.request_device("any", "android", 60, "ci")))
+        pool.queue[1] = [pool_place]
+        seen = self.play(plans.request_view(ctx, 1))
+        self.assertEqual((seen.state, seen.queue), ("finding_device", api.QueuePlace(4, 1, None, pool_place["why"])))
+
     def test_failed(self) -> None:
         pool = FakePool(A, script=("finding_device", "failed_bad_image"))
         self.lab.servers = {A: pool}
@@ -203,6 +238,13 @@ class Acquire(Plans):
         handover = self.play(plans.acquire(self.context(A), "any", "android", 600))
         self.assertEqual((handover.request.state, handover.device["fqdn"]), ("ready", "panda-0001.lab.example.com"))
         self.assertEqual(pool.requests[1]["assignee"], "tester@example.com")
+        self.assertNotIn("priority", self.lab.sent[0].body, "the server's default unless asked")
+
+    def test_priority_and_queue_timeout_sent(self) -> None:
+        pool = FakePool(A)
+        self.lab.servers = {A: pool}
+        self.play(plans.acquire(self.context(A), "any", "android", 600, priority=90, queue_timeout=120))
+        self.assertEqual((self.lab.sent[0].body["priority"], self.lab.sent[0].body["queue_timeout"]), (90, 120))
 
     def test_returned_when_the_wait_fails(self) -> None:
         """A request that fails, times out or is interrupted is returned, and the error says so."""

@@ -40,6 +40,14 @@ class ContextManager(SyncTest):
         self.assertEqual(pool.requests[1]["state"], "closed")
         self.assertEqual(progress[-1].state, "ready")
 
+    def test_priority_and_queue_timeout(self) -> None:
+        """The context manager passes issue 14's fields through to the creation call."""
+        pool = FakePool(A)
+        self.lab.servers = {A: pool}
+        with self.client(A).device("any", image="android", duration=600, priority=75, queue_timeout=0):
+            pass
+        self.assertEqual((pool.requests[1]["priority"], pool.requests[1]["queue_timeout"]), (75, 0))
+
     def test_returned_when_the_block_raises(self) -> None:
         pool = FakePool(A)
         self.lab.servers = {A: pool}

@@ -161,6 +161,62 @@ class OneServer(TestCase):
         self.assertIn("ready", states)
 
 
+class Queued(TestCase):
+    timeout = 240
+
+    async def test_queue_place_from_the_command(self) -> None:
+        """Issue 14 through the command: --priority and --queue-timeout reach the daemon, ``status``
+        says where a waiting request stands, a priority-90 request overtakes it, and ``wait``'s
+        progress lines follow its place until it is served."""
+        d = Daemon(self, fakes=1, time_scale=0.01)
+        await d.start()
+        await d.wait_ready()
+        code, out, err = await mozpool(self, "--servers", d.url, "--json", "request", "any", "--image", "android",
+                                       "--duration", "600", "--wait", "--timeout", "90")
+        self.assertEqual(code, 0, err)
+        holder = json.loads(out)["id"]
+        code, out, err = await mozpool(self, "--servers", d.url, "--json", "request", "any", "--image", "android",
+                                       "--duration", "600", "--priority", "20", "--queue-timeout", "10m")
+        self.assertEqual(code, 0, err)
+        low = json.loads(out)
+        self.assertEqual((low["priority"], low["queue_timeout"]), (20, 600))
+
+        async def place(rid: int) -> Any:
+            status = await d.get(f"/api/request/{rid}/status/")
+            return status.get("queue") if status["state"] == "finding_device" else None
+
+        await d.wait_for(lambda: place(low["id"]), 30, "the request to wait in the queue")
+        code, out, err = await mozpool(self, "--servers", d.url, "request", "any", "--image", "android",
+                                       "--duration", "600", "--priority", "90")
+        self.assertEqual(code, 0, err)
+        high = int(out.split()[1])
+        await d.wait_for(lambda: _at(place(low["id"]), 2), 30, "the priority-90 request to go first")
+        code, out, err = await mozpool(self, "--servers", d.url, "status", str(low["id"]))
+        self.assertEqual(code, 0, err)
+        self.assertIn("2nd in queue, 1 ahead for the same devices", out)
+        self.assertIn("priority       20", out)
+
+        waiting = defer.ensureDeferred(mozpool(self, "--servers", d.url, "wait", str(low["id"]), "--timeout", "120"))
+        await task.deferLater(reactor, 2, lambda: None)
+        for rid in (holder, high):
+            await d.call("POST", f"/api/request/{rid}/return/", {})
+            if rid == holder:
+                await d.wait_request(high, timeout=90)
+        code, out, err = await waiting
+        self.assertEqual(code, 0, err)
+        lines = err.splitlines()
+        second = next(i for i, line in enumerate(lines) if "2nd in queue (1 ahead), ready by ~" in line)
+        first = next(i for i, line in enumerate(lines) if "1st in queue (0 ahead)" in line)
+        self.assertLess(second, first, lines)
+        self.assertIn(f"request {low['id']}: ready, device panda-0001 ready", lines[-1])
+        self.assertEqual(daemon_errors(d), [])
+
+
+async def _at(place: Any, position: int) -> bool:
+    found = await place
+    return bool(found) and found["position"] == position
+
+
 class AllGone(TestCase):
     timeout = 120
 

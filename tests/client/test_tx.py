@@ -128,6 +128,28 @@ class Waiting(TxTest):
         self.successResultOf(defer.Deferred.fromCoroutine(quiet_job()))
         self.assertEqual((seen[-1], pool.requests[2]["state"]), ("panda-0002", "closed"))
 
+    def test_device_with_priority_and_queue_timeout(self) -> None:
+        """The context manager passes issue 14's fields through to the creation call, and its
+        progress carries the queue place while the request waits."""
+        pool = FakePool(A, devices=("panda-0001",), script=("finding_device", "ready"))
+        pool.devices["panda-0001"]["request_id"] = 99
+        pool.queue[1] = [{"position": 2, "ahead": 1, "eta": None, "why": "1 ahead"}]
+        self.lab.servers = {A: pool}
+        progress: list[Progress] = []
+
+        async def job() -> None:
+            async with self.client(A).device("any", image="android", duration=600, priority=10, queue_timeout=30,
+                                             on_progress=progress.append, interval=1):
+                pass
+
+        d = defer.Deferred.fromCoroutine(job())
+        pool.devices["panda-0001"]["request_id"] = None
+        self.clock.advance(1)
+        self.successResultOf(d)
+        self.assertEqual((pool.requests[1]["priority"], pool.requests[1]["queue_timeout"]), (10, 30))
+        self.assertEqual(progress[1].line(), "request 1: finding_device, no device yet — 2nd in queue (1 ahead), "
+                                             "no estimate yet")
+
     def test_cancelled_wait_returns_the_request(self) -> None:
         pool = FakePool(A, script=("pending",))
         self.lab.servers = {A: pool}
