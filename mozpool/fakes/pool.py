@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from mozpool.bmm.sut import default_address
 from mozpool.fakes import tftpclient
 from mozpool.fakes.device import DEFAULT_SUT_IMAGES, EVENT_TIMEOUT, FailureSettings, SimulatedDevice
-from mozpool.fakes.relayboard import FakeRelayBoard
+from mozpool.fakes.boardfaults import BoardFault
+from mozpool.fakes.relayboard import RELAYS_PER_BOARD, FakeRelayBoard
 from mozpool.fakes.smartplug import FakeTasmotaPlug, pdudaemon_config
 from mozpool.fakes.sutagent import SimulatedSUTAgent
 
@@ -142,6 +143,7 @@ class FakePool:
         event_timeout: float = EVENT_TIMEOUT,
         tftp_deadline: float = tftpclient.DEFAULT_DEADLINE,
         pdudaemon_config_path: Optional[str] = None,
+        board_faults: Iterable[BoardFault] = (),
     ) -> None:
         self._reactor = reactor
         self.api_url = api_url
@@ -152,9 +154,13 @@ class FakePool:
         self.failures = failures if failures is not None else FailureSettings()
         self.interface = interface
         self._board_options = dict(board_options or {})
+        #: whole-board faults applied at start (mozpool.fakes.boardfaults)
+        self.board_faults = list(board_faults)
+        self._fault_timers: list[Any] = []
         self._tftp_deadline = tftp_deadline
         self.pdudaemon_config_path = pdudaemon_config_path
         rng = rng if rng is not None else random.Random()
+        self._rng = random.Random(rng.getrandbits(64))
 
         #: port -> board (created at start); "localhost:P" and "127.0.0.1:P" are one board
         self.boards: dict[int, FakeRelayBoard] = {}
@@ -240,6 +246,64 @@ class FakePool:
         port, outlet = self._plug_locations[name]
         return self.plugs[port], outlet
 
+    # ------------------------------------------------------------------ whole-board faults
+
+    def board_numbers(self) -> dict[int, int]:
+        """Board number (1 for the first 32 devices, in name order) -> the board's port."""
+        numbers: dict[int, int] = {}
+        for index, name in enumerate(sorted(self._locations)):
+            if index % RELAYS_PER_BOARD == 0:
+                numbers.setdefault(index // RELAYS_PER_BOARD + 1, self._locations[name][0])
+        return numbers
+
+    def find_board(self, board: str) -> Union[FakeRelayBoard, FakeTasmotaPlug]:
+        """A started board or plug by number or name (``localhost-40001``, ``127.0.0.1:40001``);
+        KeyError when there is none."""
+        text = board.strip()
+        if text.isdigit() and len(text) < 5:
+            port = self.board_numbers().get(int(text))
+            if port is None or port not in self.boards:
+                raise KeyError(f"no simulated board number {text} (there are {len(self.boards)})")
+            return self.boards[port]
+        tail = text.replace("-", ":").rsplit(":", 1)[-1]
+        if tail.isdigit():
+            port = int(tail)
+            if port in self.boards:
+                return self.boards[port]
+            if port in self.plugs:
+                return self.plugs[port]
+        raise KeyError(f"no simulated board or plug named {board!r}")
+
+    def set_board_fault(self, board: str, mode: str, probability: float = 1.0) -> None:
+        """Give a whole board a fault (``hang``, ``dead``, ``flaky`` with ``probability``) or
+        none (``ok``); KeyError for an unknown board, ValueError for a mode it cannot have."""
+        found = self.find_board(board)
+        if mode not in ("hang", "dead", "flaky", "ok"):
+            raise ValueError(f"unknown board fault {mode!r}")
+        if mode == "flaky" and not isinstance(found, FakeRelayBoard):
+            raise ValueError("flaky applies to relay boards")
+        found.hang = mode == "hang"
+        if isinstance(found, FakeRelayBoard):
+            found.flaky = probability if mode == "flaky" else 0.0
+        if mode == "dead":
+            found.refuse()
+        else:
+            found.accept()
+        log.warn("fakes: board {board} (port {port}) is now {mode}", board=board, port=found.port,
+                 mode=mode if mode != "flaky" else f"flaky (drops {probability:g} of connections)")
+
+    def _schedule_fault(self, fault: BoardFault) -> None:
+        """A fault now, or at its window's start; cleared at its window's end (scaled)."""
+        self.find_board(fault.board)  # an unknown board is refused at start, not later
+        if fault.start is None:
+            self.set_board_fault(fault.board, fault.mode, fault.probability)
+        else:
+            self._fault_timers.append(self._reactor.callLater(
+                fault.start * self.time_scale, self.set_board_fault, fault.board, fault.mode, fault.probability))
+        if fault.end is not None:
+            self._fault_timers.append(self._reactor.callLater(
+                fault.end * self.time_scale, self.set_board_fault, fault.board, "ok"))
+
     def powered(self, name: str) -> bool:
         """Whether the device's relay or outlet gives it power now."""
         if name in self._plug_locations:
@@ -273,7 +337,7 @@ class FakePool:
         try:
             for port in sorted(self._board_ports):
                 board = FakeRelayBoard(self._reactor, port=port, interface=self.interface,
-                                       **self._board_options)
+                                       rng=random.Random(self._rng.getrandbits(64)), **self._board_options)
                 board.start()
                 board.add_listener(self._power_listener(port))
                 self.boards[port] = board
@@ -283,6 +347,8 @@ class FakePool:
                 plug.add_listener(self._outlet_listener(port))
                 self.plugs[port] = plug
             self._write_pdudaemon_config()
+            for fault in self.board_faults:
+                self._schedule_fault(fault)
             # Each agent takes a free port once and keeps it, so sut_address is stable.
             releasing = []
             for agent in self.agents.values():
@@ -332,6 +398,10 @@ class FakePool:
 
     def stop(self) -> "Deferred[None]":
         self.running = False
+        for timer in self._fault_timers:
+            if timer.active():
+                timer.cancel()
+        self._fault_timers = []
         for device in self.devices.values():
             device.stop()
         return self._stop_parts()

@@ -8,6 +8,7 @@ modes are plain attributes so a test can switch them at any moment.
 
 from __future__ import annotations
 
+import random
 from typing import Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -48,6 +49,8 @@ class FakeRelayBoard:
     - ``drop_after``: close the connection once this many bytes were received on it
     - ``extra_bytes``: send every reply byte twice
     - ``accept_and_close``: accept and close at once
+    - ``flaky``: the probability that an accepted connection is dropped at once, unanswered
+      (drawn from ``rng`` per connection): a board that works only some of the time
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class FakeRelayBoard:
         single_connection: bool = True,
         recovery_pause: float = DEFAULT_RECOVERY_PAUSE,
         record_actions: bool = False,
+        rng: Optional[random.Random] = None,
     ) -> None:
         self._reactor = reactor
         self.banks = banks
@@ -87,6 +91,8 @@ class FakeRelayBoard:
         self.drop_after: Optional[int] = None
         self.extra_bytes = False
         self.accept_and_close = False
+        self.flaky = 0.0
+        self.rng = rng if rng is not None else random.Random()
 
         # counters
         self.connections_made = 0
@@ -296,7 +302,7 @@ class _BoardProtocol(Protocol):
         self._served = self.board._opened(self)
         if not self._served:
             self.tcp.abortConnection()
-        elif self.board.accept_and_close:
+        elif self.board.accept_and_close or (self.board.flaky and self.board.rng.random() < self.board.flaky):
             self.tcp.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:

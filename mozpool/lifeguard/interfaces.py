@@ -34,6 +34,10 @@ class ILifeGuard(Interface):
 
         For ``please_image`` the body holds a string ``image`` and a JSON-text ``boot_config``."""
 
+    def quarantine_status() -> Any:
+        """Deferred of this server's quarantine cap: ``{"imaging_server", "quarantines", "cap",
+        "window"}`` (nominal seconds), or None when fault isolation is off (issue 15)."""
+
     def state_change(name: str, old: str, new: str) -> Any:
         """Enter ``new`` if the device is in ``old`` (or ``unknown``/unrecognised); fails with
         :class:`StateMismatch` otherwise."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mozpool.bmm.interfaces import DeviceInfo
-from mozpool.db import catalog
+from mozpool.db import catalog, changes
 from mozpool.db.pool import Cursor
 
 
@@ -59,20 +59,24 @@ def set_next(c: Cursor, device_id: int, image: str | None, boot_config: str | No
     )
 
 
-def clear_image(c: Cursor, device_id: int) -> None:
-    """The SD card is about to be (or has been) overwritten: what is on it is unknown."""
-    c.execute("UPDATE devices SET image_id = NULL, boot_config = NULL WHERE id = ?", (device_id,))
+def clear_image(c: Cursor, device_id: int, now: str) -> None:
+    """The SD card is about to be (or has been) overwritten: what is on it is unknown.
+    Journalled, so every server's pool view shows the image gone."""
+    c.execute("UPDATE devices SET image_id = NULL, boot_config = NULL, pristine = 0 WHERE id = ?", (device_id,))
+    changes.record(c, changes.DEVICE_ROW, now, device_id=device_id)
 
 
-def promote_next(c: Cursor, device_id: int) -> bool:
-    """image := next_image, then next := NULL/NULL, when next_image is set; True if it was."""
+def promote_next(c: Cursor, device_id: int, now: str) -> bool:
+    """image := next_image, then next := NULL/NULL, when next_image is set; True if it was.
+    The device is pristine until a request is handed it (issue 14's warm pool)."""
     if c.scalar("SELECT next_image_id FROM devices WHERE id = ?", (device_id,)) is None:
         return False
     c.execute(
         "UPDATE devices SET image_id = next_image_id, boot_config = next_boot_config,"
-        " next_image_id = NULL, next_boot_config = NULL WHERE id = ?",
+        " next_image_id = NULL, next_boot_config = NULL, pristine = 1 WHERE id = ?",
         (device_id,),
     )
+    changes.record(c, changes.DEVICE_ROW, now, device_id=device_id)  # the pool view shows the new image
     return True
 
 

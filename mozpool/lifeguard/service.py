@@ -25,6 +25,7 @@ from mozpool.errors import UnknownObject
 from mozpool.httpcalls import TreqLike
 from mozpool.lifeguard import queries
 from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
+from mozpool.lifeguard.health import HealthMonitor, HealthService, HealthSettings, Probe
 from mozpool.lifeguard.machine import TRANSIENT, DeviceKind
 from mozpool.lifeguard.results import NOTIFY_TIMEOUT, ImagingResults, RequestEvents
 from mozpool.statemachine.core import MachineRunner, TimeoutDriver
@@ -46,14 +47,26 @@ class LifeGuard:
         http_client: TreqLike | None = None,
         request_events: RequestEvents | None = None,
         notify_timeout: float = NOTIFY_TIMEOUT,
+        health: HealthSettings | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.server_fqdn = server_fqdn
         self.results = ImagingResults(clock, server_fqdn, http_client, request_events, notify_timeout)
-        self.kind = DeviceKind(hardware, self.results)
+        #: fault isolation by blast radius (issue 15); None: each device is judged alone
+        self.health: HealthMonitor | None = None
+        if health is not None and health.enabled and probe is not None:
+            self.health = HealthMonitor(db, clock, server_fqdn, health, probe, self._post, time_scale)
+        self.kind = DeviceKind(
+            hardware, self.results, self.health,
+            held_timeout=None if health is None or self.health is None else health.quarantine_window,
+        )
         self.runner = MachineRunner(db, clock, self.kind, server_fqdn, time_scale)
         self.driver = TimeoutDriver(self.runner)
+
+    def _post(self, name: str, event: str, args: Any = None) -> Any:
+        return self.runner.post(name, event, args)
 
     @property
     def request_events(self) -> RequestEvents | None:
@@ -70,6 +83,11 @@ class LifeGuard:
     async def _device_event(self, name: str, event: str, body: dict[str, Any]) -> None:
         if not await self.runner.handle_event(name, event, dict(body or {})):
             raise UnknownObject(f"no such device {name}")
+
+    def quarantine_status(self) -> "defer.Deferred[dict[str, Any] | None]":
+        if self.health is None:
+            return defer.succeed(None)
+        return defer.Deferred.fromCoroutine(self.health.quarantine_status())
 
     def state_change(self, name: str, old: str, new: str) -> "defer.Deferred[None]":
         return defer.Deferred.fromCoroutine(self._state_change(name, old, new))
@@ -106,6 +124,8 @@ class LifeGuardService(MultiService):
         self.lifeguard = lifeguard
         self.setName("lifeguard")
         lifeguard.driver.setServiceParent(self)
+        if lifeguard.health is not None:
+            HealthService(lifeguard.health).setServiceParent(self)
         self._resuming: defer.Deferred[Any] | None = None
 
     def startService(self) -> None:

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
-from mozpool.db import logs
+from mozpool.db import history, logs
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.jsontext import loads_object
 from mozpool.db.pool import Cursor, Database
@@ -78,11 +78,20 @@ class MachineKind(Protocol):
 class Machine:
     """One machine during one operation (an event, a timeout or a state change), under its lock."""
 
-    def __init__(self, runner: "MachineRunner", row: Row) -> None:
+    def __init__(self, runner: "MachineRunner", row: Row, cause: str = "operation") -> None:
         self.runner = runner
         self.row = row
         #: increases with every goto: an entry action that sees it change has been superseded
         self.generation = 0
+        #: what this operation is, for the state history: the event's name, ``timeout``, ...
+        self.cause = cause
+        # What the next goto records as its reason (see because()), and the counter incremented,
+        # the warnings logged and their line ids since the last goto (mozpool.db.history).
+        self._reason: dict[str, Any] = {}
+        self._counted: tuple[str, int] | None = None
+        self._warning: str | None = None
+        self._evidence: list[int] = []
+        self._entering = 0
 
     @property
     def id(self) -> int:
@@ -108,12 +117,14 @@ class Machine:
     async def incr(self, name: str) -> int:
         """Add one to a counter, persisted at once; return the new value."""
         self.row.counters[name] = self.counter(name) + 1
+        self._counted = (name, self.row.counters[name])
         await self.runner.write_counters(self.row)
         return self.row.counters[name]
 
     async def incr_with(self, name: str, fn: Callable[..., T], *args: Any) -> tuple[int, T]:
         """:meth:`incr`, and ``fn(cursor, *args)`` in the same transaction: (new value, result)."""
         self.row.counters[name] = n = self.counter(name) + 1
+        self._counted = (name, n)
         counters = json.dumps(self.row.counters)
 
         def both(c: Cursor) -> T:
@@ -130,24 +141,40 @@ class Machine:
             self.row.counters.pop(name, None)
         await self.runner.write_counters(self.row)
 
-    async def goto(self, state: str, why: str | None = None) -> None:
+    def because(self, **reason: Any) -> None:
+        """Add to the structured reason the next goto records in the state history (a BMM
+        outcome, what was checked, ...): for a caller that decides before it knows where to go."""
+        self._reason.update(reason)
+
+    async def goto(
+        self, state: str, why: str | None = None, *, reason: dict[str, Any] | None = None, cause: str | None = None
+    ) -> None:
         """Persist ``state`` with its deadline and log the change (``why`` first, when given) in
-        one transaction, then run its entry action.
+        one transaction, with its entry in the state history, then run its entry action.
+
+        The history entry's ``cause`` is this operation's (the event, ``timeout``,
+        ``state_change``), or ``entry`` for a goto made by an entry action; ``cause`` overrides
+        it.  Its reason is ``reason`` over what :meth:`because` gathered, the counter last
+        incremented (with its limit, when the kind declares ``limits``) and the last warning
+        logged; the warnings' lines are the evidence a failure cites.  A re-entry with no reason
+        (an idle device's health check) is not recorded.
 
         Callers return right after a goto: once a transition is made, nothing more starts (R-4).
         """
         self.generation += 1
         old = self.row.state
+        transition = self._transition(old, state, why, reason, cause)
         self.row.state = state
         delay = self.runner.delay(state)
         self.row.timeout = self.runner.deadline_in(delay)
         lines = [why] if why else []
         if state != old:
             lines.append(f"entering state {state}")
-        await self.runner.write_state(self.row, lines, old)
+        await self.runner.write_state(self.row, lines, old, transition)
         self.runner.arm(self.key, delay)
         if state in self.runner.kind.timeouts:
             generation = self.generation
+            self._entering += 1
             try:
                 await self.runner.kind.enter(self, state)
             except Exception as e:
@@ -164,9 +191,48 @@ class Machine:
                 except Exception:
                     log.warn("could not record the retry for {key}: {error}", key=self.key, error=e)
                 self.runner.arm(self.key, retry)
+            finally:
+                self._entering -= 1
+
+    def _transition(
+        self, old: str, new: str, why: str | None, reason: dict[str, Any] | None, cause: str | None
+    ) -> history.Entry | None:
+        """The state history's entry for a goto from ``old`` to ``new`` (None: not recorded), and
+        a fresh start for the next goto's reason."""
+        details, self._reason = self._reason, {}
+        if self._counted is not None:
+            name, count = self._counted
+            details.setdefault("counter", name)
+            details.setdefault("count", count)
+            limit = getattr(self.runner.kind, "limits", {}).get(name)
+            if limit is not None and details["counter"] == name:
+                details.setdefault("limit", limit)
+        text = self._warning or why
+        if text and "text" not in details:
+            details["text"] = text
+        details.update(reason or {})
+        evidence, self._evidence = self._evidence, []
+        self._counted = self._warning = None
+        if new == old and not details:
+            return None
+        return history.Entry(
+            kind=self.runner.kind.log_kind, object_id=self.id, ts=self.runner.now_precise(), old=old, new=new,
+            cause=cause or ("entry" if self._entering else self.cause), server=self.runner.server_fqdn,
+            reason=details, evidence=evidence,
+        )
+
+    async def rearm(self, delay: float) -> None:
+        """Move the current state's deadline to ``delay`` seconds from now, staying in it."""
+        self.row.timeout = self.runner.deadline_in(delay)
+        await self.runner.write_state(self.row)
+        self.runner.arm(self.key, delay)
 
     async def log(self, message: str, level: str = "info", source: str = "statemachine") -> None:
-        await self.runner.log(self.row, message, level, source)
+        line_id = await self.runner.log(self.row, message, level, source)
+        if level in ("warn", "error"):
+            self._warning = message
+            if line_id is not None:
+                self._evidence.append(line_id)
 
     def post(self, event: str, args: dict[str, Any] | None = None) -> None:
         """Queue an event for this machine (from a side effect's outcome)."""
@@ -193,6 +259,8 @@ class MachineRunner:
         self._log = Logger(namespace=f"mozpool.{kind.log_kind}")
         #: set by a running :class:`TimeoutDriver`: called with (key, seconds) on every deadline
         self.deadline_set: Callable[[str, float], None] | None = None
+        #: see every transition in the transaction that writes it (boot telemetry, in the tap)
+        self.observers: list[queries.Observer] = []
 
     # -- time -------------------------------------------------------------------------------
 
@@ -202,7 +270,10 @@ class MachineRunner:
     def delay(self, state: str) -> float | None:
         """Seconds from now to ``state``'s deadline (None: no timer)."""
         nominal = self.kind.timeouts.get(state)
-        return None if nominal is None else self.scaled(nominal)
+        if nominal is None:
+            return None
+        floor = getattr(self.kind, "min_delay", None)
+        return max(self.scaled(nominal), floor(state)) if floor is not None else self.scaled(nominal)
 
     def retry_delay(self) -> float:
         """When to run a failed entry action again: one (scaled) poll interval from now."""
@@ -232,12 +303,16 @@ class MachineRunner:
         counters = {k: v for k, v in loads_object(row[3]).items() if isinstance(v, int)}
         return Row(int(row[0]), str(row[1]), row[2], counters, row[4])
 
-    async def write_state(self, row: Row, log_lines: Sequence[str] = (), old_state: str | None = None) -> None:
+    async def write_state(
+        self, row: Row, log_lines: Sequence[str] = (), old_state: str | None = None,
+        transition: history.Entry | None = None,
+    ) -> None:
         """Write the row's state, deadline and counters, and ``log_lines`` to its log, at once;
-        a change from ``old_state`` goes to the change journal too."""
+        a change from ``old_state`` goes to the change journal too, ``transition`` to the state
+        history (and to the observers)."""
         await self.db.runInteraction(
             queries.write_state, self.kind.table, self.kind.log_kind, row.id, row.state, row.timeout,
-            json.dumps(row.counters), self.now(), log_lines, old_state,
+            json.dumps(row.counters), self.now(), log_lines, old_state, transition, tuple(self.observers),
         )
         for line in log_lines:
             self.echo(row, line)
@@ -248,13 +323,15 @@ class MachineRunner:
     def update_counters(self, c: Cursor, row_id: int, counters: str) -> None:
         queries.set_counters(c, self.kind.table, row_id, counters)
 
-    async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> None:
-        """To the twisted log and to the machine's log table; a failed write is only logged."""
+    async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> int | None:
+        """To the twisted log and to the machine's log table; a failed write is only logged.
+        The line's id (None if it was not written)."""
         self.echo(row, message, level)
         try:
-            await self.db.runInteraction(logs.add_log, self.kind.log_kind, row.id, source, message, self.now())
+            return int(await self.db.runInteraction(logs.add_log, self.kind.log_kind, row.id, source, message, self.now()))
         except Exception as e:
             self._log.warn("could not write log line for {key}: {error}", key=row.key, error=e)
+            return None
 
     def echo(self, row: Row, message: str, level: str = "info") -> None:
         """To the twisted log only: for a line written to the log table by the caller's own
@@ -305,6 +382,7 @@ class MachineRunner:
         """Feed ``event``; False (and nothing else) when the machine does not exist."""
 
         async def work(m: Machine) -> bool:
+            m.cause = event
             if not await self.kind.event(m, event, dict(args or {})):
                 await m.log(f"ignored event {event} in state {m.state}", "warn")
             return True
@@ -317,6 +395,7 @@ class MachineRunner:
         async def work(m: Machine) -> None:
             if m.row.timeout is None or m.row.timeout > self.now_precise():
                 return
+            m.cause = "timeout"
             await m.log(f"handling timeout on {m.state}", "debug")
             if not await self.kind.timeout(m):
                 # A state without a timeout rule only has a deadline when its entry action
@@ -333,6 +412,7 @@ class MachineRunner:
         async def work(m: Machine) -> bool:
             if m.state != self.kind.unknown_state and m.row.state != old:
                 return False
+            m.cause = "state_change"
             await m.log(f"state change from {m.row.state} to {new}")
             await m.goto(new)
             return True

@@ -8,10 +8,14 @@ never from input.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from mozpool.db import changes, logs
+from mozpool.db import changes, history, logs
 from mozpool.db.pool import Cursor
+
+#: Sees every transition inside the transaction that writes it (``observer(cursor, entry)``):
+#: boot telemetry (mozpool.health.telemetry) is one.
+Observer = Callable[[Cursor, history.Entry], None]
 
 
 def load_row(c: Cursor, table: str, column: str, key: str) -> tuple[Any, ...] | None:
@@ -24,17 +28,27 @@ def load_row(c: Cursor, table: str, column: str, key: str) -> tuple[Any, ...] | 
 def write_state(
     c: Cursor, table: str, log_kind: str, row_id: int, state: str, timeout: str | None, counters: str,
     now: str, log_lines: Sequence[str] = (), old_state: str | None = None,
+    transition: history.Entry | None = None, observers: Sequence[Observer] = (),
 ) -> None:
     """Write state, deadline and counters, and ``log_lines`` to the machine's log; a change from
-    ``old_state`` goes to the change journal too."""
+    ``old_state`` goes to the change journal too.  A ``transition`` goes to the state history
+    (with the device's failure summary, which the journal carries too), and is shown to each of
+    ``observers`` (boot telemetry), all in this one transaction."""
     c.execute(
         f"UPDATE {table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
         (state, timeout, counters, row_id),
     )
+    failure = history.record(c, transition) if transition is not None else None
     if old_state is not None and old_state != state:
-        changes.record(c, f"{log_kind}_state", now, **{f"{log_kind}_id": row_id}, state=state, old_state=old_state)
+        extra = {"failure": failure} if failure is not None else {}
+        changes.record(
+            c, f"{log_kind}_state", now, **{f"{log_kind}_id": row_id}, state=state, old_state=old_state, **extra
+        )
     for line in log_lines:
         logs.add_log(c, log_kind, row_id, "statemachine", line, now)
+    if transition is not None:
+        for observe in observers:
+            observe(c, transition)
 
 
 def set_counters(c: Cursor, table: str, row_id: int, counters: str) -> None:

@@ -35,7 +35,7 @@ class Table(SynchronousTestCase):
     def test_every_state_is_defined_and_answers_persisted(self) -> None:
         for name, state in STATES.items():
             self.assertEqual(DeviceMachine(object(), state).persisted(), name)  # type: ignore[arg-type]
-        self.assertEqual(len(TIMEOUTS), 37)
+        self.assertEqual(len(TIMEOUTS), 37 + 2, "the spec's 37 and the two health states")
         self.assertEqual(len(FAILED_STATES), 12)
         self.assertIn("pc_sut_rebooting", TIMEOUTS)  # D6: unreachable states are kept
         self.assertIn("failed_android_pinging", TIMEOUTS)
@@ -60,7 +60,9 @@ class Table(SynchronousTestCase):
             "sut_verifying": 45, "sut_verify_power_cycle": 60, "sut_sdcard_verifying": 200, "operation_complete": 60,
             "self_test_running": 3600,
         }
-        self.assertEqual({k: v for k, v in TIMEOUTS.items() if v is not None}, expected)
+        spec = {k: v for k, v in TIMEOUTS.items() if v is not None and k not in ("board_suspect", "held")}
+        self.assertEqual(spec, expected)
+        self.assertEqual((TIMEOUTS["board_suspect"], TIMEOUTS["held"]), (3600, 600), "health states (issue 15)")
 
     def test_auto_self_test_set(self) -> None:
         self.assertEqual(
