@@ -231,3 +231,14 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int, peak: bool = False) -> float:
+    """Resident memory of ``pid`` in MB (10^6 bytes) from /proc/<pid>/status: VmRSS now, or
+    VmHWM (the peak so far) with ``peak``."""
+    field = "VmHWM:" if peak else "VmRSS:"
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"no {field} for process {pid}")

@@ -24,7 +24,16 @@ DEVICE_LOG = "device_log"
 REQUEST_LOG = "request_log"
 DEVICE_COMMENTS = "device_comments"
 DEVICE_ENVIRONMENT = "device_environment"
-KINDS = (DEVICE_STATE, REQUEST_STATE, REQUEST_DEVICE, DEVICE_LOG, REQUEST_LOG, DEVICE_COMMENTS, DEVICE_ENVIRONMENT)
+#: A power controller's health changed (issue 15: ``ok`` <-> ``suspect``, and why).
+BOARD_HEALTH = "board_health"
+KINDS = (DEVICE_STATE, REQUEST_STATE, REQUEST_DEVICE, DEVICE_LOG, REQUEST_LOG, DEVICE_COMMENTS, DEVICE_ENVIRONMENT,
+         BOARD_HEALTH)
+
+#: Kinds for the in-memory pool view only (mozpool.web.poolview), never sent to /api/events:
+#: ``device_row``, a device's row changed in a way no kind above says (its image, its relay,
+#: ...): read it again; ``reload``, many rows changed at once (a fixture): read everything again.
+DEVICE_ROW = "device_row"
+RELOAD = "reload"
 
 #: Rows one read returns at most; a reader that gets this many reads again at once.
 READ_BATCH = 1000
@@ -46,17 +55,20 @@ class Change:
     kind: str
     #: the event's JSON object: the stored fields plus device, request, imaging_server and ts
     data: dict[str, Any]
+    #: the rows the change names (the device's row may be gone: then ``data`` has no device)
+    device_id: int | None = None
+    request_id: int | None = None
 
 
 _READ_SQL = (
-    "SELECT c.id, c.kind, c.ts, d.name, s.fqdn, c.request_id, c.data FROM changes c"
+    "SELECT c.id, c.kind, c.ts, d.name, s.fqdn, c.request_id, c.data, c.device_id FROM changes c"
     " LEFT JOIN devices d ON d.id = c.device_id"
     " LEFT JOIN imaging_servers s ON s.id = d.imaging_server_id"
 )
 
 
 def _change(row: tuple) -> Change:
-    change_id, kind, ts, device, server, request_id, text = row
+    change_id, kind, ts, device, server, request_id, text, device_id = row
     data: dict[str, Any] = {}
     if device is not None:
         data["device"] = device
@@ -72,7 +84,10 @@ def _change(row: tuple) -> Change:
     if isinstance(stored, dict):
         data.update(stored)
     data.setdefault("ts", apitime(str(ts)))
-    return Change(int(change_id), kind, data)
+    return Change(
+        int(change_id), kind, data,
+        None if device_id is None else int(device_id), None if request_id is None else int(request_id),
+    )
 
 
 def read_after(c: Cursor, after: int, holes: Iterable[int] = ()) -> list[Change]:
@@ -91,6 +106,14 @@ def read_after(c: Cursor, after: int, holes: Iterable[int] = ()) -> list[Change]
 def last_id(c: Cursor) -> int:
     """The newest change's id (0 for none): where a reader that wants no history starts."""
     return int(c.scalar("SELECT MAX(id) FROM changes") or 0)
+
+
+def start_at(c: Cursor, window: int) -> tuple[int, list[int]]:
+    """Where a reader that wants no history starts: the newest id, and the ids of the last
+    ``window`` not (yet) there -- a transaction that took one may still commit."""
+    last = last_id(c)
+    present = {int(r[0]) for r in c.execute("SELECT id FROM changes WHERE id > ?", (last - window,)).fetchall()}
+    return last, [i for i in range(max(last - window + 1, 1), last + 1) if i not in present]
 
 
 def purge_before(c: Cursor, cutoff: str, batch: int) -> int:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from mozpool.db import history
 from mozpool.db.pool import Cursor, Database
 
-_DETAIL_SQL = (
+_DETAIL_COLUMNS = (
     "SELECT d.id, d.name, d.fqdn, d.inventory_id, d.mac_address, s.fqdn, d.relay_info, d.state,"
-    " d.comments, d.environment, i.name, d.boot_config, dr.request_id, s.last_seen"
+    " d.comments, d.environment, i.name, d.boot_config, dr.request_id, d.failure, s.last_seen"
+)
+_DETAIL_FROM = (
     " FROM devices d"
     " JOIN imaging_servers s ON s.id = d.imaging_server_id"
     " LEFT JOIN images i ON i.id = d.image_id"
     " LEFT JOIN device_requests dr ON dr.device_id = d.id"
 )
+_DETAIL_SQL = _DETAIL_COLUMNS + _DETAIL_FROM
 _DETAIL_KEYS = (
     "id", "name", "fqdn", "inventory_id", "mac_address", "imaging_server", "relay_info", "state",
-    "comments", "environment", "image", "boot_config", "request_id",
+    "comments", "environment", "image", "boot_config", "request_id", "failure",
 )
 
 
@@ -30,7 +34,37 @@ def _detail(row: tuple, dead_before: str | None = None) -> dict[str, Any]:
     d["inventory_id"] = int(d["inventory_id"])
     if d["request_id"] is not None:
         d["request_id"] = int(d["request_id"])
+    #: why a failed, locked-out or troubleshooting device is there (issue 15; mozpool.db.history)
+    d["failure"] = history.parse_failure(d["failure"], d["state"])
     return d
+
+
+def detail(row: tuple, dead_before: str | None = None) -> dict[str, Any]:
+    """One device of ``list/?details`` from a row of :func:`view_rows`: the one conversion the
+    database path and the pool view (mozpool.web.poolview) share, so a new key is one change."""
+    return _detail(row, dead_before)
+
+
+#: The keys of a details row, in column order (``s.last_seen`` follows them).
+DETAIL_KEYS = _DETAIL_KEYS
+#: What the pool view keeps of a device after the details' columns (and ``s.last_seen``).
+VIEW_EXTRA = ("hardware_type", "imaging_server_id")
+_VIEW_SQL = (
+    _DETAIL_COLUMNS + ", h.type, d.imaging_server_id" + _DETAIL_FROM
+    + " LEFT JOIN hardware_types h ON h.id = d.hardware_type_id"
+)
+
+
+def view_rows(c: Cursor, ids: list[int] | None = None) -> list[tuple]:
+    """Every device's row for the pool view (``ids``: only those), in the details' column order
+    with :data:`VIEW_EXTRA` appended; a missing id is a deleted device."""
+    if ids is None:
+        return c.execute(_VIEW_SQL).fetchall()
+    rows: list[tuple] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows += c.execute(_VIEW_SQL + f" WHERE d.id IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+    return rows
 
 
 def list_names(db: Database) -> Any:

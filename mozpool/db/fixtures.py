@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+from mozpool.db import changes
 from mozpool.db.catalog import server_id
 from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor, Database
 
 DEVICES_PER_BOARD = 32
+#: The schema version that brought the change journal (a fixture may seed an older one to upgrade).
+JOURNAL_VERSION = 3
 #: Below Linux's ephemeral range (32768-60999), so outgoing connections never hold a board's port.
 DEFAULT_RELAY_BASE_PORT = 20001
 ENVIRONMENTS = ("prod", "staging")
@@ -146,6 +149,8 @@ def load_fixture(
                 " VALUES (?, ?, ?, 'ready', '{}', ?)",
                 (name, controller, server, now),
             )
+        if int(c.scalar("SELECT MAX(version) FROM schema_version") or 0) >= JOURNAL_VERSION:
+            changes.record(c, changes.RELOAD, now)  # many devices at once: every pool view reads them all again
         return len(rows)
 
     return db.runInteraction(load)

@@ -24,16 +24,18 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
-def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> None:
+def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> int:
     """Append one line to the device or request log (and the change journal); leading
-    whitespace is trimmed."""
+    whitespace is trimmed.  Its id, which failure reasons cite as evidence."""
     table, column = _TABLES[kind]
     source, message = printable(source[:32]), printable(message.lstrip())
     c.execute(f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message))
+    line_id = c.lastrowid
     changes.record(
         c, _LOG_CHANGE[kind], ts, **{_OWNER_ARG[kind]: owner_id},
-        id=c.lastrowid, timestamp=apitime(ts), source=source, message=message,
+        id=line_id, timestamp=apitime(ts), source=source, message=message,
     )
+    return line_id
 
 
 def add_device_log_by_name(c: Cursor, name: str, source: str, message: str, ts: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from mozpool.db import changes
+from mozpool.db import boots, changes, history
 from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import dbtime, parse_dbtime
 
@@ -27,7 +27,7 @@ def _marks(ids: list) -> str:
 
 async def purge(db: Database, now: str, log_retention_days: float = 14, request_retention_days: float = 7) -> dict[str, int]:
     """Delete what is past retention; return how many rows of each kind went."""
-    counts = {"device_logs": 0, "request_logs": 0, "requests": 0, "changes": 0}
+    counts = {"device_logs": 0, "request_logs": 0, "requests": 0, "changes": 0, "state_history": 0, "boots": 0}
     change_cutoff = _cutoff(now, CHANGE_RETENTION_DAYS)
     while (n := await db.runInteraction(changes.purge_before, change_cutoff, BATCH)):
         counts["changes"] += n
@@ -42,6 +42,11 @@ async def purge(db: Database, now: str, log_retention_days: float = 14, request_
 
         while (n := await db.runInteraction(batch)):
             counts[table] += n
+    # The state history and boot telemetry (issue 15) are kept as long as the logs they cite.
+    while (n := await db.runInteraction(history.purge_before, log_cutoff, BATCH)):
+        counts["state_history"] += n
+    while (n := await db.runInteraction(boots.purge_before, log_cutoff, BATCH)):
+        counts["boots"] += n
 
     request_cutoff = _cutoff(now, request_retention_days)
 
@@ -50,7 +55,11 @@ async def purge(db: Database, now: str, log_retention_days: float = 14, request_
         if not ids:
             return 0, 0
         m = _marks(ids)
+        held = [r[0] for r in c.execute(f"SELECT request_id FROM device_requests WHERE request_id IN ({m})", ids)
+                .fetchall()]
         c.execute(f"DELETE FROM device_requests WHERE request_id IN ({m})", ids)
+        for request_id in held:  # a claim going is journalled, as everywhere (the pool view follows it)
+            changes.record(c, changes.REQUEST_DEVICE, now, request_id=int(request_id), device_id=None)
         gone_logs = c.execute(f"DELETE FROM request_logs WHERE request_id IN ({m})", ids).rowcount
         c.execute(f"DELETE FROM requests WHERE id IN ({m})", ids)
         return len(ids), gone_logs

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 
+from mozpool.db import changes
 from mozpool.db.pool import Cursor
 
 #: Below Linux's ephemeral range (32768-60999), so an outgoing connection never takes a
@@ -73,9 +74,9 @@ async def free_ports(reactor: Any, count: int, avoid: set[int], rng: random.Rand
     raise RuntimeError(f"no {count} free ports for simulated relay boards between {LOW} and {HIGH}")
 
 
-def move_board(c: Cursor, server_fqdn: str, old_port: int, new_port: int) -> int:
+def move_board(c: Cursor, server_fqdn: str, old_port: int, new_port: int, now: str) -> int:
     """Rewire this server's devices (and its board row) from ``old_port`` to ``new_port``;
-    how many devices moved."""
+    how many devices moved (each journalled, for every server's pool view)."""
     rows = c.execute(
         "SELECT d.id, d.relay_info FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id"
         " WHERE s.fqdn = ?", (server_fqdn,)).fetchall()
@@ -89,6 +90,7 @@ def move_board(c: Cursor, server_fqdn: str, old_port: int, new_port: int) -> int
         host, _, bank, relay = location
         c.execute("UPDATE devices SET relay_info = ? WHERE id = ?",
                   (f"{host}:{new_port}:bank{bank}:relay{relay}", device_id))
+        changes.record(c, changes.DEVICE_ROW, now, device_id=int(device_id))
         moved += 1
     for host in ("localhost", "127.0.0.1"):
         c.execute("UPDATE relay_boards SET fqdn = ?, name = ? WHERE fqdn = ?",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from twisted.application.internet import TimerService
 from twisted.internet import defer, task
@@ -52,6 +52,8 @@ RETRY_MS = 3000
 #: The types a stream can carry: the journal's kinds, and ``reset`` (replay impossible).
 RESET = "reset"
 TYPES = changes.KINDS + (RESET,)
+#: Journal kinds for the pool view alone, never published.
+_VIEW_ONLY = frozenset({changes.DEVICE_ROW, changes.RELOAD})
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ class EventHub:
         self.last_id = int(clock.seconds() * 1000)
         self.recent: deque[Event] = deque(maxlen=window)
         self.subscribers: set[Subscriber] = set()
+        #: in-process consumers of every event (the request queue's wake-up, the pool view):
+        #: called with (type, data) as each event is published; must not raise
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         #: counters for /metrics
         self.published = 0
         self.dropped = 0
@@ -165,6 +170,11 @@ class EventHub:
         self.published += 1
         event = Event(self.last_id, event_type, data, encode(self.last_id, event_type, data))
         self.recent.append(event)
+        for listener in self.listeners:
+            try:
+                listener(event_type, data)
+            except Exception:
+                log.failure("event listener {listener!r} failed", listener=listener)
         for sub in list(self.subscribers):
             if sub.wanted.matches(event):
                 sub.send(event.wire)
@@ -243,25 +253,72 @@ class EventStream(Resource):
         return b""
 
 
+class IChangeFollower(Protocol):
+    """What the feed hands each poll's changes to besides the hub: the pool view."""
+
+    async def follow(self, found: list[changes.Change], gap: bool) -> None:
+        """Take the changes of one poll (possibly none); ``gap``: some may have been missed
+        (a hole given up, the feed's start), so read everything again.  Raises when the
+        database could not be read; the follower keeps what it still has to read."""
+
+
 class ChangeFeed(TimerService):
     """Follows the change journal for this process: one poll every ``interval`` for every
-    subscriber, each change published to the hub.
+    subscriber, each change published to the hub and handed to the ``view``.
 
     Ids the journal skipped are remembered as holes and asked for again for
-    :data:`HOLE_SECONDS`: on MySQL a transaction that took its id earlier may commit later."""
+    :data:`HOLE_SECONDS`: on MySQL a transaction that took its id earlier may commit later.
+    A hole given up may be a change missed (or a rolled-back transaction: no way to tell), so
+    the view is told of a gap.  Polls never overlap: the timer and :meth:`catch_up` share one."""
 
-    def __init__(self, db: Database, hub: EventHub, clock: IReactorTime, interval: float = POLL_INTERVAL) -> None:
-        # TimerService waits for each poll's Deferred, so polls never overlap; errors are
-        # handled inside :meth:`poll`, so the loop never dies.
-        super().__init__(interval, lambda: defer.Deferred.fromCoroutine(self.poll()))
+    def __init__(
+        self, db: Database, hub: EventHub, clock: IReactorTime, interval: float = POLL_INTERVAL,
+        view: IChangeFollower | None = None,
+    ) -> None:
+        # TimerService waits for each tick's Deferred; a tick never fails, so the loop never dies.
+        super().__init__(interval, lambda: self.catch_up().addErrback(lambda _: None))
         self.clock = clock
         self.db = db
         self.hub = hub
+        self.view = view
         #: the highest journal id read; None until the first poll says where the journal ends
         self.position: int | None = None
         #: journal id -> when it was first seen missing
         self.holes: dict[int, float] = {}
         self._failing = False
+        #: changes may have been missed since the view last read everything
+        self._gap = True
+        self._polling = False
+        self._waiters: list[defer.Deferred[None]] = []
+        #: the error of the last poll, None when it read the journal (and the view its rows)
+        self.last_error: BaseException | None = None
+        #: when a poll last succeeded (clock seconds), None before the first
+        self.last_success: float | None = None
+
+    def catch_up(self) -> "defer.Deferred[None]":
+        """Fires once a poll begun after this call has ended, so what the journal held at the
+        call has reached the hub and the view; fails as that poll failed.  Calls made during a
+        poll share the next one."""
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(waiter)
+        if not self._polling:
+            defer.Deferred.fromCoroutine(self._drain())
+        return waiter
+
+    async def _drain(self) -> None:
+        self._polling = True
+        try:
+            while self._waiters:
+                waiters, self._waiters = self._waiters, []
+                await self.poll()
+                error = self.last_error
+                for w in waiters:
+                    if error is None:
+                        w.callback(None)
+                    else:
+                        w.errback(error)
+        finally:
+            self._polling = False
 
     def startService(self) -> None:
         self.hub.start()
@@ -273,28 +330,43 @@ class ChangeFeed(TimerService):
         return stopped
 
     async def poll(self) -> int:
-        """Read and publish what is new; how many events were published."""
+        """Read and publish what is new, and hand it to the view; how many events were
+        published.  (Errors are logged once per outage and kept in :attr:`last_error`.)"""
+        taken: list[changes.Change] = []
         try:
             if self.position is None:
-                self.position = await self.db.runInteraction(changes.last_id)
+                self.position, missing = await self.db.runInteraction(changes.start_at, MAX_HOLES)
+                now = self.clock.seconds()
+                self.holes = {i: now for i in missing}
+                self._gap = True
             total = 0
             while True:
                 before = self.position
                 found = await self.db.runInteraction(changes.read_after, before, list(self.holes))
-                total += self._take(found)
+                total += self._take(found, taken)
                 if sum(1 for ch in found if ch.id > before) < changes.READ_BATCH:
                     break  # a full batch means there may be more
+            if self.view is not None:
+                gap, self._gap = self._gap, False
+                try:
+                    await self.view.follow(taken, gap)
+                except BaseException:
+                    self._gap = self._gap or gap  # the view keeps what it had to read, not a gap
+                    raise
         except Exception as e:
             if not self._failing:
                 log.warn("event feed cannot read the change journal ({error}); retrying", error=e)
             self._failing = True
+            self.last_error = e
             return 0
         if self._failing:
             log.info("event feed reading the change journal again")
             self._failing = False
+        self.last_error = None
+        self.last_success = self.clock.seconds()
         return total
 
-    def _take(self, found: Iterable[changes.Change]) -> int:
+    def _take(self, found: Iterable[changes.Change], taken: list[changes.Change] | None = None) -> int:
         assert self.position is not None
         now = self.clock.seconds()
         published = 0
@@ -302,17 +374,25 @@ class ChangeFeed(TimerService):
             if ch.id in self.holes:
                 del self.holes[ch.id]
             elif ch.id > self.position:
+                if ch.id - self.position - 1 > MAX_HOLES:
+                    self._gap = True  # more missing ids than are remembered
                 for missing in range(max(self.position + 1, ch.id - MAX_HOLES), ch.id):
                     self.holes[missing] = now
                 self.position = ch.id
             else:
                 continue  # already published
+            if taken is not None:
+                taken.append(ch)
+            if ch.kind in _VIEW_ONLY:
+                continue
             self.hub.publish(ch.kind, ch.data)
             published += 1
         for hole, seen in list(self.holes.items()):
             if now - seen > HOLE_SECONDS:
                 del self.holes[hole]
+                self._gap = True
         if len(self.holes) > MAX_HOLES:
             for hole in sorted(self.holes)[: len(self.holes) - MAX_HOLES]:
                 del self.holes[hole]
+            self._gap = True
         return published

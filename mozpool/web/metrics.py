@@ -3,9 +3,12 @@ gauges read from the database with a few aggregate queries per scrape."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Iterable
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The window of the boot telemetry families, in hours (issue 15).
+BOOT_HOURS = 24
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -27,13 +30,14 @@ class HTTPMetrics:
         self.durations: dict[tuple[str, str], list[float]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one call; its duration goes to the first bucket that holds it (made cumulative
+        when scraped: this runs for every call, ``state/?cache=1``'s cheapest included)."""
         key = (method, route, str(status))
         self.requests[key] = self.requests.get(key, 0) + 1
-        hist = self.durations.setdefault((method, route), [0.0] * (len(BUCKETS) + 2))
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                hist[i] += 1
-        hist[len(BUCKETS)] += 1  # count (the +Inf bucket)
+        hist = self.durations.get((method, route))
+        if hist is None:
+            hist = self.durations[(method, route)] = [0.0] * (len(BUCKETS) + 2)
+        hist[bisect_left(BUCKETS, seconds)] += 1  # index len(BUCKETS): only in +Inf
         hist[len(BUCKETS) + 1] += max(seconds, 0.0)  # sum
 
     def lines(self) -> Iterable[str]:
@@ -44,19 +48,46 @@ class HTTPMetrics:
         yield "# HELP mozpool_http_request_duration_seconds Time to answer, this process."
         yield "# TYPE mozpool_http_request_duration_seconds histogram"
         for (method, route), hist in sorted(self.durations.items()):
+            below = 0
             for i, bound in enumerate(BUCKETS):
+                below += int(hist[i])
                 lab = _labels(method=method, route=route, le=repr(bound))
-                yield f"mozpool_http_request_duration_seconds_bucket{lab} {int(hist[i])}"
+                yield f"mozpool_http_request_duration_seconds_bucket{lab} {below}"
+            count = below + int(hist[len(BUCKETS)])
             lab = _labels(method=method, route=route, le="+Inf")
-            yield f"mozpool_http_request_duration_seconds_bucket{lab} {int(hist[len(BUCKETS)])}"
+            yield f"mozpool_http_request_duration_seconds_bucket{lab} {count}"
             lab = _labels(method=method, route=route)
             yield f"mozpool_http_request_duration_seconds_sum{lab} {hist[len(BUCKETS) + 1]!r}"
-            yield f"mozpool_http_request_duration_seconds_count{lab} {int(hist[len(BUCKETS)])}"
+            yield f"mozpool_http_request_duration_seconds_count{lab} {count}"
 
 
-def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics, events: Any = None) -> bytes:
+def boot_lines(summary: dict[str, Any]) -> Iterable[str]:
+    """Boot telemetry (mozpool.health.telemetry): boots by outcome, and each phase's p50/p95 as a
+    Prometheus summary, per image and hardware type, over the last :data:`BOOT_HOURS`."""
+    yield f"# HELP mozpool_boots Boots started in the last {BOOT_HOURS} h, by outcome (running: not ended yet)."
+    yield "# TYPE mozpool_boots gauge"
+    for group in summary["groups"]:
+        for outcome, n in sorted(group["outcomes"].items()):
+            lab = _labels(image=group["image"], hardware_type=group["hardware_type"], outcome=outcome)
+            yield f"mozpool_boots{lab} {n}"
+    yield (f"# HELP mozpool_boot_phase_seconds Seconds each boot phase took, as this daemon observed it, over"
+           f" the last {BOOT_HOURS} h.")
+    yield "# TYPE mozpool_boot_phase_seconds summary"
+    for group in summary["groups"]:
+        for phase, stats in group["phases"].items():
+            base = {"image": group["image"], "hardware_type": group["hardware_type"], "phase": phase}
+            for q, key in (("0.5", "p50"), ("0.95", "p95")):
+                yield f"mozpool_boot_phase_seconds{_labels(**base, quantile=q)} {stats[key]!r}"
+            yield f"mozpool_boot_phase_seconds_sum{_labels(**base)} {stats['sum']!r}"
+            yield f"mozpool_boot_phase_seconds_count{_labels(**base)} {stats['count']}"
+
+
+def render(
+    version: str, pool: dict[str, Any] | None, http: HTTPMetrics, events: Any = None,
+    boots: dict[str, Any] | None = None,
+) -> bytes:
     """The whole scrape; ``pool`` is None when the database did not answer; ``events`` is the
-    event hub, when the daemon has one."""
+    event hub, when the daemon has one; ``boots`` the boot telemetry's summary, when there is one."""
     out = [
         "# HELP mozpool_build_info Version of this daemon.",
         "# TYPE mozpool_build_info gauge",
@@ -79,6 +110,8 @@ def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics, events:
         out += ["# HELP mozpool_requests Requests in each state, closed excluded.", "# TYPE mozpool_requests gauge"]
         for state, n in sorted(pool["requests"].items()):
             out.append(f"mozpool_requests{_labels(state=state)} {n}")
+        if "health" in pool:
+            out.extend(health_lines(pool["health"]))
     if events is not None:
         out += [
             "# HELP mozpool_event_subscribers Open /api/events streams on this process.",
@@ -91,5 +124,23 @@ def render(version: str, pool: dict[str, Any] | None, http: HTTPMetrics, events:
             "# TYPE mozpool_event_subscribers_dropped_total counter",
             f"mozpool_event_subscribers_dropped_total {events.dropped}",
         ]
+    if pool is not None and boots is not None:
+        out.extend(boot_lines(boots))
     out.extend(http.lines())
     return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def health_lines(health: dict[str, Any]) -> Iterable[str]:
+    """Fault isolation (issue 15): power controllers by health, each suspect one, held devices."""
+    yield "# HELP mozpool_power_controllers Power controllers (relay boards, PDUs) by health, pool-wide."
+    yield "# TYPE mozpool_power_controllers gauge"
+    for state, n in sorted(health["boards"].items()):
+        yield f"mozpool_power_controllers{_labels(health=state)} {n}"
+    yield "# HELP mozpool_power_controller_suspect 1 for each suspect power controller."
+    yield "# TYPE mozpool_power_controller_suspect gauge"
+    for name, server in health["suspect"]:
+        yield f"mozpool_power_controller_suspect{_labels(board=name, imaging_server=server)} 1"
+    yield "# HELP mozpool_devices_held Devices held past their server's cap on automatic quarantines."
+    yield "# TYPE mozpool_devices_held gauge"
+    for server, n in sorted(health["held"].items()):
+        yield f"mozpool_devices_held{_labels(imaging_server=server)} {n}"

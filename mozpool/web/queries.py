@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mozpool.db import catalog, changes, logs
+from mozpool.db import health
 from mozpool.db.pool import Cursor
 from mozpool.db.requests import MAX_REQUEST_ID, get_request
 from mozpool.db.summary import CATEGORIES, category
@@ -152,5 +153,37 @@ def metrics(c: Cursor) -> dict[str, Any]:
             "SELECT state, COUNT(*) FROM requests WHERE state <> 'closed' GROUP BY state"
         ).fetchall()
     }
-    return {"devices": states, "by_category": by_type, "requests": requests}
+    # fault isolation (issue 15): power controllers by health, and held devices
+    return {"devices": states, "by_category": by_type, "requests": requests, "health": health.summary(c)}
 
+
+
+# --- the pool view's reads (mozpool.web.poolview) ---------------------------------------------
+
+_VIEW_REQUEST_SQL = (
+    "SELECT r.id, r.state, r.imaging_server_id, dr.device_id FROM requests r"
+    " LEFT JOIN device_requests dr ON dr.request_id = r.id"
+)
+
+
+def view_requests(c: Cursor, ids: list[int] | None = None) -> list[tuple[int, str, int, int | None]]:
+    """(id, state, server id, held device id) of the requests that are open or hold a device
+    (``ids``: of those ids, closed ones included, so the view can drop them)."""
+    if ids is None:
+        rows = c.execute(_VIEW_REQUEST_SQL + " WHERE r.state <> 'closed' OR dr.device_id IS NOT NULL").fetchall()
+    else:
+        rows = []
+        for start in range(0, len(ids), 500):
+            chunk = [i for i in ids[start:start + 500] if i <= MAX_REQUEST_ID]
+            if chunk:
+                rows += c.execute(_VIEW_REQUEST_SQL + f" WHERE r.id IN ({', '.join('?' * len(chunk))})",
+                                  chunk).fetchall()
+    return [(int(r[0]), str(r[1]), int(r[2]), None if r[3] is None else int(r[3])) for r in rows]
+
+
+def view_servers(c: Cursor) -> dict[int, tuple[str, str | None]]:
+    """{server id: (fqdn, last heartbeat)} of every imaging server."""
+    return {
+        int(r[0]): (r[1], None if r[2] is None else str(r[2]))
+        for r in c.execute("SELECT id, fqdn, last_seen FROM imaging_servers").fetchall()
+    }
