@@ -158,8 +158,9 @@ def run_backend(backend: str, db_url: str, workdir: str, options: argparse.Names
     load_fixture(db_url, fqdn, n, relay_base_port=relay_base)
     seed_ready(db_url, n, lead=options.lead)
     seeded = time.monotonic() - t
+    profile = ["--profile", f"{options.profile}.{backend}", "--profiler", "cprofile", "--savestats"] if options.profile else []
     daemon = Daemon(os.path.join(workdir, "daemon"), db_url, port=port, fakes=n, time_scale=1.0,
-                    relay_base=relay_base)
+                    relay_base=relay_base, twistd_args=profile)
     res: dict[str, Any] = {"seed_s": seeded}
     t = time.monotonic()
     daemon.start(timeout=600)
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int)
     p.add_argument("--backends", default="sqlite,mariadb")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    p.add_argument("--profile", metavar="FILE", help="profile the daemon (cProfile stats in FILE.<backend>)")
     options = p.parse_args(argv)
     options.devices = options.devices or (1000 if options.quick else 10000)
     options.window = options.window or (20.0 if options.quick else 60.0)

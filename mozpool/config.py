@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from mozpool.broker.warmsettings import WarmSettings, warm_settings
 from mozpool.inventory.settings import InventorySettings, inventory_settings
 
 
@@ -31,6 +32,10 @@ class Config:
     #: mozpool.bmm.tftp's DEFAULT_MAX_TRANSFERS and DEFAULT_MAX_TRANSFERS_PER_CLIENT
     tftp_max_transfers: int = 128
     tftp_max_transfers_per_client: int = 8
+    #: TFTP worker processes that send large files (0: all in the daemon's process); default one per CPU
+    tftp_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: also write each device's PXE config under <tftp root>/pxelinux.cfg/ (TFTP serves them from memory)
+    tftp_pxe_files: bool = True
     time_scale: float = 1.0
     fakes: int = 0
     manhole_endpoint: str = ""
@@ -46,10 +51,14 @@ class Config:
     anonymous_read: bool = True
     #: simulated-device failures from --fail: (device or None for all, phase, probability)
     fail: list[tuple[str | None, str, float]] = field(default_factory=list)
+    #: whole simulated boards' faults from --fail-board: BOARD:MODE[:P] (mozpool.fakes.boardfaults)
+    fail_board: list[str] = field(default_factory=list)
     #: the raw parser, for sections later capabilities add (inventory, fakes faults, ...)
     extra: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, repr=False)
     #: [inventory]: the inventory sync's source and interval (mozpool.inventory.settings)
     inventory: InventorySettings = field(default_factory=InventorySettings)
+    #: [warm_pool]: idle devices kept imaged ahead of demand (mozpool.broker.warmsettings)
+    warm_pool: WarmSettings = field(default_factory=WarmSettings)
 
     @property
     def effective_auth_mode(self) -> str:
@@ -89,6 +98,8 @@ _KEYS = {
     ("tftp", "root"): "tftp_root",
     ("tftp", "max_transfers"): "tftp_max_transfers",
     ("tftp", "max_transfers_per_client"): "tftp_max_transfers_per_client",
+    ("tftp", "workers"): "tftp_workers",
+    ("tftp", "pxe_files"): "tftp_pxe_files",
     ("paths", "tftp_root"): "tftp_root",
     ("testing", "time_scale"): "time_scale",
     ("testing", "fakes"): "fakes",
@@ -105,7 +116,7 @@ _KEYS = {
 
 def _convert(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in fields(Config)}[name]
-    if name == "fail":
+    if name in ("fail", "fail_board"):
         return list(raw)
     try:
         if kind == "int":
@@ -163,6 +174,10 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"[auth] mode must be required or open, not {config.auth_mode!r}")
     try:
         config.inventory = inventory_settings(parser)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        config.warm_pool = warm_settings(parser)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.manhole_endpoint and not config.manhole_password:

@@ -34,6 +34,7 @@ _OVERRIDES = {
     "listen-host": ("listen_host", str),
     "tftp-port": ("tftp_port", int),
     "tftp-root": ("tftp_root", str),
+    "tftp-workers": ("tftp_workers", int),
     "db": ("db_url", str),
     "fqdn": ("fqdn", str),
     "fakes": ("fakes", int),
@@ -44,10 +45,12 @@ _OVERRIDES = {
 }
 
 #: In fakes mode, unless given: an unprivileged TFTP port, a local TFTP root and database.
-FAKES_DEFAULTS = {"tftp_port": 6969, "tftp_root": "tftproot", "db_url": "sqlite:///mozpool.sqlite"}
+#: Simulated devices fetch only PXE configs, which the daemon answers itself: no TFTP workers.
+FAKES_DEFAULTS = {"tftp_port": 6969, "tftp_root": "tftproot", "db_url": "sqlite:///mozpool.sqlite", "tftp_workers": 0}
 
 #: [fakes] keys that are settings, not failure probabilities
-FAKES_SETTINGS = ("seed", "relay_base_port", "pdudaemon", "pdudaemon_url", "plug_base_port", "pdudaemon_config")
+FAKES_SETTINGS = ("seed", "relay_base_port", "pdudaemon", "pdudaemon_url", "plug_base_port", "pdudaemon_config",
+                  "fail_board")
 
 PURGE_INTERVAL = 3600.0
 RETRY_START_INTERVAL = 5.0
@@ -62,6 +65,7 @@ class Options(usage.Options):
         ["listen-host", None, None, "Interface the HTTP API listens on (default 0.0.0.0)."],
         ["tftp-port", None, None, "UDP port of the TFTP server (default 69; 0 disables it)."],
         ["tftp-root", None, None, "Directory served over TFTP (PXE configs go to pxelinux.cfg/)."],
+        ["tftp-workers", None, None, "TFTP worker processes for large files (default: one per CPU; 0: none)."],
         ["db", None, None, "Database URL: sqlite:///file.sqlite or mysql://user:pw@host:port/db."],
         ["fqdn", None, None, "This server's name as others reach it, NAME[:PORT]."],
         ["fakes", None, None, "Run N simulated devices (seeds an empty SQLite database)."],
@@ -76,6 +80,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.fail: list[tuple[str | None, str, float]] = []
+        self.fail_board: list[str] = []
 
     def opt_fail(self, value: str) -> None:
         """Make a simulated device fail: DEVICE:PHASE[:P] (P defaults to 1; DEVICE * means every
@@ -89,8 +94,19 @@ class Options(usage.Options):
             raise usage.UsageError(f"--fail: bad probability in {value!r}") from None
         self.fail.append((None if parts[0] == "*" else parts[0], parts[1], p))
 
+    def opt_fail_board(self, value: str) -> None:
+        """Give a whole simulated board a fault: BOARD:hang|dead|flaky[:P] (BOARD: its number, 1 for
+        the first 32 devices, or its name), e.g. --fail-board 1:hang. Repeatable."""
+        from mozpool.fakes.boardfaults import parse_board_fault
+
+        try:
+            parse_board_fault(value)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self.fail_board.append(value)
+
     def postOptions(self) -> None:
-        overrides: dict[str, Any] = {"fail": self.fail or None}
+        overrides: dict[str, Any] = {"fail": self.fail or None, "fail_board": self.fail_board or None}
         for option, (attr, convert) in _OVERRIDES.items():
             if self[option] is not None:
                 try:
@@ -128,6 +144,17 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         elif config.fail:
             raise usage.UsageError("--fail applies to simulated devices: add --fakes N")
+        elif config.fail_board:
+            raise usage.UsageError("--fail-board applies to simulated boards: add --fakes N")
+        if config.fakes:
+            try:
+                fake_board_faults(config)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        try:
+            health_settings(config)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self.config = config
 
 
@@ -255,7 +282,7 @@ async def wire_fake_boards(db: Database, fqdn: str, reactor: Any) -> list[Any]:
             continue
         avoid = ports.referenced_ports(await db.runInteraction(ports.all_relay_infos))
         (new_port,) = await ports.free_ports(reactor, 1, avoid)
-        moved = await db.runInteraction(ports.move_board, fqdn, port, new_port)
+        moved = await db.runInteraction(ports.move_board, fqdn, port, new_port, dbnow(reactor))
         log.warn("simulated relay board port {port} is in use by another process: moved its {n} devices to port "
                  "{new}", port=port, n=moved, new=new_port)
     return rows_for_server(await devices.list_details(db), fqdn)
@@ -375,12 +402,15 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     from mozpool.bmm.ping import FpingPinger, TCPProbePinger
     from mozpool.bmm.interfaces import DriverContext
     from mozpool.bmm.power import PowerControl
+    from mozpool.bmm.pxe import PXEConfigBackend, PXEConfigs
     from mozpool.bmm.sut import SUT_PORT, SUTClient, default_address
+    from mozpool.broker.queue import wakes_queue
     from mozpool.broker.service import Broker, BrokerService
     from mozpool.lifeguard.service import LifeGuard
     from mozpool.web.api import MozpoolAPI
     from mozpool.web.auth import Authority, SignedClient
     from mozpool.web.events import ChangeFeed, EventHub
+    from mozpool.web.poolview import PoolView
     from mozpool.web.site import make_site
     from mozpool.web.ui.app import OperatorUI
 
@@ -425,6 +455,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
                     failures=fake_failures(config),
                     rng=random.Random(config.extra.getint("fakes", "seed", fallback=None) if config.extra.has_section("fakes") else None),
                     board_options={"recovery_pause": 0.9 * config.time_scale},
+                    board_faults=fake_board_faults(config),
                     pdudaemon_config_path=config.extra.get("fakes", "pdudaemon_config",
                                                            fallback="pdudaemon-fakes.json"),
                 )
@@ -443,9 +474,13 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     # Each device's relay_info names its power driver (ProXR, pdudaemon, ...); under --fakes the
     # drivers scale their pauses like every simulated delay.
     power = PowerControl(DriverContext(reactor, http_client, simulated=bool(config.fakes), time_scale=config.time_scale))
+    # The devices' PXE configs, which our TFTP server answers from memory; the files under the
+    # root are kept too unless [tftp] pxe_files is off (always without our TFTP server: another
+    # one must be serving them).
+    pxe_configs = PXEConfigs(config.tftp_root, files=config.tftp_pxe_files or not config.tftp_port)
     hardware = Hardware(
         power, pinger, sut, config.tftp_root, ipaddress, database_logger(db, reactor),
-        database_boot_tokens(db),
+        database_boot_tokens(db), pxe_configs=pxe_configs,
     )
     top.hardware = hardware
 
@@ -453,14 +488,30 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     top.authority = authority
     servers_client = SignedClient(http_client, authority, fqdn)
     broker = Broker(db, reactor, fqdn, config.time_scale, servers_client, random.Random())
-    lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, servers_client, broker.request_event)
+    # Fault isolation by blast radius (issue 15): [health]; controllers are probed with the relay test.
+    lifeguard = LifeGuard(db, reactor, hardware, fqdn, config.time_scale, servers_client, broker.request_event,
+                          health=health_settings(config), probe=power.test_controller)
+    # Issue 15: boot telemetry sees every device transition (in its transaction) and our TFTP
+    # server's reads; the health layer explains devices and requests to the API and the UI.
+    from mozpool.health.explain import Explainer
+    from mozpool.health.telemetry import BootTelemetry
+
+    telemetry = BootTelemetry(db, reactor)
+    lifeguard.runner.observers.append(telemetry.observe)
+    health = Explainer(db, reactor, telemetry)
     hub = EventHub(reactor)
+    # Waiting requests are matched the moment a device may have freed up, on any server.
+    hub.listeners.append(lambda kind, data: broker.matcher.wake() if wakes_queue(kind, data) else None)
+    # The pool in memory, kept by the change feed: the device list, the summary, cached states
+    # and the UI's device tables are answered from it (issue 17).
+    view = PoolView(db, reactor, config.time_scale)
     api = MozpoolAPI(
         db, fqdn, reactor, broker=broker, lifeguard=lifeguard, bmm=BMMActions(db, hardware), events=hub,
-        authority=authority, time_scale=config.time_scale,
+        authority=authority, time_scale=config.time_scale, view=view, health=health,
     )
 
     feed = ChangeFeed(db, hub, reactor)
+    view.attach(feed)
     feed.setName("events")
     feed.setServiceParent(top)
 
@@ -468,7 +519,8 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         serverFromString(reactor, config.http_endpoint or _listen(config.port, config.listen_host)),
         make_site(
             api,
-            ui=OperatorUI(db, fqdn, reactor, authority, config.time_scale).resource(),
+            ui=OperatorUI(db, fqdn, reactor, authority, config.time_scale, view=view, health=health,
+                        broker=broker).resource(),
             access_log=config.extra.getboolean("server", "access_log", fallback=False),
         ),
     )
@@ -477,10 +529,13 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
 
     if config.tftp_port:
         from mozpool.bmm.tftp import make_tftp_service
+        from mozpool.bmm.tftp.backend import FilesystemBackend
 
         tftp = make_tftp_service(
             config.tftp_root, config.tftp_port, config.listen_host, reactor,
             max_transfers=config.tftp_max_transfers, max_transfers_per_client=config.tftp_max_transfers_per_client,
+            backend=PXEConfigBackend(pxe_configs, FilesystemBackend(config.tftp_root)),
+            workers=config.tftp_workers, on_read=telemetry.tftp_read,
         )
         tftp.setName("tftp")
         tftp.setServiceParent(top)
@@ -493,6 +548,14 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     brokers = BrokerService(broker)
     brokers.setName("broker")
     brokers.setServiceParent(top)
+    if config.warm_pool.enabled:
+        # Issue 14's warm pool: this server's share of [warm_pool], imaged ahead of demand.
+        from mozpool.broker.warm import WarmPool, WarmPoolService
+
+        warm = WarmPool(db, reactor, fqdn, config.warm_pool, lifeguard, config.time_scale)
+        lifeguard.runner.observers.append(warm.observe)
+        hub.listeners.append(lambda kind, data: warm.wake() if wakes_queue(kind, data) else None)
+        WarmPoolService(warm).setServiceParent(top)
 
     from mozpool.liveness import Heartbeat
 
@@ -532,6 +595,21 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         console.setName("manhole")
         console.setServiceParent(top)
     return top
+
+
+def health_settings(config: Config) -> Any:
+    """``[health]``: fault isolation's thresholds (mozpool.lifeguard.health); ValueError when wrong."""
+    from mozpool.lifeguard.health import HealthSettings
+
+    return HealthSettings.from_config(config.extra)
+
+
+def fake_board_faults(config: Config) -> list[Any]:
+    """Whole-board faults for the simulated pool: ``[fakes] fail_board`` and every ``--fail-board``."""
+    from mozpool.fakes.boardfaults import parse_board_faults
+
+    configured = config.extra.get("fakes", "fail_board", fallback="") if config.extra.has_section("fakes") else ""
+    return parse_board_faults(configured) + parse_board_faults(list(config.fail_board))
 
 
 def fake_failures(config: Config) -> Any:

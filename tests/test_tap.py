@@ -178,6 +178,20 @@ class Wiring(SynchronousTestCase):
         server = top.getServiceNamed("tftp").tftp_server
         self.assertEqual((server.max_transfers, server.max_transfers_per_client), (40, 3))
 
+    def test_tftp_workers_and_pxe_configs_from_memory(self) -> None:
+        """--tftp-workers sizes the pool; the server answers PXE configs from the facade's table."""
+        from mozpool.bmm.pxe import PXEConfigBackend
+
+        top = self.build("--tftp-port", "6999", "--tftp-workers", "3")
+        tftp = top.getServiceNamed("tftp")
+        self.assertEqual(len(tftp.workers.slots), 3)
+        self.assertIs(tftp.tftp_server.handover, tftp.workers)
+        self.assertIsInstance(tftp.tftp_server.backend, PXEConfigBackend)
+        self.assertIs(tftp.tftp_server.backend.configs, top.hardware.pxe_configs)
+        self.assertIsNone(self.build("--tftp-port", "6999", "--tftp-workers", "0").getServiceNamed("tftp").workers)
+        self.assertFalse(self.build("--tftp-port", "6999", config="[tftp]\npxe_files = false\n").hardware.pxe_configs.files)
+        self.assertTrue(self.build("--tftp-port", "0", config="[tftp]\npxe_files = false\n").hardware.pxe_configs.files)
+
     def test_auth_mode_defaults_by_listener(self) -> None:
         self.assertEqual(self.build("--listen-host", "127.0.0.1", "--tftp-port", "0").authority.mode, "open")
         self.assertEqual(self.build("--listen-host", "::1", "--tftp-port", "0").authority.mode, "open")

@@ -56,9 +56,11 @@ def database_logger(db: Database, clock: IReactorTime) -> DeviceLogger:
 class Hardware:
     def __init__(
         self, power: Any, pinger: Any, sut: Any, tftp_root: str, ipaddress: str, device_log: DeviceLogger,
-        boot_tokens: BootTokenStore | None = None,
+        boot_tokens: BootTokenStore | None = None, pxe_configs: pxe.PXEConfigs | None = None,
     ) -> None:
         self.power = power
+        #: the devices' PXE configs, which the TFTP server answers from (files only by default)
+        self.pxe_configs = pxe_configs if pxe_configs is not None else pxe.PXEConfigs(tftp_root, files=True)
         #: stores the hash of a new boot's token (device name, hash); None: no boot tokens
         self.boot_tokens = boot_tokens
         self.pinger = pinger
@@ -69,7 +71,10 @@ class Hardware:
         #: log lines of synchronous operations still being written
         self.log_writes: set[defer.Deferred[Any]] = set()
 
-    async def _relay(self, device: DeviceInfo, what: str, op: Callable[[Any], Any]) -> bool:
+    async def _relay(self, device: DeviceInfo, what: str, op: Callable[[Any], Any]) -> Any:
+        """The driver's result itself (a PowerResult: truthy when it worked), so a failure's
+        reason reaches LifeGuard's fault isolation (issue 15: a board that did not answer is
+        evidence against it; an operation cancelled or still queued is not)."""
         await self.device_log(device.name, "bmm", f"{what} started")
         result = await op(device.relay_info)
         if result:
@@ -78,7 +83,7 @@ class Hardware:
         else:
             reason = getattr(result, "reason", "") or "unknown error"
             await self.device_log(device.name, "bmm", f"{what} failed: {reason}")
-        return bool(result)
+        return result
 
     def power_cycle(self, device: DeviceInfo) -> "defer.Deferred[bool]":
         return defer.Deferred.fromCoroutine(self._relay(device, "power-cycle", self.power.power_cycle))
@@ -118,11 +123,11 @@ class Hardware:
         if pxe.BOOTTOKEN in contents and self.boot_tokens is not None:
             token = tokens.new_token(tokens.BOOT_PREFIX)
             self._write_later(self.boot_tokens(device.name, tokens.token_hash(token)))
-        pxe.set_pxe_config(self.tftp_root, device.mac_address, contents, self.ipaddress, token)
+        self.pxe_configs.set(device.mac_address, contents, self.ipaddress, token)
         self._log_later(device, "PXE config set")
 
     def clear_pxe(self, device: DeviceInfo) -> None:
-        pxe.clear_pxe_config(self.tftp_root, device.mac_address)
+        self.pxe_configs.clear(device.mac_address)
         self._log_later(device, "PXE config cleared")
 
     def _log_later(self, device: DeviceInfo, message: str) -> None:

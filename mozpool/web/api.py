@@ -25,7 +25,8 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from werkzeug import exceptions as wz
 
 from mozpool import __version__, liveness
-from mozpool.db import catalog, devices, logs, requests, summary, tokens
+from mozpool.db import catalog, devices, history, logs, requests, summary, tokens
+from mozpool.db import health as board_health
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import RETRY_AFTER, Database
 from mozpool.errors import UnknownObject
@@ -43,13 +44,16 @@ from mozpool.web.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from mozpool.web.interfaces import IBMM, DeviceHeld, IBroker, ILifeGuard, StateMismatch
+from mozpool.web.interfaces import IBMM, DeviceHeld, IBroker, IHealth, ILifeGuard, StateMismatch
 from mozpool.web.owner import OwnerCheck
+from mozpool.web.poolview import PoolView
 from mozpool.web.statecache import StateSnapshot
 
 log = Logger()
 
 JSON_TYPE = b"application/json; charset=utf-8"
+#: The longest window ``/api/pool/boots/`` summarises (boots are purged with the logs anyway).
+MAX_BOOT_HOURS = 24 * 31
 
 
 class Raw:
@@ -65,6 +69,8 @@ NO_CONTENT = object()
 _STATE_TEMPLATE = "/api/device/{device}/state/"
 #: The raw paths the state route matches, for its fast path; names with escapes go the usual way.
 _CACHED_STATE_PATH = re.compile(rb"\A/api/device/([^/%]+)/state/?\Z")
+#: Query strings that surely hold the ``cache`` flag (any other is parsed in full).
+_CACHE_QUERIES = frozenset({b"cache=1", b"cache", b"cache=true"})
 
 _app = Klein()
 # Both /x and /x/ are registered explicitly; never redirect, never merge slashes.
@@ -124,6 +130,14 @@ def _preflight(template: str) -> Handler:
     return preflight
 
 
+def _whole(request: IRequest, body: bytes) -> bytes:
+    """``body`` with its Content-Length, as twisted.web sends what a resource returns: Klein
+    would send it chunked, which costs a copy of the body (3.7 MB for the details of 10,000
+    devices)."""
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
 class _Front(Resource):
     """Site root: percent-decoded path segments that are not UTF-8 become U+FFFD (so they
     route like any unknown name instead of Klein's plain-text 400), every call is timed for
@@ -138,6 +152,9 @@ class _Front(Resource):
         self.ui = ui
 
     def render(self, request: IRequest) -> Any:
+        at_once = self.api.cached_state_at_once(request)  # first: the hottest read (a plain /api/ path)
+        if at_once is not None:
+            return at_once
         for path in (request.prepath, request.postpath):
             for i, segment in enumerate(path):
                 try:
@@ -147,9 +164,6 @@ class _Front(Resource):
         first = request.postpath[0] if request.postpath else b""
         if self.ui is not None and first not in (b"api", b"metrics"):
             return getChildForRequest(self.ui, request).render(request)
-        at_once = self.api.cached_state_at_once(request)
-        if at_once is not None:
-            return at_once
         start = self.api.clock.seconds()
         request.notifyFinish().addBoth(lambda _: self.api._observe(request, start))
         return self.inner.render(request)
@@ -172,8 +186,15 @@ class MozpoolAPI:
         events: event_stream.EventHub | None = None,
         authority: auth.Authority | None = None,
         time_scale: float = 1.0,
+        view: PoolView | None = None,
+        health: IHealth | None = None,
     ) -> None:
         self.db = db
+        #: the pool in memory (mozpool.web.poolview): when given, the device list, the summary
+        #: and ``state/?cache=1`` are answered from it
+        self.view = view
+        #: explanations and boot telemetry (issue 15; mozpool.health)
+        self.health = health
         #: scales the liveness bound, like every other interval of this daemon
         self.time_scale = time_scale
         self.fqdn = fqdn
@@ -187,6 +208,7 @@ class MozpoolAPI:
         self.owners = OwnerCheck(db, fqdn)
         self.snapshot = StateSnapshot(db, clock)
         self.http_metrics = metrics.HTTPMetrics()
+        self._cache_headers: tuple[Any, bytes, bytes] = (None, b"", b"")
         self._openapi = json.dumps(openapi.document(__version__)).encode("utf-8")
 
     def resource(self, ui: IResource | None = None) -> IResource:
@@ -197,40 +219,54 @@ class MozpoolAPI:
 
     def cached_state_at_once(self, request: IRequest) -> bytes | None:
         """The answer of :meth:`device_state` for a plain ``GET .../state/?cache=1`` whose
-        device is in a fresh snapshot, written without Klein's routing and coroutines; None
-        sends the call the usual way.
+        device is in the pool view (or, without one, a fresh snapshot), written without Klein's
+        routing and coroutines; None sends the call the usual way.
 
         Monitoring polls every device with this call, so it is the API's hottest read: the
         usual way served 0.39 of a bare twisted.web resource's rate (bench/api.py)."""
-        if request.method != b"GET" or not self.authority.reads_are_open or request.getHeader(b"authorization"):
-            return None  # a credential to check: the route does
         found = _CACHED_STATE_PATH.match(request.path)
-        if found is None or not validate.flag(request, "cache"):
+        if found is None or request.method != b"GET":
+            return None
+        if not self.authority.reads_are_open or request.getHeader(b"authorization"):
+            return None  # a credential to check: the route does
+        if request.uri.partition(b"?")[2] not in _CACHE_QUERIES and not validate.flag(request, "cache"):
             return None
         if request.getHeader(b"content-length") not in (None, b"0") or request.getHeader(b"transfer-encoding"):
             return None  # a body to check: the route does
-        snapshot = self.snapshot.at_once()  # fresh, or from memory while the database is away
-        if snapshot is None:
-            return None
-        states, expires = snapshot
+        start = self.clock.seconds()
         try:
-            state = states.get(found.group(1).decode("utf-8"))
+            name = found.group(1).decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if state is None:
-            return None
-        start = self.clock.seconds()
+        if self.view is not None:
+            state = self.view.state_now(name)
+            if state is None:
+                return None
+            body = self.view.state_body(state)
+            expires = self.view.state_expires()
+        else:
+            snapshot = self.snapshot.at_once()  # fresh, or from memory while the database is away
+            if snapshot is None:
+                return None
+            states, expires = snapshot
+            state = states.get(name)
+            if state is None:
+                return None
+            body = json.dumps({"state": state}).encode("utf-8")
         request.mozpool_route = _STATE_TEMPLATE  # type: ignore[attr-defined]
-        self._set_cache_headers(request, expires)
+        self._set_cache_headers(request, expires, start)
         request.setHeader(b"Content-Type", JSON_TYPE)
-        body = json.dumps({"state": state}).encode("utf-8")
         self.http_metrics.observe("GET", _STATE_TEMPLATE, 200, self.clock.seconds() - start)
         return body
 
-    def _set_cache_headers(self, request: IRequest, expires: float) -> None:
-        max_age = max(int(expires - self.clock.seconds()), 0) + 1
-        request.setHeader(b"Cache-Control", b"public, max-age=%d" % max_age)
-        request.setHeader(b"Expires", http.datetimeToString(int(expires)))
+    def _set_cache_headers(self, request: IRequest, expires: float, now: float | None = None) -> None:
+        max_age = max(int(expires - (self.clock.seconds() if now is None else now)), 0) + 1
+        key = (max_age, int(expires))
+        if self._cache_headers[0] != key:  # made once per second, not once per call
+            self._cache_headers = (key, b"public, max-age=%d" % max_age, http.datetimeToString(int(expires)))
+        _, control, expiry = self._cache_headers
+        request.setHeader(b"Cache-Control", control)
+        request.setHeader(b"Expires", expiry)
 
     async def _serve(self, request: IRequest, template: str, fn: Handler, kw: dict[str, str]) -> Any:
         request.mozpool_route = template  # type: ignore[attr-defined]
@@ -250,11 +286,11 @@ class MozpoolAPI:
             return b""
         if isinstance(result, Raw):
             request.setHeader(b"Content-Type", result.content_type)
-            return result.body
+            return _whole(request, result.body)
         if IResource.providedBy(result):
             return result  # Klein renders it: a stream that writes as it goes
         request.setHeader(b"Content-Type", JSON_TYPE)
-        return json.dumps(result).encode("utf-8")
+        return _whole(request, json.dumps(result).encode("utf-8"))
 
     def _observe(self, request: IRequest, start: float) -> None:
         route = getattr(request, "mozpool_route", "(unmatched)")
@@ -345,6 +381,9 @@ class MozpoolAPI:
 
     @endpoint("/api/device/list/", "GET")
     async def device_list(self, request: IRequest) -> Any:
+        if self.view is not None:
+            await self.view.sync()
+            return Raw(self.view.details_body() if validate.flag(request, "details") else self.view.names_body())
         if validate.flag(request, "details"):
             return {"devices": await devices.list_details(self.db, liveness.dead_before(self.clock, self.time_scale))}
         return {"devices": await devices.list_names(self.db)}
@@ -385,6 +424,8 @@ class MozpoolAPI:
         found = await self.db.runInteraction(queries.request_status, request_id, self.now())
         if found is None:
             raise NotFound(f"unknown request {request_id}")
+        if found["state"] == "finding_device" and self.broker is not None:
+            found["queue"] = await self.broker.queue_place(request_id)
         return found
 
     @endpoint("/api/request/{id}/log/", "GET")
@@ -455,6 +496,12 @@ class MozpoolAPI:
         """(Most ``?cache=1`` calls are answered by :meth:`cached_state_at_once`.)"""
         if not validate.flag(request, "cache"):
             state = await self.db.runInteraction(queries.device_state, device)
+        elif self.view is not None:
+            state = self.view.state_of(device) if self.view.usable() else None
+            if state is None:
+                state = await self.db.runInteraction(queries.device_state, device)
+            if state is not None:
+                self._set_cache_headers(request, self.view.state_expires())
         else:
             states, expires = await self.snapshot.states()
             state = states.get(device)
@@ -612,19 +659,93 @@ class MozpoolAPI:
     @endpoint("/api/pool/summary/", "GET")
     async def pool_summary(self, request: IRequest) -> Any:
         generated_at = apitime(self.now())
+        if self.view is not None:
+            await self.view.sync()
+            return Raw(self.view.summary_body(generated_at))
         report = await summary.pool_summary(self.db, liveness.dead_before(self.clock, self.time_scale))
         return {"generated_at": generated_at, **report}
 
     @endpoint("/metrics", "GET")
     async def metrics_text(self, request: IRequest) -> Any:
+        boots = None
         try:
             pool = await self.db.runInteraction(queries.metrics)
+            if self.health is not None:
+                boots = await self.health.boot_summary(metrics.BOOT_HOURS)
         except DatabaseUnavailable as e:
             log.warn("metrics scrape without the database: {error}", error=e)
             pool = None
-        return Raw(metrics.render(__version__, pool, self.http_metrics, self.events), metrics.CONTENT_TYPE)
+        return Raw(metrics.render(__version__, pool, self.http_metrics, self.events, boots), metrics.CONTENT_TYPE)
+
+    # --- health (issue 15): history, explanations, boot telemetry ------------------------------
+
+    @endpoint("/api/device/{device}/history/", "GET")
+    async def device_history(self, request: IRequest, device: str) -> Any:
+        """The device's transitions, newest first, a page at a time (``?limit=&before=``)."""
+        limit, before, bad = self._history_params(request)
+        found = await self.db.runInteraction(history.device_history_by_name, device, limit, before)
+        if found is None:
+            raise NotFound(f"unknown device {device}")
+        if bad is not None:
+            raise bad
+        return found
+
+    @endpoint("/api/request/{id}/history/", "GET")
+    async def request_history(self, request: IRequest, id: str) -> Any:
+        """The request's transitions and its device's while it held it, newest first, paged."""
+        request_id = validate.request_id(id)
+        limit, before, bad = self._history_params(request)
+        found = await self.db.runInteraction(history.request_history_if_known, request_id, limit, before)
+        if found is None:
+            raise NotFound(f"unknown request {request_id}")
+        if bad is not None:
+            raise bad
+        return found
+
+    @endpoint("/api/device/{device}/why/", "GET")
+    async def device_why(self, request: IRequest, device: str) -> Any:
+        """Why the device is in its state, and what happens next (mozpool.health.explain)."""
+        return await self._need(self.health, "explanations").explain_device(device)
+
+    @endpoint("/api/request/{id}/why/", "GET")
+    async def request_why(self, request: IRequest, id: str) -> Any:
+        request_id = validate.request_id(id)
+        return await self._need(self.health, "explanations").explain_request(request_id)
+
+    @endpoint("/api/pool/boots/", "GET")
+    async def boot_summary(self, request: IRequest) -> Any:
+        """p50/p95 of each boot phase per image and hardware type, over the last ``?hours=``."""
+        hours = min(validate.int_param(request, "hours") or metrics.BOOT_HOURS, MAX_BOOT_HOURS)
+        found = await self._need(self.health, "boot telemetry").boot_summary(hours)
+        return {"generated_at": apitime(self.now()), **found}
+
+    # --- fault isolation (issue 15): power controllers and quarantines ------------------------
+
+    @endpoint("/api/health/", "GET")
+    async def health_report(self, request: IRequest) -> Any:
+        """Every power controller's health, and each server's quarantines within this server's
+        window (its cap and window are this server's settings)."""
+        status = await self.lifeguard.quarantine_status() if self.lifeguard is not None else None
+        window = status["window"] if status else 600.0
+        since = dbnow(self.clock, -window * self.time_scale)
+        return await self.db.runInteraction(board_health.report, since, status)
+
+    @endpoint("/api/relay/{relay}/health/", "GET")
+    async def relay_health(self, request: IRequest, relay: str) -> Any:
+        found = await self.db.runInteraction(board_health.relay_report, relay)
+        if found is None:
+            raise NotFound(f"unknown relay board {relay}")
+        return found
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _history_params(self, request: IRequest) -> tuple[int, int | None, BadRequest | None]:
+        """limit and before, or the error to raise once the object is known to exist."""
+        try:
+            before = validate.int_param_any(request, "before") if validate.flag(request, "before") else None
+            return validate.int_param(request, "limit"), before, None
+        except BadRequest as e:
+            return 0, None, e
 
     def _log_params(self, request: IRequest) -> tuple[int, int, BadRequest | None]:
         """timeperiod and limit, or the error to raise once the object is known to exist."""

@@ -102,6 +102,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("/api/bmm/pxe_config/{pxe}/details/", "GET"): READ,
     ("/api/events", "GET"): READ,
     ("/api/pool/summary/", "GET"): READ,
+    # health (issue 15): reads
+    ("/api/device/{device}/history/", "GET"): READ,
+    ("/api/request/{id}/history/", "GET"): READ,
+    ("/api/device/{device}/why/", "GET"): READ,
+    ("/api/request/{id}/why/", "GET"): READ,
+    ("/api/pool/boots/", "GET"): READ,
+    # fault isolation (issue 15): power controllers' and servers' health
+    ("/api/health/", "GET"): READ,
+    ("/api/relay/{relay}/health/", "GET"): READ,
     ("/api/token/list/", "GET"): Rule("admin"),
     ("/api/token/create/", "POST"): Rule("admin"),
     ("/api/token/{name}/revoke/", "POST"): Rule("admin"),

@@ -8,6 +8,7 @@ status of its own (anything else is a 500, i.e. a bug).
 
 from mozpool.bmm.interfaces import IBMM
 from mozpool.broker.interfaces import DeviceHeld, IBroker, RequestSpec
+from mozpool.health.interfaces import IHealth
 from mozpool.lifeguard.interfaces import ILifeGuard, StateMismatch
 
-__all__ = ["IBMM", "IBroker", "ILifeGuard", "DeviceHeld", "RequestSpec", "StateMismatch"]
+__all__ = ["IBMM", "IBroker", "IHealth", "ILifeGuard", "DeviceHeld", "RequestSpec", "StateMismatch"]

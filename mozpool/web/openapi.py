@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mozpool.web import auth
+from mozpool.broker.machine import REQUEST_STATES
 from mozpool.web.validate import DEVICE_STATES
 
 JSON = "application/json; charset=utf-8"
@@ -67,7 +68,12 @@ JSON_TEXT = {
 _REQUEST_OBJECT = _closed(
     id=I, requested_device=S, assignee=S, expires=TIME, environment=S, image=S, boot_config=S,
     assigned_device=S, url=S,
+    priority={"type": "integer", "minimum": 0, "maximum": 100, "description": "higher is served first"},
+    queue_timeout={"type": "integer", "minimum": 0, "description": "seconds it may wait for a device"},
 )
+
+#: A device's failure summary, or null (issue 15).
+_NULLABLE_FAILURE = {"anyOf": [_ref("Failure"), {"type": "null"}]}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error"], error={"type": "string", "minLength": 1}),
@@ -78,6 +84,22 @@ SCHEMAS: dict[str, Any] = {
     "LogEntry": _closed(id=I, timestamp=TIME, source=S, message=S),
     "Log": _closed(log={"type": "array", "items": _ref("LogEntry")}),
     "Status": _closed(state=S, log={"type": "array", "items": _ref("LogEntry"), "maxItems": 100}),
+    "RequestStatus": {
+        **_obj(
+            ["state", "log"],
+            state={"type": "string", "enum": list(REQUEST_STATES)},
+            log={"type": "array", "items": _ref("LogEntry"), "maxItems": 100},
+            queue={"anyOf": [_ref("QueuePlace"), {"type": "null"}],
+                   "description": "while the request waits for a device (finding_device)"},
+        ),
+        "additionalProperties": False,
+    },
+    "QueuePlace": _closed(
+        position={"type": "integer", "minimum": 1, "description": "1: next to be served"},
+        ahead={"type": "integer", "minimum": 0, "description": "requests before it that could take the same devices"},
+        eta={"type": ["string", "null"], "description": "estimated time it is ready (UTC)"},
+        why=S,
+    ),
     "State": _closed(state=S),
     "Success": _closed(success=B),
     "Device": _closed(
@@ -86,6 +108,7 @@ SCHEMAS: dict[str, Any] = {
         request_id=NI,
         unreachable_since={"type": ["string", "null"],
                            "description": "when its imaging server was last heard from, if that server is dead"},
+        failure=_NULLABLE_FAILURE,
     ),
     "DeviceList": _closed(
         devices={"oneOf": [{"type": "array", "items": S}, {"type": "array", "items": _ref("Device")}]}
@@ -116,8 +139,11 @@ SCHEMAS: dict[str, Any] = {
         },
         failed_devices={
             "type": "array",
-            "items": _closed(name=S, state=S, hardware_type=S, imaging_server=S, environment=NS, comments=NS),
+            "items": _closed(name=S, state=S, hardware_type=S, imaging_server=S, environment=NS, comments=NS,
+                             failure=_NULLABLE_FAILURE),
         },
+        failure_phases={"type": "object", "additionalProperties": I,
+                        "description": "failed devices by the state they failed in (unknown: no summary)"},
         unreachable_servers={
             "type": "array", "description": "imaging servers silent for 3 heartbeats, and their devices",
             "items": _closed(fqdn=S, last_seen=TIME, devices=I),
@@ -140,10 +166,14 @@ SCHEMAS: dict[str, Any] = {
             "request_log": _ref("EventLog"),
             "device_comments": _ref("EventDeviceComments"),
             "device_environment": _ref("EventDeviceEnvironment"),
+            "board_health": _ref("EventBoardHealth"),
             "reset": _ref("Empty"),
         },
     },
-    "EventDeviceState": _closed(device=S, imaging_server=S, state=S, old_state=NS, ts=TIME),
+    "EventDeviceState": {
+        **_closed(device=S, imaging_server=S, state=S, old_state=NS, ts=TIME, failure=_ref("Failure")),
+        "required": ["device", "imaging_server", "state", "old_state", "ts"],
+    },
     "EventRequestState": _obj(
         ["request", "state", "old_state", "ts"], request=I, state=S,
         old_state={"type": ["string", "null"], "description": "null: the request was just created"}, ts=TIME,
@@ -159,6 +189,37 @@ SCHEMAS: dict[str, Any] = {
     ),
     "EventDeviceComments": _closed(device=S, imaging_server=S, comments=NS, ts=TIME),
     "EventDeviceEnvironment": _closed(device=S, imaging_server=S, environment=S, ts=TIME),
+    "EventBoardHealth": _closed(
+        board={"type": "string", "description": "the controller's name (relay_boards.name)"},
+        fqdn={"type": "string", "description": "its address"}, board_server={"type": "string", "description":
+                                                                               "the imaging server that probes it"},
+        health={"type": "string", "enum": ["ok", "suspect"]}, old_health={"type": "string", "enum": ["ok", "suspect"]},
+        reason={"type": ["string", "null"], "description": "why it became suspect, or how it came back"}, ts=TIME,
+    ),
+    "BoardHealth": _closed(
+        name=S, fqdn=S, imaging_server=S, health={"type": "string", "enum": ["ok", "suspect"]},
+        since={"type": ["string", "null"], "description": "when it entered this health (UTC)"},
+        reason={"type": ["string", "null"], "description": "why it is suspect, or how it came back"},
+        next_probe={"type": ["string", "null"], "description": "when its owner probes it next (suspect only)"},
+        failed_probes={"type": "integer", "description": "probes failed since it became suspect"},
+    ),
+    "ServerQuarantines": _closed(
+        imaging_server=S,
+        quarantines={"type": "integer", "description": "its devices' entries into failed_* within the window"},
+        held={"type": "array", "items": S, "description": "its devices held past the cap"},
+    ),
+    "HealthReport": _closed(
+        boards={"type": "array", "items": _ref("BoardHealth")},
+        servers={"type": "array", "items": _ref("ServerQuarantines")},
+        quarantine_cap={"type": ["integer", "null"],
+                        "description": "automatic quarantines per window (this server's setting; null: none)"},
+        quarantine_window={"type": ["number", "null"], "description": "the window in nominal seconds"},
+    ),
+    "RelayHealth": _closed(
+        board=_ref("BoardHealth"),
+        devices={"type": "array", "items": _closed(
+            name=S, state=S, request_id={"type": ["integer", "null"]})},
+    ),
     "ServerList": _closed(servers={"type": "array", "items": _closed(
         fqdn=S, alive=B, last_seen={"type": ["string", "null"], "description": "last heartbeat (UTC)"}, devices=I,
     )}),
@@ -173,6 +234,66 @@ SCHEMAS: dict[str, Any] = {
                             role={"type": "string", "enum": ["reader", "user", "operator", "admin"]}),
     "TokenCreated": _closed(name=S, role=S, token={"type": "string", "description": "shown only now"}),
     "OpenAPI": _obj(["openapi", "info", "paths"], openapi=S, info={"type": "object"}, paths={"type": "object"}),
+    # health (issue 15): state history, failure summaries, explanations, boot telemetry
+    "Failure": {
+        **_closed(
+            state=S, since=TIME, reason={"type": "string", "description": "why, in one sentence"},
+            phase={"type": "string", "description": "the state it failed in"},
+            attempts={"type": ["integer", "null"], "description": "the counter's value when it gave up"},
+            evidence={"type": "array", "items": I, "description": "ids of the device's log lines that show it"},
+        ),
+        "description": "why a device in a failed_*, locked_out, troubleshooting (or held, board_suspect) state is there",
+    },
+    "HistoryEntry": _closed(
+        id=I, timestamp=TIME, machine={"type": "string", "enum": ["device", "request"]}, device=NS, request=NI,
+        **{"from": {"type": ["string", "null"], "description": "null: the request was created"}},
+        to=S, cause={"type": "string", "description": "the event, timeout, state_change, entry (an entry action"
+                     " moved on), created, or the outcome of a decision"},
+        server={"type": "string", "description": "the imaging server that made the transition"},
+        reason={"type": "object", "description": "counter, count, limit, text, ... as the machine recorded them"},
+    ),
+    "History": _closed(
+        history={"type": "array", "items": _ref("HistoryEntry"), "description": "newest first"},
+        next_before={"type": ["integer", "null"], "description": "pass as ?before= for the next (older) page; null: no more"},
+    ),
+    "TableRow": _closed(input=S, to=S, when=S, does=S),
+    "Rule": {"type": ["object", "null"], "properties": {
+        "from": NS, "to": S, "cause": S, "at": TIME, "server": S, "history_id": I, "reason": {"type": "object"},
+        "rows": {"type": "array", "items": _ref("TableRow"), "description": "the machine's table rows followed"},
+        "text": S}},
+    "Counter": _closed(name=S, value=I, limit=NI, gives_up_at=NI),
+    "Next": _obj(
+        ["timeout_at", "in_seconds", "on_timeout", "waiting_for", "summary"],
+        timeout_at={"type": ["string", "null"]}, in_seconds={"type": ["number", "null"]},
+        on_timeout={"type": ["object", "null"], "description": "the timeout's table row and the outcomes it leads to"},
+        waiting_for={"type": "array", "items": _ref("TableRow")}, summary=S,
+        expires_at={"type": ["string", "null"]}, expires_in_seconds={"type": ["number", "null"]},
+        queue_deadline={"type": ["string", "null"]},
+    ),
+    "DeviceWhy": _closed(
+        device=S, state=S, read_as=S, since={"type": ["string", "null"]}, imaging_server=S,
+        request={"type": ["object", "null"]}, image=NS, next_image=NS, hardware_type=NS,
+        power={"type": ["object", "null"], "description": "its power controller and that controller's state"},
+        rule=_ref("Rule"), counters={"type": "array", "items": _ref("Counter")}, failure=_NULLABLE_FAILURE,
+        evidence={"type": "array", "items": _ref("LogEntry")}, next=_ref("Next"),
+        last_boot={"type": ["object", "null"], "description": "its newest boot's milestones and phase seconds"},
+    ),
+    "RequestWhy": _closed(
+        request=I, state=S, read_as=S, since={"type": ["string", "null"]}, imaging_server=S, requested_device=S,
+        image=S, environment=S, device={"type": ["object", "null"]}, rule=_ref("Rule"),
+        counters={"type": "array", "items": _ref("Counter")}, evidence={"type": "array", "items": _ref("LogEntry")},
+        next=_ref("Next"),
+    ),
+    "BootSummary": _closed(
+        generated_at=TIME, hours=I, since=TIME,
+        groups={"type": "array", "items": _closed(
+            image=S, hardware_type=S, boots=I, outcomes={"type": "object", "additionalProperties": I},
+            phases={"type": "object", "description": "power_cycle, pxe_fetch, live_boot, second_stage, download,"
+                    " extract, reboot, sdcard_check, total (completed boots)",
+                    "additionalProperties": _closed(count=I, p50={"type": "number"}, p95={"type": "number"},
+                                                    max={"type": "number"}, sum={"type": "number"})},
+        )},
+    ),
     # request bodies
     "RequestCreationBody": {
         **_obj(
@@ -182,6 +303,10 @@ SCHEMAS: dict[str, Any] = {
             duration=DURATION,
             image=S,
             environment={"type": ["string", "null"], "maxLength": 32},
+            priority={"type": ["integer", "null"], "minimum": 0, "maximum": 100,
+                      "description": "0-100, default 50: higher is served first"},
+            queue_timeout={"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1,
+                           "description": "seconds to wait for a device (default 600), then failed_device_busy"},
         ),
         # assignee, or else requester
         "anyOf": [
@@ -234,7 +359,9 @@ QUERY = {
     "cache": ("flag", "answer from the 5-second snapshot"),
     "active_only": ("flag", "only active configs"),
     "timeperiod": ("int", "entries from the last N seconds; 0 = no restriction"),
-    "limit": ("int", "the N most recent entries; 0 = no restriction"),
+    "limit": ("int", "the N most recent entries; 0 = no restriction (history: 0 = 100, larger than 1000 = 1000)"),
+    "before": ("int", "history: only entries with an id below this (the previous page's next_before)"),
+    "hours": ("int", "the window in hours (default 24, at most 744)"),
     "device": ("list", "only events of these devices (repeat, or separate with commas)"),
     "request": ("list", "only events of these request ids (repeat, or separate with commas)"),
     "type": ("list", "only these event types (repeat, or separate with commas)"),
@@ -253,7 +380,8 @@ _OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, st
     ("/api/request/list/", ("get",), "Requests", ("include_closed",), None, "200", "RequestList", ("503",), False),
     ("/api/request/{id}/details/", ("get",), "Request details", (), None, "200", "Request",
      ("400", "404", "503"), False),
-    ("/api/request/{id}/status/", ("get",), "Request state and recent log", (), None, "200", "Status",
+    ("/api/request/{id}/status/", ("get",), "Request state, recent log and place in the queue", (), None, "200",
+     "RequestStatus",
      ("400", "404", "503"), False),
     ("/api/request/{id}/log/", ("get",), "Request log", ("timeperiod", "limit"), None, "200", "Log",
      ("400", "404", "503"), False),
@@ -314,6 +442,20 @@ _OPS: list[tuple[str, tuple[str, ...], str, tuple[str, ...], str | None, str, st
      ("404", "413", "503"), False),
     ("/api/pool/summary/", ("get",), "Pool summary by category and hardware type", (), None, "200",
      "PoolSummary", ("503",), False),
+    ("/api/device/{device}/history/", ("get",), "The device's state history, newest first; paged with"
+     " ?limit= and ?before=", ("limit", "before"), None, "200", "History", ("400", "404", "503"), False),
+    ("/api/request/{id}/history/", ("get",), "The request's state history and its device's while it held it,"
+     " newest first; paged", ("limit", "before"), None, "200", "History", ("400", "404", "503"), False),
+    ("/api/device/{device}/why/", ("get",), "Why the device is in its state, and what happens next and when",
+     (), None, "200", "DeviceWhy", ("404", "503"), False),
+    ("/api/request/{id}/why/", ("get",), "Why the request is in its state, and what happens next and when",
+     (), None, "200", "RequestWhy", ("400", "404", "503"), False),
+    ("/api/pool/boots/", ("get",), "Boot phase times (p50/p95) per image and hardware type", ("hours",), None,
+     "200", "BootSummary", ("400", "503"), False),
+    ("/api/health/", ("get",), "Power controllers' health (ok or suspect, why, next probe) and each imaging"
+     " server's automatic quarantines against its cap", (), None, "200", "HealthReport", ("503",), False),
+    ("/api/relay/{relay}/health/", ("get",), "One power controller's health and the devices behind it", (), None,
+     "200", "RelayHealth", ("404", "503"), False),
     ("/metrics", ("get",), "Prometheus metrics", (), None, "200", None, (), False),
 ]
 
@@ -345,7 +487,7 @@ def _query_params(names: tuple[str, ...]) -> list[dict[str, Any]]:
         kind, why = QUERY[n]
         if kind == "int":
             schema: dict[str, Any] = {"type": "integer", "minimum": 0,
-                                      "maximum": 999999999999999999 if n == "last_event_id" else 2147483647}
+                                      "maximum": 999999999999999999 if n in ("last_event_id", "before") else 2147483647}
         else:
             schema = S
         param = {"name": n, "in": "query", "required": False, "description": why, "schema": schema,

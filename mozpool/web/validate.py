@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
+from mozpool.lifeguard import states
 from mozpool.web.errors import BadRequest, PayloadTooLarge
 from mozpool.web.interfaces import RequestSpec
 
@@ -25,28 +26,9 @@ MAX_BOOT_CONFIG_BYTES = 65535
 
 _DIGITS = re.compile(r"[0-9]+\Z", re.ASCII)
 
-PUBLIC_DEVICE_STATES = frozenset(
-    {"new", "ready", "maintenance_mode", "locked_out", "troubleshooting", "unknown"}
-)
-TRANSIENT_DEVICE_STATES = frozenset(
-    {
-        "pc_power_cycling", "pc_rebooting", "pc_sut_rebooting", "pc_pinging", "start_pxe_boot",
-        "start_self_test", "start_maintenance", "pxe_power_cycling", "pxe_booting",
-        "mobile_init_started", "android_downloading", "android_extracting", "b2g_downloading",
-        "b2g_extracting", "sut_verifying", "sut_verify_power_cycle", "sut_sdcard_verifying",
-        "operation_complete", "self_test_running",
-    }
-)
-FAILED_DEVICE_STATES = frozenset(
-    {
-        "failed_power_cycling", "failed_pxe_booting", "failed_mobile_init_started",
-        "failed_sut_verifying", "failed_sut_sdcard_verifying", "failed_android_downloading",
-        "failed_android_extracting", "failed_android_pinging", "failed_b2g_downloading",
-        "failed_b2g_extracting", "failed_b2g_pinging", "failed_self_test",
-    }
-)
-#: Valid ``{new}`` of state-change (spec 6.2: the union of the three lists).
-DEVICE_STATES = PUBLIC_DEVICE_STATES | TRANSIENT_DEVICE_STATES | FAILED_DEVICE_STATES
+#: Valid ``{new}`` of state-change (spec 6.2: the union of its three lists, and the health
+#: states): the one definition, in mozpool.lifeguard.states.
+DEVICE_STATES = states.DEVICE_STATES
 
 
 # --- the body ---------------------------------------------------------------------------------
@@ -295,7 +277,9 @@ def request_creation(body: dict[str, Any]) -> RequestSpec:
     image = string(body, "image")
     env = string(body, "environment", required=False, nullable=True, max_chars=MAX_ENVIRONMENT_CHARS)
     assert assignee is not None and image is not None  # required and not nullable: string() raised
-    return RequestSpec(assignee, length, image, env or "any")
+    priority = integer(body, "priority", low=0, high=100) if body.get("priority") is not None else 50
+    wait = integer(body, "queue_timeout", low=0, high=MAX_INT32) if body.get("queue_timeout") is not None else 600
+    return RequestSpec(assignee, length, image, env or "any", priority=priority, queue_timeout=wait)
 
 
 def boot_config_from(body: dict[str, Any], keys: list[str]) -> str:
@@ -323,7 +307,7 @@ def request_event_body(event: str, body: dict[str, Any]) -> dict[str, Any]:
     if event == "lifeguard_finished":
         result = string(body, "imaging_result", required=False, nullable=True)
         return {} if result is None else {"imaging_result": result}
-    return dict(body)
+    return {}  # no other request event takes arguments from outside (the queue's carry ids)
 
 
 def power_cycle_body(body: dict[str, Any]) -> tuple[str | None, str | None]:

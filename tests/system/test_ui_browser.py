@@ -405,6 +405,74 @@ class Flows(UITestCase):
         self.assert_no_js_errors()
 
 
+class Queue(UITestCase):
+    """Issue 14 in the browser: one device, held, so every other request waits in the queue."""
+
+    fakes = 1
+    time_scale = 0.02
+
+    def request(self, priority: int) -> int:
+        code, body = self.daemon.call("POST", "/api/device/any/request/",
+                                      {"assignee": "queue-test@example.com", "duration": 600, "image": "android",
+                                       "priority": priority})
+        self.assertEqual(code, 200, body)
+        request_id = int(body["request"]["id"])
+        self.addCleanup(self.daemon.call, "POST", f"/api/request/{request_id}/return/")
+        return request_id
+
+    def test_waiting_request_shows_its_place(self) -> None:
+        """A request made from the form with a low priority waits: its page shows its place, the
+        ETA and why; a priority-90 request made meanwhile moves it back, on the page, without a
+        reload; the requests list shows both priorities and its place."""
+        d = self.daemon
+        b = self.browser
+        d.wait_ready()
+        holder = self.request(50)
+        d.wait_for(lambda: d.get(f"/api/request/{holder}/status/")["state"] == "ready", 60, "the device held")
+
+        self.open("/ui/requests/new", live=False)
+        self.set_value("new-request-assignee", "ui-queue@example.com")
+        self.set_value("new-request-duration", "600")
+        self.set_value("new-request-priority", "20")
+        self.set_value("new-request-queue-timeout", "900")
+        self.click("new-request-submit")
+        b.wait_for(lambda: "/ui/request/" in b.url, what="the new request's page")
+        low = int(b.url.rstrip("/").rsplit("/", 1)[1])
+        self.addCleanup(d.call, "POST", f"/api/request/{low}/return/")
+        details = d.get(f"/api/request/{low}/details/")
+        self.assertEqual((details["priority"], details["queue_timeout"]), (20, 900))
+        b.wait_for(lambda: b.find("live-status").get_attribute("data-state") == "live", what="the page to be live")
+        self.assertEqual(self.attr("queue-position", "data-position"), "1")
+        self.assertEqual(self.stable(lambda: b.text_of("queue-ahead")), "0 requests that could take the same devices")
+        self.assertTrue(self.stable(lambda: b.text_of("queue-eta")).startswith(("in ~", "any moment")))
+        self.assertIn("UTC", self.attr("queue-eta", "title"))
+        self.assertTrue(self.stable(lambda: b.text_of("queue-why")))
+        self.assertEqual(self.stable(lambda: b.text_of("request-priority")), "20")
+
+        self.mark_page()
+        high = self.request(90)
+        b.wait_for(lambda: b.find("queue-position").get_attribute("data-position") == "2", timeout=20,
+                   what="the priority-90 request to go ahead on the page")
+        self.assertEqual(self.stable(lambda: b.text_of("queue-ahead")), "1 request that could take the same devices")
+        self.assert_not_reloaded()
+        self.assert_no_js_errors()
+
+        self.open("/ui/requests")
+
+        def row(request_id: int) -> Any:
+            return next(r for r in b.find_all("request-row") if f"#{request_id}" in r.text)
+
+        def position(request_id: int) -> str:
+            from selenium.webdriver.common.by import By
+
+            found = row(request_id).find_elements(By.CSS_SELECTOR, '[data-testid="request-queue-position"]')
+            return found[0].get_attribute("data-position") if found else ""
+
+        self.assertEqual(self.stable(lambda: (position(low), position(high), position(holder))), ("2", "1", ""))
+        self.assertIn("20", self.stable(lambda: row(low).text))
+        self.assert_no_js_errors()
+
+
 class Screenshots(UITestCase):
     """The README's pictures (only with MOZPOOL_SCREENSHOTS=1): a pool with a little of
     everything -- requests in use, a device being imaged, a failed one, one locked out."""

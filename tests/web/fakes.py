@@ -37,6 +37,9 @@ class FakeBroker(_Recorder):
     def request_event(self, request_id: int, event: str, body: dict[str, Any]) -> Any:
         return self._answer("request_event", request_id, event, body)
 
+    def queue_place(self, request_id: int) -> Any:
+        return self._answer("queue_place", request_id)
+
 
 @implementer(ILifeGuard)
 class FakeLifeGuard(_Recorder):
@@ -45,6 +48,10 @@ class FakeLifeGuard(_Recorder):
 
     def state_change(self, name: str, old: str, new: str) -> Any:
         return self._answer("state_change", name, old, new)
+
+    def quarantine_status(self) -> Any:
+        """No fault isolation: the health report names no cap."""
+        return defer.succeed(None)
 
 
 @implementer(IBMM)

@@ -24,6 +24,11 @@ INDEX = [
     "/api/device/{device}/set-environment/", "/api/environment/list/", "/api/bmm/pxe_config/list/",
     "/api/bmm/pxe_config/{pxe}/details/", "/api/openapi.json", "/api/pool/summary/", "/metrics",
     "/api/events", "/api/whoami/", "/api/server/list/", "/api/token/list/", "/api/token/create/", "/api/token/{name}/revoke/",
+    # health (issue 15)
+    "/api/device/{device}/history/", "/api/request/{id}/history/", "/api/device/{device}/why/",
+    "/api/request/{id}/why/", "/api/pool/boots/",
+    # fault isolation (issue 15)
+    "/api/health/", "/api/relay/{relay}/health/",
 ]
 
 
@@ -34,7 +39,7 @@ class OpenAPITests(SynchronousTestCase):
     def test_paths_are_the_index(self) -> None:
         """One entry per route, plus the concrete spellings of an event whose body differs."""
         self.assertEqual(sorted(set(self.doc["paths"]) - set(openapi.SPECIALISED)), sorted(INDEX))
-        self.assertEqual(len(self.doc["paths"]) - len(openapi.SPECIALISED), 36)
+        self.assertEqual(len(self.doc["paths"]) - len(openapi.SPECIALISED), 43)
 
     def test_routes_match_the_document(self) -> None:
         routes = {path: {m.lower() for m in methods} for path, methods in api.ROUTES}

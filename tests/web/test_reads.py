@@ -11,11 +11,11 @@ from tests.web.support import APITest, B, A
 LOG_KEYS = {"id", "timestamp", "source", "message"}
 DEVICE_KEYS = {
     "id", "name", "fqdn", "inventory_id", "mac_address", "imaging_server", "relay_info", "state",
-    "comments", "environment", "image", "boot_config", "request_id", "unreachable_since",
+    "comments", "environment", "image", "boot_config", "request_id", "unreachable_since", "failure",
 }
 REQUEST_KEYS = {
     "id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",
-    "assigned_device", "url",
+    "assigned_device", "url", "priority", "queue_timeout",
 }
 LIST_KEYS = {
     "id", "imaging_server", "assignee", "boot_config", "state", "expires", "requested_device",
@@ -240,7 +240,7 @@ class Reads(APITest):
         got = await self.ok("GET", "/api/pool/summary/")
         self.assertEqual(
             set(got), {"generated_at", "total", "by_category", "by_hardware_type", "failed_devices",
-                       "unreachable_servers"}
+                       "failure_phases", "unreachable_servers"}
         )
         self.assertEqual(got["unreachable_servers"], [], "no server has sent a heartbeat yet: none is judged")
         self.assertEqual(got["generated_at"], "2013-04-02T17:05:11")
@@ -252,8 +252,9 @@ class Reads(APITest):
         self.assertEqual(
             got["failed_devices"],
             [{"name": "bpanda-0002", "state": "failed_pxe_booting", "hardware_type": "panda",
-              "imaging_server": B, "environment": "staging", "comments": "x"}],
+              "imaging_server": B, "environment": "staging", "comments": "x", "failure": None}],
         )
+        self.assertEqual(got["failure_phases"], {"unknown": 1}, "set behind the machines' back: no summary")
 
     async def test_openapi_served(self) -> None:
         got = await self.ok("GET", "/api/openapi.json")
@@ -261,7 +262,7 @@ class Reads(APITest):
         self.assertEqual(got["info"]["version"], version["version"])
         self.assertTrue(got["openapi"].startswith("3."))
         # one per route, and the events whose bodies differ spelled out (openapi.SPECIALISED)
-        self.assertEqual(len(got["paths"]), 36 + len(openapi.SPECIALISED))
+        self.assertEqual(len(got["paths"]), 43 + len(openapi.SPECIALISED))
 
     async def test_metrics(self) -> None:
         await self.sql("UPDATE devices SET state = 'failed_pxe_booting' WHERE name = 'bpanda-0002'")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mozpool.lifeguard.machine import TIMEOUTS
 from mozpool.web import validate
 from mozpool.web.errors import BadRequest
 
@@ -43,7 +44,9 @@ class ValidateTests(SynchronousTestCase):
             self.assertRaises(BadRequest, validate.json_object, bad)
 
     def test_state_names(self) -> None:
-        self.assertEqual(len(validate.DEVICE_STATES), 6 + 19 + 12)
+        # spec 6.2's three lists (6 public, 19 transient, 12 failed) and the two health states
+        self.assertEqual(len(validate.DEVICE_STATES), 6 + 19 + 12 + 2)
+        self.assertEqual(validate.DEVICE_STATES, set(TIMEOUTS), "the machine's own states, said once")
         self.assertEqual(validate.state_name("pxe_booting"), "pxe_booting")
         self.assertRaises(BadRequest, validate.state_name, "failed_other")
 

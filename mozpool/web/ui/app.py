@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.web.resource import IResource, NoResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
+from twisted.web.template import tags
 from werkzeug import exceptions as wz
 
 from mozpool import liveness
@@ -32,7 +33,11 @@ from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import RETRY_AFTER, Database
 from mozpool.timeutil import dbnow
 from mozpool.web import auth
-from mozpool.web.ui import pages, params, queries
+from mozpool.web.poolview import PoolView
+from mozpool.db import history
+from mozpool.health.interfaces import IHealth
+from mozpool.broker.interfaces import IBroker
+from mozpool.web.ui import pages, params, queries, viewqueries, why
 from mozpool.web.ui.html import device_url, flatten, page_bytes, query_url, request_url
 from mozpool.web.validate import DEVICE_STATES
 
@@ -74,8 +79,15 @@ class OperatorUI:
     app = Klein()
 
     def __init__(self, db: Database, fqdn: str, clock: IReactorTime, authority: auth.Authority | None = None,
-                 time_scale: float = 1.0) -> None:
+                 time_scale: float = 1.0, view: PoolView | None = None, health: IHealth | None = None,
+                 broker: IBroker | None = None) -> None:
         self.db = db
+        #: where waiting requests stand in the queue (issue 14); None: places are not shown
+        self.broker = broker
+        #: explanations and boot telemetry (issue 15): the "why?" parts and the boot times page
+        self.health = health
+        #: the pool in memory: when given, the device tables are read from it (ui.viewqueries)
+        self.view = view
         #: scales the liveness bound, like every interval of this daemon
         self.time_scale = time_scale
         self.fqdn = fqdn
@@ -99,6 +111,10 @@ class OperatorUI:
         return await flatten(list(parts))
 
     def _read(self, fn: Any, *args: Any) -> Any:
+        in_memory = viewqueries.FROM_VIEW.get(fn) if self.view is not None else None
+        if in_memory is not None:
+            assert self.view is not None
+            return defer.Deferred.fromCoroutine(self.view.read(in_memory, *args))
         return self.db.runInteraction(fn, *args)
 
     @app.handle_errors(Exception)
@@ -202,6 +218,8 @@ class OperatorUI:
     async def overview(self, request: IRequest) -> bytes:
         counts = await self._read(queries.category_counts)
         needing, needing_total = await self._read(queries.needs_a_human, OVERVIEW_LIMIT)
+        failures = await self.db.runInteraction(history.failures_by_name, [d["name"] for d in needing])
+        needing = [{**d, "failure": failures.get(d["name"])} for d in needing]
         open_requests, open_total = await self._read(queries.request_page, False, 1, OVERVIEW_LIMIT)
         servers = await self._read(queries.imaging_servers, self._dead_before())
         body = pages.overview(counts, needing, needing_total, open_requests, open_total, servers, self.fqdn,
@@ -216,7 +234,7 @@ class OperatorUI:
         devices = await self._read(queries.wired_devices, server)
         servers = await catalog.server_fqdns(self.db)
         body = pages.lab_map(boards, devices, self.fqdn, servers, server)
-        return await self._page(request, "Lab map", body, "lab", _pool_events("device_state", "request_device"))
+        return await self._page(request, "Lab map", body, "lab", _pool_events("device_state", "request_device", "board_health"))
 
     @app.route("/ui/lab/board/<path:address>", methods=["GET"])
     async def lab_board(self, request: IRequest, address: str) -> bytes:
@@ -245,6 +263,7 @@ class OperatorUI:
         include_closed = params.flag(request, "closed")
         number, per_page = params.page(request)
         rows, total = await self._read(queries.request_page, include_closed, number, per_page)
+        rows = [{**r, "queue": await self._queue_place(r)} for r in rows]
         body = pages.requests(rows, total, include_closed, number, per_page, self.clock.seconds())
         return await self._page(request, "Requests", body, "requests",
                                 _pool_events("request_state", "request_device", "device_state"))
@@ -296,7 +315,67 @@ class OperatorUI:
         environments = await catalog.list_environments(self.db)
         body = pages.device(found, log_lines, pxe, images, environments, sorted(DEVICE_STATES), self.fqdn,
                             self.clock.seconds())
+        body.insert(2, await self._device_health(found["id"], name))
         return await self._page(request, name, body, "devices", "/api/events?device=" + quote(name, safe=""))
+
+    # --- health (issue 15): why?, timelines, boot times -------------------------------------
+
+    async def _device_health(self, device_id: int, name: str) -> Any:
+        explained = await self.health.explain_device(name) if self.health is not None else None
+        page = await self.db.runInteraction(history.device_history, device_id, why.TIMELINE_LIMIT)
+        return why.health_region("device-health", device_url(name) + "/health", "device_state request_device",
+                                 explained, page, self.clock.seconds(), device_url(name) + "/why",
+                                 why.device_api(name, "history"))
+
+    @app.route("/ui/device/<string:name>/health", methods=["GET"])
+    async def device_health(self, request: IRequest, name: str) -> bytes:
+        """The device page's why box and timeline, refetched when the device changes."""
+        found = await self._device(name)
+        return await self._fragment(request, await self._device_health(found["id"], name))
+
+    @app.route("/ui/device/<string:name>/why", methods=["GET"])
+    async def device_why(self, request: IRequest, name: str) -> bytes:
+        """Everything /api/device/NAME/why/ says, as a page."""
+        await self._device(name)
+        explained = await self._need_health().explain_device(name)
+        back = tags.a(f"← {name}", href=device_url(name))
+        return await self._page(request, f"Why is {name} {explained['state']}?",
+                                why.why_page(explained, self.clock.seconds(), back, "device"), "devices",
+                                "/api/events?device=" + quote(name, safe=""))
+
+    async def _request_health(self, request_id: int) -> Any:
+        explained = await self.health.explain_request(request_id) if self.health is not None else None
+        page = await self.db.runInteraction(history.request_history, request_id, why.TIMELINE_LIMIT)
+        return why.health_region("request-health", request_url(request_id) + "/health",
+                                 "request_state request_device", explained, page, self.clock.seconds(),
+                                 request_url(request_id) + "/why", f"/api/request/{request_id}/history/",
+                                 show_machine=True)
+
+    @app.route("/ui/request/<string:request_id>/health", methods=["GET"])
+    async def request_health(self, request: IRequest, request_id: str) -> bytes:
+        found = await self._request(request_id)
+        return await self._fragment(request, await self._request_health(found["id"]))
+
+    @app.route("/ui/request/<string:request_id>/why", methods=["GET"])
+    async def request_why(self, request: IRequest, request_id: str) -> bytes:
+        found = await self._request(request_id)
+        explained = await self._need_health().explain_request(found["id"])
+        back = tags.a(f"← request {found['id']}", href=request_url(found["id"]))
+        return await self._page(request, f"Why is request {found['id']} {explained['state']}?",
+                                why.why_page(explained, self.clock.seconds(), back, "request"), "requests",
+                                f"/api/events?request={found['id']}")
+
+    @app.route("/ui/boots", methods=["GET"])
+    async def boots(self, request: IRequest) -> bytes:
+        """Boot phase times per image and hardware type (``?hours=``, default 24)."""
+        hours = params.number(request, "hours", 24, 24 * 31)
+        summary = await self._need_health().boot_summary(hours)
+        return await self._page(request, "Boot times", why.boots_page(summary), "boots")
+
+    def _need_health(self) -> IHealth:
+        if self.health is None:
+            raise PageNotFound("Explanations and boot telemetry are not available on this server.")
+        return self.health
 
     @app.route("/ui/device/<string:name>/summary", methods=["GET"])
     async def device_summary(self, request: IRequest, name: str) -> bytes:
@@ -327,17 +406,30 @@ class OperatorUI:
             raise PageNotFound(f"There is no request {request_id}.")
         return found
 
+    async def _queue_place(self, found: dict[str, Any]) -> dict[str, Any] | None:
+        """Where a request waiting for a device stands (``position``, ``ahead``, ``eta``,
+        ``why``: the API's ``queue``), None for any other request."""
+        if self.broker is None or found["state"] != "finding_device" or found["assigned_device"]:
+            return None
+        place: dict[str, Any] | None = await self.broker.queue_place(found["id"])
+        return place
+
     @app.route("/ui/request/<string:request_id>", methods=["GET"])
     async def request_page(self, request: IRequest, request_id: str) -> bytes:
         found = await self._request(request_id)
+        found["queue"] = await self._queue_place(found)
         log_lines = await self._read(queries.newest_log, "request", found["id"], dbnow(self.clock), pages.LOG_LIMIT)
         body = pages.request(found, log_lines, self.fqdn, self.clock.seconds())
+        body.insert(2, await self._request_health(found["id"]))
         return await self._page(request, f"Request {found['id']}", body, "requests",
                                 f"/api/events?request={found['id']}")
 
     @app.route("/ui/request/<string:request_id>/summary", methods=["GET"])
     async def request_summary(self, request: IRequest, request_id: str) -> bytes:
+        """The live part of the request page: its state, its place in the queue while it waits
+        for a device, and its details."""
         found = await self._request(request_id)
+        found["queue"] = await self._queue_place(found)
         return await self._fragment(request, pages.request_summary(found, self.clock.seconds()))
 
     @app.route("/ui/request/<string:request_id>/log", methods=["GET"])

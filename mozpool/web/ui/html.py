@@ -42,6 +42,7 @@ NAV = (
     ("/ui/environments", "Environments", "environments"),
     ("/ui/pxe-configs", "PXE configs", "pxe-configs"),
     ("/ui/servers", "Servers", "servers"),
+    ("/ui/boots", "Boot times", "boots"),
 )
 
 
@@ -165,9 +166,26 @@ def relative(seconds: float) -> str:
     return f"in {amount}" if ahead else f"{amount} ago"
 
 
-def when(api_time: str | None, now: float, testid: str | None = None) -> Any:
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``11th``, ``21st``: a place in the queue.  (The client has the
+    same words in mozpool.client.api; the daemon does not import the client.)"""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def approximate(words: str) -> str:
+    """An estimate's :func:`relative` words: ``in ~4 min``, ``any moment``, ``overdue by ~2
+    min`` (the same as mozpool.js writes for ``data-approx`` times)."""
+    if words == "just now":
+        return "any moment"
+    if words.startswith("in "):
+        return "in ~" + words[3:]
+    return "overdue by ~" + words[: -len(" ago")]
+
+
+def when(api_time: str | None, now: float, testid: str | None = None, approx: bool = False) -> Any:
     """A UTC time (API form) shown relative to ``now``, the absolute time on hover; mozpool.js
-    keeps the words current."""
+    keeps the words current.  ``approx``: an estimate (``in ~4 min``)."""
     if not api_time:
         return tags.span("—", class_="muted")
     parsed = _parse_api_time(api_time)
@@ -177,7 +195,11 @@ def when(api_time: str | None, now: float, testid: str | None = None) -> Any:
     attrs = {"datetime": api_time[:19] + "Z", "title": api_time[:19].replace("T", " ") + " UTC"}
     if testid:
         attrs["data-testid"] = testid
-    return tags.time(relative(now - epoch), **attrs)
+    words = relative(now - epoch)
+    if approx:
+        attrs["data-approx"] = ""
+        words = approximate(words)
+    return tags.time(words, **attrs)
 
 
 def text_or_dash(value: Any) -> Any:
@@ -254,16 +276,18 @@ def pager(page: int, pages: int, total: int, url_for: Callable[[int], str], noun
     return tags.nav(parts, class_="pager", **{"aria-label": f"{noun} pages"})
 
 
-def live_region(region_id: str, url: str, events: str, *children: Any, **attrs: Any) -> Tag:
+def live_region(region_id: str, url: str, events: str, *children: Any, poll: int | None = None, **attrs: Any) -> Tag:
     """An element mozpool.js refetches (``url``, the part with id ``region_id`` swapped in) when
-    one of ``events`` (space-separated /api/events types) arrives, at most about once a second."""
+    one of ``events`` (space-separated /api/events types) arrives, at most about once a second;
+    with ``poll``, also every ``poll`` seconds (for what changes without an event of the
+    page's stream, such as a waiting request's place in the queue)."""
     return tags.div(
         *children,
         id=region_id,
         **{
             "data-live": events,
             "hx-get": url,
-            "hx-trigger": "mp-refresh",
+            "hx-trigger": "mp-refresh" + (f", every {int(poll)}s" if poll else ""),
             "hx-select": "#" + region_id,
             "hx-swap": "outerHTML",
         },

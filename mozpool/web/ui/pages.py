@@ -29,6 +29,7 @@ from mozpool.web.ui.html import (
     device_url,
     live_region,
     log_list,
+    ordinal,
     pager,
     query_url,
     request_badge,
@@ -42,11 +43,14 @@ from mozpool.web.ui.html import (
     when,
 )
 from mozpool.web.ui.queries import PARKED_STATES, DeviceQuery
+from mozpool.web.ui.why import failure_text
 
 #: The /api/events types that change what the pool-wide pages show (logs excluded: they are
 #: most of the stream and no pool-wide page shows them).
 POOL_EVENTS = "device_state request_state request_device device_comments device_environment"
 LOG_LIMIT = 1000
+#: Seconds between two reads of a waiting request's place in the queue on its page.
+QUEUE_POLL = 5
 
 
 def _ids(testid: str, **attrs: Any) -> dict[str, Any]:
@@ -168,11 +172,19 @@ def overview(
         more = tags.p(f"The first {len(needing)} of {needing_total}. ",
                       tags.a("All failed devices …", href="/ui/devices?category=failed"))
     human = table(
-        ["device", "state", "server", "environment", "comments"],
-        [[device_link(d["name"]), state_badge(d["state"], d["category"]), d["imaging_server"], d["environment"],
-          text_or_dash(d["comments"])] for d in needing],
+        ["device", "state", "why", "server", "environment", "comments"],
+        [[device_link(d["name"]), state_badge(d["state"], d["category"]),
+          tags.span(failure_text(d.get("failure")) or "—", **_ids("needs-human-why")), d["imaging_server"],
+          d["environment"], text_or_dash(d["comments"])] for d in needing],
         testid="needs-human", row_testid="needs-human-row", empty="No device needs a person. ✓",
     )
+    phases: dict[str, int] = {}
+    for d in needing:
+        if d.get("failure"):
+            phases[d["failure"]["phase"]] = phases.get(d["failure"]["phase"], 0) + 1
+    if phases:
+        more = [tags.p("Failed in: ", ", ".join(f"{phase} ({n})" for phase, n in sorted(phases.items())),
+                       class_="muted", **_ids("failure-phases")), more]
     opened = table(
         ["request", "state", "assignee", "device", "image", "expires"],
         [[request_link(r["id"]), request_badge(r["state"]), r["assignee"],
@@ -306,12 +318,27 @@ def board_section(board: dict[str, Any], slots: dict[Any, dict[str, Any]]) -> Ta
     kind = kind_of(board["fqdn"])
     return live_region(
         board_anchor(board["fqdn"]), "/ui/lab/board/" + quote(board["fqdn"], safe=""),
-        "device_state request_device",
+        "device_state request_device board_health",
         tags.div(tags.h3(board["name"]), test, class_="board-head"),
         tags.p(f"{board['fqdn']} · {kind} · {board['state']} · {summary}", class_="muted"),
+        board_health_note(board),
         _board_grid(board["fqdn"], slots) if proxr else _port_list(board["fqdn"], slots),
         class_="board", **_ids("relay-board", **{"data-board": board["fqdn"], "data-kind": kind,
                                                  "data-live-contains": ""}),
+    )
+
+
+def board_health_note(board: dict[str, Any]) -> Any:
+    """Why a suspect power controller is suspect (issue 15): its devices wait, uncounted, while
+    LifeGuard probes it."""
+    if board.get("state") != "suspect":
+        return ""
+    since = str(board.get("health_since") or "")[:19].replace(" ", "T")
+    return tags.p(
+        tags.strong("Suspect"), f" since {since} UTC: {board.get('health_reason') or 'no reason recorded'}. ",
+        "Its devices wait in board_suspect and are not offered to requests; LifeGuard probes it and re-tests "
+        "them when it answers.",
+        class_="board-suspect", role="status", **{"data-testid": "board-health", "data-health": "suspect"},
     )
 
 
@@ -665,8 +692,10 @@ def requests(
         " · ", tags.a("New request", href="/ui/requests/new", **_ids("new-request-link")),
     )
     listing = table(
-        ["request", "state", "assignee", "requested", "device", "image", "environment", "expires", "server"],
-        [[request_link(r["id"], **_ids("request-link")), request_badge(r["state"]), r["assignee"],
+        ["request", "state", "priority", "assignee", "requested", "device", "image", "environment", "expires",
+         "server"],
+        [[request_link(r["id"], **_ids("request-link")), [request_badge(r["state"]), _queue_position(r.get("queue"))],
+          tags.span(str(r["priority"]), **_ids("request-priority")), r["assignee"],
           r["requested_device"],
           [device_link(r["assigned_device"]), " ", state_badge(r["device_state"], testid="request-device-state")]
           if r["assigned_device"] else text_or_dash(None),
@@ -680,6 +709,46 @@ def requests(
         pager(page, pages, total, lambda p: url(page=p), "requests"), listing,
         **{"hx-boost": "true", "hx-target": "this"},
     )]
+
+
+def _queue_position(place: dict[str, Any] | None) -> Any:
+    """A waiting request's place, beside its state in the requests list (issue 14)."""
+    if not place:
+        return ""
+    return tags.span(f" {ordinal(place['position'])} in queue", class_="muted queue-position",
+                     title=f"{place['ahead']} ahead of it could take the same devices",
+                     **_ids("request-queue-position", **{"data-position": str(place["position"])}))
+
+
+def queue_place(place: dict[str, Any], now: float, gives_up: str | None = None) -> Tag:
+    """Where a request waiting for a device stands (the status's ``queue``, issue 14): its
+    position among all waiting requests, how many before it could take the same devices, when it
+    should be ready, and why; and when it gives up waiting (``gives_up``, API time), said
+    plainly when that comes before the estimate."""
+    eta = when(place["eta"], now, testid="queue-eta", approx=True) if place.get("eta") else tags.span(
+        "no estimate yet", class_="muted", **_ids("queue-eta"))
+    rows: list[tuple[str, Any]] = [
+        ("Place in the queue", tags.span(
+            tags.strong(ordinal(place["position"])), " of the waiting requests",
+            **_ids("queue-position", **{"data-position": str(place["position"])}))),
+        ("Ahead of it", tags.span(
+            f"{_count(place['ahead'], 'request')} that could take the same devices",
+            **_ids("queue-ahead", **{"data-ahead": str(place["ahead"])}))),
+        ("Ready", [eta, tags.span(" (estimate)", class_="muted")]),
+        ("Why", tags.span(place.get("why") or "—", **_ids("queue-why"))),
+    ]
+    if gives_up:
+        late = bool(place.get("eta")) and place["eta"][:19] > gives_up[:19]
+        rows.append(("Gives up", [
+            when(gives_up, now, testid="queue-gives-up"),
+            tags.strong(" — before the estimate: it fails with failed_device_busy unless a device frees up sooner",
+                        class_="queue-late", **_ids("queue-late")) if late else
+            tags.span(" (its queue timeout)", class_="muted"),
+        ]))
+    return tags.section(
+        tags.h2("Waiting for a device"), definition_list(rows),
+        class_="queue-place", role="status", **_ids("request-queue"),
+    )
 
 
 def request(found: dict[str, Any], log: Sequence[dict[str, Any]], this_server: str, now: float) -> list[Any]:
@@ -718,13 +787,18 @@ def request_summary(found: dict[str, Any], now: float) -> Tag:
     if found["assigned_device"]:
         device_cell = [device_link(found["assigned_device"], **_ids("request-device")), " ",
                        state_badge(found["device_state"] or "unknown", testid="request-device-state")]
+    waiting = found["state"] == "finding_device" and not found["assigned_device"]
+    place = found.get("queue")
     return live_region(
         "request-summary", f"/ui/request/{request_id}/summary", "request_state request_device",
         tags.p(request_badge(found["state"]), class_="state-line"),
+        queue_place(place, now, found.get("queue_deadline")) if place else "",
         definition_list([
             ("Device", device_cell),
             ("Requested", found["requested_device"]),
             ("Assignee", found["assignee"]),
+            ("Priority", tags.span(str(found["priority"]), **_ids("request-priority"))),
+            ("Queue timeout", tags.span(f"{found['queue_timeout']} s", **_ids("request-queue-timeout"))),
             ("Expires", when(found["expires"], now, testid="request-expires")),
             ("Image", found["image"]),
             ("Environment", found["environment"]),
@@ -732,6 +806,9 @@ def request_summary(found: dict[str, Any], now: float) -> Tag:
             ("Imaging server", found["imaging_server"]),
             ("API URL", tags.a(found["url"], href=found["url"] + "details/")),
         ], testid="request-details"),
+        # A place in the queue moves with other requests' events, which this page's stream does
+        # not carry: while the request waits, the part is also read again every few seconds.
+        poll=QUEUE_POLL if waiting else None,
         **{"data-live-request": str(request_id)},
     )
 
@@ -757,6 +834,16 @@ def new_request(
         field("Assignee", tags.input(name="assignee", required="required", id="new-request-assignee",
                                      autocomplete="email", placeholder="you@example.com",
                                      **_ids("new-request-assignee"))),
+        field("Priority", tags.input(type="number", name="priority", value="50", min="0", max="100",
+                                     required="required", id="new-request-priority",
+                                     **_ids("new-request-priority", **{"data-type": "int"})),
+              "0–100; when devices are short, higher is served first"),
+        field("Queue timeout (seconds)", tags.input(type="number", name="queue_timeout", value="600", min="0",
+                                                    max="2147483647", required="required",
+                                                    id="new-request-queue-timeout",
+                                                    **_ids("new-request-queue-timeout", **{"data-type": "int"})),
+              "how long it may wait for a device to free up, then it fails (failed_device_busy); 0: fail at once "
+              "unless one is free"),
         field("Boot config", tags.textarea("", name="boot_config", rows="3", id="new-request-boot-config",
                                            **_ids("new-request-boot-config", **{"data-type": "merge-json"})),
               'a JSON object of the image\'s boot config keys, e.g. {"b2gbase": "http://…"}'),

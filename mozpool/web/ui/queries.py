@@ -8,12 +8,14 @@ sends one page of rows to the browser, never the whole pool.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from mozpool.db import catalog, logs
 from mozpool.db.pool import Cursor
 from mozpool.db.requests import MAX_REQUEST_ID, get_request
-from mozpool.timeutil import apitime
+from mozpool.lifeguard import states
+from mozpool.timeutil import apitime, dbtime, parse_dbtime
 
 #: mozpool.db.summary.category() as SQL over ``d`` (devices) and ``dr`` (device_requests);
 #: tests/web/ui/test_queries.py checks the two agree for every state.
@@ -23,8 +25,8 @@ CATEGORY_SQL = (
     " WHEN d.state = 'ready' THEN 'idle' ELSE 'processing' END"
 )
 
-#: States that wait for a person besides the ``failed_`` ones (spec http-api 6.2).
-PARKED_STATES = ("locked_out", "troubleshooting", "unknown")
+#: States that wait for a person besides the ``failed_`` ones (spec http-api 6.2, and ``held``).
+PARKED_STATES = states.PARKED_STATES
 
 _DEVICE_FROM = (
     " FROM devices d"
@@ -226,10 +228,16 @@ def device_log_by_name(c: Cursor, name: str, now: str, limit: int) -> list[dict[
 
 
 def request_by_id(c: Cursor, request_id: int) -> dict[str, Any] | None:
-    """The request page's data: the API's request object plus its state, owner and device state."""
+    """The request page's data: the API's request object plus its state, owner and device state,
+    and ``queue_deadline``: when it gives up waiting for a device (created + queue_timeout)."""
     found = get_request(c, request_id)
     if found is None:
         return None
+    raw = c.scalar("SELECT created FROM requests WHERE id = ?", (request_id,))
+    created = None if raw is None else parse_dbtime(str(raw))
+    found["queue_deadline"] = (
+        None if created is None else apitime(dbtime(created + timedelta(seconds=found["queue_timeout"])))
+    )
     found["device_state"] = None
     if found["assigned_device"]:
         found["device_state"] = c.scalar(
@@ -246,7 +254,7 @@ def request_log(c: Cursor, request_id: int, now: str, limit: int) -> list[dict[s
 
 _REQUEST_KEYS = (
     "id", "state", "assignee", "requested_device", "assigned_device", "device_state", "image",
-    "environment", "expires", "imaging_server",
+    "environment", "expires", "imaging_server", "priority",
 )
 
 
@@ -258,7 +266,7 @@ def request_page(
     total = int(c.scalar("SELECT COUNT(*) FROM requests r" + where))
     rows = c.execute(
         "SELECT r.id, r.state, r.assignee, r.requested_device, d.name, d.state, i.name, r.environment,"
-        " r.expires, s.fqdn"
+        " r.expires, s.fqdn, r.priority"
         " FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
         " JOIN images i ON i.id = r.image_id"
         " LEFT JOIN device_requests dr ON dr.request_id = r.id"
@@ -269,6 +277,7 @@ def request_page(
     for row in rows:
         entry = dict(zip(_REQUEST_KEYS, row))
         entry["id"] = int(entry["id"])
+        entry["priority"] = int(entry["priority"])
         entry["expires"] = apitime(entry["expires"])
         found.append(entry)
     return found, total
@@ -279,11 +288,12 @@ def relay_boards(c: Cursor, server: str = "") -> list[dict[str, Any]]:
     then name."""
     where, params = (" WHERE s.fqdn = ?", [server]) if server else ("", [])
     rows = c.execute(
-        "SELECT b.name, b.fqdn, b.state, s.fqdn FROM relay_boards b"
+        "SELECT b.name, b.fqdn, b.state, s.fqdn, b.health_since, b.health_reason FROM relay_boards b"
         " JOIN imaging_servers s ON s.id = b.imaging_server_id" + where + " ORDER BY s.fqdn, b.name",
         params,
     ).fetchall()
-    return [dict(zip(("name", "fqdn", "state", "imaging_server"), r)) for r in rows]
+    # health_since/health_reason: why a controller is suspect (issue 15, mozpool.db.health)
+    return [dict(zip(("name", "fqdn", "state", "imaging_server", "health_since", "health_reason"), r)) for r in rows]
 
 
 def wired_devices(c: Cursor, server: str = "") -> list[dict[str, Any]]:

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
+from twisted.internet import defer
+
 from mozpool.db.pool import Database
 from mozpool.web.api import MozpoolAPI
 from mozpool.web.ui.app import OperatorUI
+from tests.web.fakes import FakeBroker
 from tests.web.support import APITest, Answer
 
 HTML_TYPE = "text/html; charset=utf-8"
@@ -69,13 +72,28 @@ def parse(body: bytes) -> Node:
     return builder.root
 
 
+class QueueBroker(FakeBroker):
+    """A broker whose ``queue_place`` answers from ``places`` (request id -> the API's
+    ``queue``; none for the others), as the UI reads waiting requests' places."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.places: dict[int, dict[str, Any]] = {}
+
+    def queue_place(self, request_id: int) -> Any:
+        self.calls.append(("queue_place", request_id))
+        return defer.succeed(self.places.get(request_id))
+
+
 class UITest(APITest):
     """Mixin: ``self.ui`` is server A's UI, reached through the site's front resource as the
-    daemon serves it (so /api/ still goes to the API)."""
+    daemon serves it (so /api/ still goes to the API); ``self.queue`` says where waiting
+    requests stand."""
 
     def makeAPI(self, db: Database | None = None, **kw: Any) -> MozpoolAPI:
         api = super().makeAPI(db, **kw)
-        self.ui = OperatorUI(db or self.db, self.fqdn, self.clock)
+        self.queue = QueueBroker()
+        self.ui = OperatorUI(db or self.db, self.fqdn, self.clock, broker=self.queue)
         self.front.inner = api.resource(self.ui.resource())
         return api
 

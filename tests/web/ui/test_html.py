@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mozpool.web.ui.html import relative, request_badge, state_badge, when
+from mozpool.web.ui.html import approximate, live_region, ordinal, relative, request_badge, state_badge, when
 from tests.web.ui.support import parse
 
 # 2013-04-02T17:05:11 UTC
@@ -36,6 +36,31 @@ class RelativeTimes(SynchronousTestCase):
 
     def test_no_time(self) -> None:
         self.assertIn("—", render(when(None, NOW)))
+
+    def test_an_estimate(self) -> None:
+        """An ETA reads as one (``in ~4 min``), marked so mozpool.js keeps the tilde when it
+        rewrites the words; the exact time is still on hover."""
+        self.assertEqual([approximate(relative(s)) for s in (-240, -5, 5, 120)],
+                         ["in ~4 min", "any moment", "any moment", "overdue by ~2 min"])
+        node = parse(render(when("2013-04-02T17:09:11", NOW, testid="t", approx=True)).encode()).find("t")[0]
+        self.assertEqual((node.text, node.attrs["title"]), ("in ~4 min", "2013-04-02 17:09:11 UTC"))
+        self.assertIn("data-approx", node.attrs)
+        self.assertNotIn("data-approx", parse(render(when("2013-04-02T17:09:11", NOW, testid="t")).encode())
+                         .find("t")[0].attrs)
+
+    def test_ordinal(self) -> None:
+        self.assertEqual([ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 102, 111)],
+                         ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "102nd", "111th"])
+
+
+class LiveRegions(SynchronousTestCase):
+    def test_poll(self) -> None:
+        """A region refetched on its events, and with ``poll`` every so many seconds too."""
+        plain = parse(render(live_region("r", "/u", "request_state")).encode()).by_id("r")
+        polled = parse(render(live_region("r", "/u", "request_state", poll=5)).encode()).by_id("r")
+        assert plain is not None and polled is not None
+        self.assertEqual((plain.attrs["hx-trigger"], polled.attrs["hx-trigger"]),
+                         ("mp-refresh", "mp-refresh, every 5s"))
 
 
 class Badges(SynchronousTestCase):

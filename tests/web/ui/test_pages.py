@@ -223,6 +223,65 @@ class Pages(UITest):
         log = await self.page(f"/ui/request/{request_id}/log")
         self.assertEqual(len(log.find("log-line")), 1)
 
+    async def test_requests_page_shows_priority_and_queue_position(self) -> None:
+        """Issue 14: every request's priority, and a waiting request's place beside its state;
+        only waiting requests are looked up in the queue."""
+        held = await self.add_request(device="panda-0001")
+        waiting = await self.add_request(state="finding_device")
+        await self.sql("UPDATE requests SET priority = 80 WHERE id = ?", (waiting,))
+        self.queue.places[waiting] = {"position": 2, "ahead": 1, "eta": "2013-04-02T17:09:11", "why": "1 ahead"}
+        doc = await self.page("/ui/requests")
+        rows = {row.find("request-link")[0].text: row for row in doc.find("request-row")}
+        self.assertEqual(rows[f"#{waiting}"].find("request-priority")[0].text, "80")
+        self.assertEqual(rows[f"#{held}"].find("request-priority")[0].text, "50")
+        position = rows[f"#{waiting}"].find("request-queue-position")
+        self.assertEqual((position[0].attrs["data-position"], " ".join(position[0].text.split())),
+                         ("2", "2nd in queue"))
+        self.assertEqual(rows[f"#{held}"].find("request-queue-position"), [])
+        self.assertEqual(self.queue.calls, [("queue_place", waiting)])
+
+    async def test_waiting_request_page_shows_its_place(self) -> None:
+        """While a request waits for a device its page says where it stands, the ETA as an
+        estimate with the exact UTC time on hover, and the part is read again every few seconds
+        (a place moves with other requests' events); a request with a device shows none of it."""
+        rid = await self.add_request(state="finding_device")
+        await self.sql("UPDATE requests SET created = '2013-04-02 17:03:11' WHERE id = ?", (rid,))
+        self.queue.places[rid] = {"position": 3, "ahead": 2, "eta": "2013-04-02T17:09:11",
+                                  "why": "2 ahead; 1 suitable devices busy"}
+        doc = await self.page(f"/ui/request/{rid}")
+        self.assertEqual(self.attr(doc, "queue-position", "data-position"), ["3"])
+        self.assertEqual(self.texts(doc, "queue-position"), ["3rd of the waiting requests"])
+        self.assertEqual(self.texts(doc, "queue-ahead"), ["2 requests that could take the same devices"])
+        self.assertEqual(self.texts(doc, "queue-eta"), ["in ~4 min"])
+        self.assertEqual(self.attr(doc, "queue-eta", "title"), ["2013-04-02 17:09:11 UTC"])
+        self.assertEqual(self.texts(doc, "queue-why"), ["2 ahead; 1 suitable devices busy"])
+        self.assertEqual(self.texts(doc, "request-priority"), ["50"])
+        self.assertEqual(self.texts(doc, "request-queue-timeout"), ["600 s"])
+        # It gives up waiting 600 s after it was made: after the estimate, so nothing to warn of.
+        self.assertEqual(self.attr(doc, "queue-gives-up", "title"), ["2013-04-02 17:13:11 UTC"])
+        self.assertEqual(doc.find("queue-late"), [])
+        region = doc.by_id("request-summary")
+        assert region is not None
+        self.assertEqual(region.attrs["hx-trigger"], "mp-refresh, every 5s")
+        # What that refetch reads: the place as it is now.
+        self.queue.places[rid] = {"position": 1, "ahead": 0, "eta": None, "why": "no device could serve it now"}
+        summary = await self.page(f"/ui/request/{rid}/summary")
+        self.assertEqual(self.attr(summary, "queue-position", "data-position"), ["1"])
+        self.assertEqual(self.texts(summary, "queue-eta"), ["no estimate yet"])
+        # An estimate after its queue timeout: said plainly.
+        self.queue.places[rid] = {"position": 1, "ahead": 0, "eta": "2013-04-02T17:20:00", "why": "busy"}
+        summary = await self.page(f"/ui/request/{rid}/summary")
+        self.assertIn("failed_device_busy", self.texts(summary, "queue-late")[0])
+        # Served: no place, no polling.
+        await self.sql("UPDATE requests SET state = 'ready' WHERE id = ?", (rid,))
+        await self.sql("INSERT INTO device_requests (request_id, device_id)"
+                       " SELECT ?, id FROM devices WHERE name = 'panda-0002'", (rid,))
+        doc = await self.page(f"/ui/request/{rid}")
+        self.assertEqual(doc.find("request-queue"), [])
+        region = doc.by_id("request-summary")
+        assert region is not None
+        self.assertEqual(region.attrs["hx-trigger"], "mp-refresh")
+
     async def test_new_request_form(self) -> None:
         doc = await self.page("/ui/requests/new?device=panda-0002")
         self.assertEqual(self.attr(doc, "new-request-device", "value"), ["panda-0002"])
@@ -235,6 +294,13 @@ class Pages(UITest):
         self.assertEqual((form.attrs["data-api-method"], form.attrs["data-api-path"]),
                          ("POST", "/api/device/{device}/request/"))
         self.assertEqual(self.attr(doc, "new-request-duration", "data-type"), ["int"])
+        # Issue 14's fields, sent as numbers, with the server's defaults filled in.
+        for testid, name, value in (("new-request-priority", "priority", "50"),
+                                    ("new-request-queue-timeout", "queue_timeout", "600")):
+            self.assertEqual([self.attr(doc, testid, a)[0] for a in ("name", "value", "data-type")],
+                             [name, value, "int"])
+        self.assertEqual((self.attr(doc, "new-request-priority", "min"), self.attr(doc, "new-request-priority", "max")),
+                         (["0"], ["100"]))
         plain = await self.page("/ui/requests/new")
         self.assertEqual(self.attr(plain, "new-request-device", "value"), ["any"])
 

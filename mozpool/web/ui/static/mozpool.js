@@ -30,11 +30,20 @@
     return ahead ? 'in ' + amount : amount + ' ago';
   }
 
+  /* An estimate's words (data-approx): the same as html.py's approximate(). */
+  function approximate(words) {
+    if (words === 'just now') return 'any moment';
+    if (words.indexOf('in ') === 0) return 'in ~' + words.slice(3);
+    return 'overdue by ~' + words.slice(0, -' ago'.length);
+  }
+
   function refreshTimes(root) {
     var now = Date.now();
     (root || document).querySelectorAll('time[datetime]').forEach(function (t) {
       var at = Date.parse(t.getAttribute('datetime'));
-      if (!isNaN(at)) t.textContent = relative((now - at) / 1000);
+      if (isNaN(at)) return;
+      var words = relative((now - at) / 1000);
+      t.textContent = t.hasAttribute('data-approx') ? approximate(words) : words;
     });
   }
 
@@ -298,6 +307,8 @@
     if (device && data.device !== device) return false;
     if (request && String(data.request) !== request) return false;
     if (region.hasAttribute('data-live-contains')) {
+      /* a power controller's own health (board_health events name its address) */
+      if (data.fqdn && region.getAttribute('data-board') === data.fqdn) return true;
       var shown = [];
       if (data.device) shown.push('[data-device="' + CSS.escape(data.device) + '"]');
       if (data.request != null) shown.push('[data-request="' + CSS.escape(String(data.request)) + '"]');
