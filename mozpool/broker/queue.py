@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from mozpool.broker.selection import same_boot_config
 from mozpool.db import catalog
 from mozpool.db.pool import Cursor, Database
 from mozpool.logconfig import Logger
+from mozpool.passes import Passes
 from mozpool.statemachine.core import each_bounded
 from mozpool.timeutil import apitime, dbnow, dbtime, parse_dbtime
 
@@ -422,10 +422,11 @@ def epoch(text: str) -> float:
 Offer = Callable[[int, int, str], Awaitable[bool]]
 
 
-class Matcher:
-    """Runs :func:`plan` whenever something may have freed a device, and offers the devices it
-    gives this server's requests.  Passes never overlap: a wake-up during a pass runs one more
-    pass after it, however many wake-ups came."""
+class Matcher(Passes):
+    """Runs :func:`plan` whenever something may have freed a device (:class:`Passes`), and
+    offers the devices it gives this server's requests."""
+
+    what = "request queue pass"
 
     def __init__(
         self,
@@ -436,56 +437,33 @@ class Matcher:
         dead_before: Callable[[], str | None] = lambda: None,
         time_scale: float = 1.0,
     ) -> None:
+        super().__init__()
         self.db = db
         self.clock = clock
         self.server_fqdn = server_fqdn
         self.offer = offer
         self.dead_before = dead_before
         self.time_scale = time_scale
-        self._running: defer.Deferred[None] | None = None
-        self._again = False
-        self.stopped = False
         #: the latest pass's snapshot, and the places worked out from it (for the status call)
         self._snapshot: Snapshot | None = None
         self._places: dict[int, QueuePlace] | None = None
-        self.passes = 0
 
-    def wake(self, *_: Any) -> None:
-        if self.stopped:
-            return
-        if self._running is not None:
-            self._again = True
-            return
-        self._running = defer.Deferred.fromCoroutine(self._loop())
-
-    async def _loop(self) -> None:
-        try:
-            while not self.stopped:
-                self._again = False
-                try:
-                    offered = await self.run_pass()
-                except Exception as e:
-                    log.warn("request queue pass failed: {error}", error=e)
-                    offered = 0
-                if not (self._again or offered):
-                    break
-        finally:
-            self._running = None
+    async def step(self) -> bool:
+        # Offers change the pool: look again until a pass offers nothing.
+        return bool(await self.run_pass())
 
     async def run_pass(self) -> int:
         """One pass; how many devices were offered to this server's requests."""
-        self.passes += 1
         snap = await self.db.runInteraction(snapshot, self.dead_before(), True)
         self._snapshot, self._places = snap, None
         mine = [(r, d) for r, d in plan(snap) if r.server == self.server_fqdn]
         if not mine:
             return 0
-        results: list[bool] = []
 
         async def one(pair: tuple[Waiting, Free]) -> None:
             r, d = pair
             try:
-                results.append(await self.offer(r.id, d.id, d.name))
+                await self.offer(r.id, d.id, d.name)
             except Exception:
                 log.failure("offering device {device} to request {id} failed", device=d.name, id=r.id)
 
@@ -504,21 +482,6 @@ class Matcher:
         """Every waiting request's place, read now."""
         snap = await self.db.runInteraction(snapshot, self.dead_before(), True)
         return places(snap, dbnow(self.clock), self.time_scale) if snap.waiting else {}
-
-    @property
-    def busy(self) -> bool:
-        return self._running is not None
-
-    def idle(self) -> "defer.Deferred[None]":
-        async def wait() -> None:
-            while self._running is not None:
-                await self._running
-
-        return defer.Deferred.fromCoroutine(wait())
-
-    def stop(self) -> "defer.Deferred[None]":
-        self.stopped = True
-        return self.idle()
 
 
 def wakes_queue(event_type: str, data: dict[str, Any]) -> bool:

@@ -58,6 +58,7 @@ from mozpool.db import catalog, changes, history, logs
 from mozpool.db import health as board_health
 from mozpool.db.pool import Cursor, Database
 from mozpool.logconfig import Logger
+from mozpool.passes import Passes
 from mozpool.timeutil import dbnow
 
 log = Logger()
@@ -442,9 +443,10 @@ def hand_over(c: Cursor, entry: history.Entry, starting: frozenset[int]) -> None
                  entry.ts[:19])
 
 
-class WarmPool:
-    """Keeps this server's share of the warm pool.  Passes never overlap: a wake-up during a
-    pass runs one more pass after it."""
+class WarmPool(Passes):
+    """Keeps this server's share of the warm pool, a pass at a time (:class:`Passes`)."""
+
+    what = "warm pool pass"
 
     def __init__(
         self,
@@ -455,6 +457,7 @@ class WarmPool:
         lifeguard: DeviceEvents,
         time_scale: float = 1.0,
     ) -> None:
+        super().__init__()
         self.db = db
         self.clock = clock
         self.server_fqdn = server_fqdn
@@ -464,10 +467,6 @@ class WarmPool:
         #: devices whose please_image is being delivered now (read by :meth:`observe`, in the
         #: database's thread: replaced, never mutated)
         self.starting: frozenset[int] = frozenset()
-        self._running: defer.Deferred[None] | None = None
-        self._again = False
-        self.stopped = False
-        self.passes = 0
         #: the latest pass's decision (for the manhole and tests)
         self.last: Decision | None = None
         self._said: set[str] = set()
@@ -480,29 +479,11 @@ class WarmPool:
         """A LifeGuard runner observer (in the transaction of every device transition)."""
         hand_over(c, entry, self.starting)
 
-    def wake(self, *_: Any) -> None:
-        if self.stopped:
-            return
-        if self._running is not None:
-            self._again = True
-            return
-        self._running = defer.Deferred.fromCoroutine(self._loop())
-
-    async def _loop(self) -> None:
-        try:
-            while not self.stopped:
-                self._again = False
-                try:
-                    await self.run_pass()
-                except Exception as e:
-                    log.warn("warm pool pass failed: {error}", error=e)
-                if not self._again:
-                    break
-        finally:
-            self._running = None
+    async def step(self) -> bool:
+        await self.run_pass()
+        return False  # its imaging changes the pool: the events it causes wake the next pass
 
     async def run_pass(self) -> Decision:
-        self.passes += 1
         demand_since = dbnow(self.clock, -DEMAND_WINDOW * self.time_scale) if self.settings.auto else None
         view = await self.db.runInteraction(
             read_pool, self.server_fqdn, liveness.dead_before(self.clock, self.time_scale), demand_since)
@@ -550,21 +531,6 @@ class WarmPool:
             log.warn("warm pool: please_image for {device} failed: {error}", device=d.name, error=e)
         finally:
             self.starting = self.starting - {d.id}
-
-    @property
-    def busy(self) -> bool:
-        return self._running is not None
-
-    def idle(self) -> "defer.Deferred[None]":
-        async def wait() -> None:
-            while self._running is not None:
-                await self._running
-
-        return defer.Deferred.fromCoroutine(wait())
-
-    def stop(self) -> "defer.Deferred[None]":
-        self.stopped = True
-        return self.idle()
 
 
 class WarmPoolService(TimerService):
