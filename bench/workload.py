@@ -504,8 +504,9 @@ def main() -> None:
     for way in ("queue", "warm"):
         if way in results:
             f = results[way]
-            say(f"target ({way}): no failure while a device was free: {f['failed_free']}; "
-                f"ETA median error {f['eta_rel']:.0f} % (< 25 %: {'met' if f['eta_rel'] < 25 else 'NOT met'})")
+            eta = ("no request waited long enough to show an estimate" if not f["eta_n"] else
+                   f"ETA median error {f['eta_rel']:.0f} % (< 25 %: {'met' if f['eta_rel'] < 25 else 'NOT met'})")
+            say(f"target ({way}): no failure while a device was free: {f['failed_free']}; {eta}")
 
 
 if __name__ == "__main__":
