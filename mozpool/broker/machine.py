@@ -138,6 +138,10 @@ class RequestInputs(Protocol):
     def contact_given_up(self) -> Step:
         """CONTACT_LIMIT timeouts without LifeGuard accepting."""
 
+    def device_prepared(self, why: str) -> Step:
+        """The device is ``ready``, pristine, and holds the image and boot_config asked for:
+        nothing is left to do (the warm pool's hand-over)."""
+
     # imaging results (2.5)
     def imaging_complete(self) -> Step:
         """LifeGuard finished: the device is ready for the client."""
@@ -250,6 +254,7 @@ contacting_lifeguard.upon(I.timeout).to(contacting_lifeguard)(lambda i, core: _n
 contacting_lifeguard.upon(I.contact_given_up).to(failed_device_not_found)(
     lambda i, core: _log(core, "could not contact LifeGuard; giving up", "warn"))
 contacting_lifeguard.upon(I.device_gone).to(finding_device)(lambda i, core, why: _log(core, why, "error"))
+contacting_lifeguard.upon(I.device_prepared).to(ready)(lambda i, core, why: _log(core, why))
 
 # pending: results from LifeGuard (an event, or the claim row read on a timeout).
 pending.upon(I.imaging_complete).to(ready)(lambda i, core: _nothing())
@@ -484,7 +489,13 @@ class RequestKind:
                 f"device {device.name} is in state {device.state}, not ready; looking for another device")))
             return
         same = device.image == info.image and selection.same_boot_config(device.boot_config, info.boot_config)
-        if same and (info.reusable or pristine):
+        if same and pristine:
+            # Imaged ahead of demand and verified by that imaging (SUT verify, SD card check),
+            # health-checked by LifeGuard while ready, never handed out since: nothing to redo.
+            await self.feed(m, self._input("device_prepared", (
+                f"device {device.name} is pristine with image {info.image}: handed over without re-imaging")))
+            return
+        if same and info.reusable:
             event, body = "please_power_cycle", {}
         else:
             event, body = "please_image", {"image": info.image, "boot_config": info.boot_config}
@@ -511,7 +522,11 @@ def assignment_for_contact(c: Any, request_id: int) -> tuple[selection.Assignmen
 def handed_out(c: Any, request_id: int, now: str) -> None:
     """The request is ready: its imaging time counts for the ETA, and its device is no longer
     pristine."""
-    queue.record_imaging_time(c, request_id, now)
+    pristine = c.scalar(
+        "SELECT d.pristine FROM devices d JOIN device_requests dr ON dr.device_id = d.id WHERE dr.request_id = ?",
+        (request_id,))
+    if not pristine:  # a hand-over without imaging says nothing of how long imaging takes
+        queue.record_imaging_time(c, request_id, now)
     c.execute(
         "UPDATE devices SET pristine = 0 WHERE id = (SELECT device_id FROM device_requests WHERE request_id = ?)",
         (request_id,),

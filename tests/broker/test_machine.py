@@ -250,6 +250,25 @@ class Table(BrokerTest):
         self.assertEqual(self.http.events(),
                          [(f"http://{HERE}/api/device/panda-0003/event/please_power_cycle/", {})])
 
+    async def test_a_pristine_device_is_handed_over_as_it_is(self) -> None:
+        """Issue 14's warm pool: imaged ahead of demand and never handed out, the device holding
+        the image asked for goes to the request without a please_* event, even for an image that
+        is not reusable; it is no longer pristine once handed out."""
+        await self.set_device("panda-0002", image="android", boot_config="{}", pristine=1)
+        rid = (await self.create())["id"]
+        self.assertEqual(await self.claimed(rid), "panda-0002", "the pristine device is preferred")
+        await self.tick(0)
+        self.assertEqual(await self.state(rid), "ready")
+        self.assertEqual(self.http.calls, [])
+        self.assertIn("device panda-0002 is pristine with image android: handed over without re-imaging",
+                      await self.messages(rid))
+        self.assertEqual((await self.db.query("SELECT pristine FROM devices WHERE name = 'panda-0002'"))[0][0], 0)
+        # A pristine device with another boot_config is imaged as usual.
+        await self.set_device("panda-0003", image="reusable", boot_config='{"b2gbase": "x"}', pristine=1)
+        other = await self.to_pending(device="panda-0003", image="reusable", boot_config='{"b2gbase": "y"}')
+        self.assertEqual(self.http.events()[-1][0].rsplit("/", 2)[-2], "please_image")
+        self.assertEqual(await self.state(other), "pending")
+
     async def test_no_reuse_when_boot_config_differs_or_image_not_reusable(self) -> None:
         await self.set_device("panda-0001", image="reusable", boot_config='{"b2gbase": "http://x/"}')
         rid = await self.to_pending(device="panda-0001", image="reusable", boot_config='{"b2gbase": "http://b/"}')

@@ -32,6 +32,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("contacting_lifeguard", "timeout"): "contacting_lifeguard",
     ("contacting_lifeguard", "contact_given_up"): "failed_device_not_found",
     ("contacting_lifeguard", "device_gone"): "finding_device",
+    ("contacting_lifeguard", "device_prepared"): "ready",
     ("pending", "imaging_complete"): "ready",
     ("pending", "bad_image"): "finding_device",
     ("pending", "bad_image_again"): "failed_bad_image",
