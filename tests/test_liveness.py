@@ -65,8 +65,9 @@ class Liveness(APITest):
         cutoff = deadline_text(EPOCH - 30)
         for draw in range(20):
             rid = await self.add_request(server=A, state="finding_device")
-            info, claimed = await self.db.runInteraction(selection.find, rid, [draw / 20], "2013-04-02 17:05:11",
+            info, outcome = await self.db.runInteraction(selection.find_now, rid, [draw / 20], "2013-04-02 17:05:11",
                                                          cutoff)
+            claimed = outcome.claimed
             assert claimed.device is not None
             self.assertTrue(claimed.device.name.startswith("bpanda-"), claimed.device.name)
             await self.db.runInteraction(selection.clear_claim, rid, "2013-04-02 17:05:11")
@@ -76,9 +77,9 @@ class Liveness(APITest):
         await self.beat(B, EPOCH - 100)
         rid = await self.add_request(server=A, device="bpanda-0001", state="finding_device")
         await self.sql("DELETE FROM device_requests WHERE request_id = ?", (rid,))
-        _, claimed = await self.db.runInteraction(selection.find, rid, [0.1], "2013-04-02 17:05:11",
+        _, outcome = await self.db.runInteraction(selection.find_now, rid, [0.1], "2013-04-02 17:05:11",
                                                   deadline_text(EPOCH - 30))
-        self.assertEqual(claimed, selection.Claimed(None, unreachable=(B, "2013-04-02 17:03:31")))
+        self.assertEqual(outcome, selection.FindOutcome(unreachable=(B, "2013-04-02 17:03:31")))
 
 
 LivenessSQLite, LivenessMariaDB = on_both_backends(Liveness)

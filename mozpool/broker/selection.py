@@ -82,8 +82,6 @@ class Claimed:
 
     device: Candidate | None
     lost: tuple[str, ...] = ()
-    #: (server, last seen) when the named device's imaging server is dead
-    unreachable: tuple[str, str] | None = None
 
 
 def request_info(c: Cursor, request_id: int) -> RequestInfo | None:
@@ -348,24 +346,6 @@ def waiting_ahead(c: Cursor, info: RequestInfo, dead_servers: Sequence[int] = ()
         sql += f" AND r.imaging_server_id NOT IN ({', '.join('?' * len(dead_servers))})"
         params.extend(dead_servers)
     return int(c.scalar(sql, params) or 0)
-
-
-def find(
-    c: Cursor, request_id: int, draws: Sequence[float], now: str, dead_before: str | None = None
-) -> tuple[RequestInfo, Claimed]:
-    """The request as selection sees it, and :func:`pick_and_claim` for it; devices of servers
-    silent since before ``dead_before`` are never picked (mozpool.liveness)."""
-    info = request_info(c, request_id)
-    assert info is not None, "the request machine loaded this row"
-    dead = catalog.dead_server_ids(c, dead_before) if dead_before is not None else []
-    if dead and info.named:
-        row = c.execute(
-            "SELECT s.id, s.fqdn, s.last_seen FROM devices d JOIN imaging_servers s ON s.id = d.imaging_server_id"
-            " WHERE d.name = ?", (info.requested_device,)).fetchone()
-        if row is not None and int(row[0]) in dead:
-            clear_claim(c, info.id, now)
-            return info, Claimed(None, unreachable=(row[1], str(row[2])[:19]))
-    return info, pick_and_claim(c, info, draws, now, dead)
 
 
 def pick_and_claim(
