@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

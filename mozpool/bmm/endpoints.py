@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from twisted.internet import error as neterror
 from twisted.internet.abstract import isIPAddress, isIPv6Address

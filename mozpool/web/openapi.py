@@ -332,7 +332,6 @@ _WHY = {
     "204": "done",
     "302": "another imaging server owns the object; repeat the call at Location",
     "400": "malformed id, query parameter or body",
-    "403": "the Origin is not a known imaging server",
     "404": "unknown object",
     "405": "method not supported on this path",
     "409": "conflict",

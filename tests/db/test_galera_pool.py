@@ -6,7 +6,6 @@ answering DatabaseUnavailable at once until it rejoins."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase

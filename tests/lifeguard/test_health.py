@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mozpool.bmm.interfaces import PowerResult
 from mozpool.db import changes, health
 from mozpool.lifeguard.health import HealthService, HealthSettings
-from mozpool.lifeguard.machine import EVENTS, NOTICES, OUTCOMES, STATES, DeviceMachine
+from mozpool.lifeguard.machine import EVENTS, NOTICES, OUTCOMES, STATES
 from mozpool.lifeguard.service import LifeGuard
 from mozpool.lifeguard.states import BASIC_PLEASE, DEVICE_STATES, HEALTH_STATES, PARKED_STATES
 from tests.lifeguard.support import DEV, FQDN, FakeHardware, LifeGuardTest

@@ -9,16 +9,14 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor, task
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import server
-from twisted.web.http_headers import Headers
 
 from mozpool.broker import selection
 from mozpool.db import changes, logs
 from mozpool.db.pool import Cursor
-from mozpool.statemachine.core import MachineRunner, Row
+from mozpool.statemachine.core import MachineRunner
 from mozpool.web import queries
 from mozpool.web.events import (
     HOLE_SECONDS,
@@ -26,7 +24,6 @@ from mozpool.web.events import (
     ChangeFeed,
     EventFilter,
     EventHub,
-    EventStream,
     encode,
 )
 from tests.support.dbtest import on_both_backends

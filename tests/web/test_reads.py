@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mozpool import __version__
 from mozpool.db.pool import Cursor
 from mozpool.web import openapi
