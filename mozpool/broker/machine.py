@@ -257,7 +257,16 @@ contacting_lifeguard.upon(I.device_gone).to(finding_device)(lambda i, core, why:
 contacting_lifeguard.upon(I.device_prepared).to(ready)(lambda i, core, why: _log(core, why))
 
 # pending: results from LifeGuard (an event, or the claim row read on a timeout).
-pending.upon(I.imaging_complete).to(ready)(lambda i, core: _nothing())
+@pending.upon(I.imaging_complete).to(ready)
+def _imaged(inputs: RequestInputs, core: RequestCore) -> Step:
+    """The time from claim to ready counts for the queue's ETA: only here, where an imaging or
+    a power cycle really happened (a pristine device's hand-over says nothing about it)."""
+
+    async def work() -> None:
+        await core.m.db.runInteraction(queue.record_imaging_time, core.m.id, core.m.runner.now())
+
+    return work()
+
 pending.upon(I.bad_image).to(finding_device)(lambda i, core: _nothing())
 pending.upon(I.bad_image_again).to(failed_bad_image)(lambda i, core: _nothing())
 pending.upon(I.bad_device).to(finding_device)(lambda i, core: _nothing())
@@ -520,13 +529,7 @@ def assignment_for_contact(c: Any, request_id: int) -> tuple[selection.Assignmen
 
 
 def handed_out(c: Any, request_id: int, now: str) -> None:
-    """The request is ready: its imaging time counts for the ETA, and its device is no longer
-    pristine."""
-    pristine = c.scalar(
-        "SELECT d.pristine FROM devices d JOIN device_requests dr ON dr.device_id = d.id WHERE dr.request_id = ?",
-        (request_id,))
-    if not pristine:  # a hand-over without imaging says nothing of how long imaging takes
-        queue.record_imaging_time(c, request_id, now)
+    """The request is ready: its device is no longer pristine."""
     c.execute(
         "UPDATE devices SET pristine = 0 WHERE id = (SELECT device_id FROM device_requests WHERE request_id = ?)",
         (request_id,),

@@ -263,6 +263,8 @@ class Table(BrokerTest):
         self.assertIn("device panda-0002 is pristine with image android: handed over without re-imaging",
                       await self.messages(rid))
         self.assertEqual((await self.db.query("SELECT pristine FROM devices WHERE name = 'panda-0002'"))[0][0], 0)
+        self.assertEqual(await self.db.query("SELECT samples FROM imaging_stats"), [],
+                         "a hand-over is no imaging: the ETA's imaging times leave it out")
         # A pristine device with another boot_config is imaged as usual.
         await self.set_device("panda-0003", image="reusable", boot_config='{"b2gbase": "x"}', pristine=1)
         other = await self.to_pending(device="panda-0003", image="reusable", boot_config='{"b2gbase": "y"}')
@@ -446,9 +448,12 @@ class Table(BrokerTest):
     async def test_complete_makes_it_ready_and_keeps_the_claim(self) -> None:
         rid = await self.to_pending()
         device = await self.claimed(rid)
+        self.clock.advance(90)
         await self.event(rid, "lifeguard_finished", {"imaging_result": "complete"})
         self.assertEqual(await self.row(rid), ("ready", {"finding_device": 1}, None))
         self.assertEqual(await self.claimed(rid), device)
+        stats = await self.db.query("SELECT samples, mean_seconds FROM imaging_stats")
+        self.assertEqual([(int(n), float(t)) for n, t in stats], [(1, 90.0)], "claim to ready, for the ETA")
         await self.tick(3000)
         self.assertEqual(await self.state(rid), "ready", "ready has no timer")
 
