@@ -286,6 +286,10 @@ class ReadTransfer(DatagramProtocol):
             room -= 1
             if len(payload) < blksize:
                 self._eof = True
+        self._send_fresh(fresh)
+
+    def _send_fresh(self, fresh: list[bytes]) -> None:
+        """Send the blocks just added to the window: one datagram, or a batch."""
         if len(fresh) == 1:
             try:
                 self._write(fresh[0], self._peer)
@@ -351,13 +355,7 @@ class ReadTransfer(DatagramProtocol):
             room -= 1
             if len(packet) < full:
                 self._eof = True
-        if len(fresh) == 1:
-            try:
-                self._write(fresh[0], self._peer)
-            except OSError:
-                pass  # lost; the window is resent at the next timeout
-        elif fresh:
-            self._send_many(fresh)
+        self._send_fresh(fresh)
 
     def _read_rest(self, payload: bytes) -> bytes:
         """A short read is the end of the file only if the next read returns nothing."""
