@@ -93,6 +93,9 @@ class Busy:
     hardware_type_id: int | None
     #: when it is expected back (database time text); None: unknown, soon
     back: str | None
+    #: the image and boot_config a warm imaging is installing: the device comes back pristine
+    image_id: int | None = None
+    boot_config: str | None = None
 
 
 @dataclass
@@ -164,9 +167,11 @@ def snapshot(c: Cursor, dead_before: str | None, with_busy: bool = False) -> Sna
             ).fetchall()
         ]
         snap.busy += [
-            Busy(int(r[0]), r[1], r[2], None if r[3] is None else int(r[3]), None)
+            Busy(int(r[0]), r[1], r[2], None if r[3] is None else int(r[3]), None,
+                 None if r[4] is None else int(r[4]), r[5])
             for r in c.execute(
-                "SELECT d.id, d.name, d.environment, d.hardware_type_id FROM devices d"
+                "SELECT d.id, d.name, d.environment, d.hardware_type_id, d.next_image_id, d.next_boot_config"
+                " FROM devices d"
                 " LEFT JOIN device_requests dr ON dr.device_id = d.id"
                 " WHERE dr.device_id IS NULL AND d.state NOT IN ('ready', 'unknown', 'locked_out', 'troubleshooting',"
                 " 'maintenance_mode') AND SUBSTR(d.state, 1, 7) <> 'failed_'"
@@ -344,19 +349,26 @@ def _compatible(a: Waiting, b: Waiting, image_hardware: dict[int, frozenset[int]
     return ha is None or hb is None or bool(ha & hb)
 
 
-def _class(r: Waiting) -> tuple[str, str, int]:
-    """Requests of one class can take exactly the same devices."""
-    return (r.environment, r.requested_device, r.image_id)
+def _class(r: Waiting) -> tuple[str, str, int, str]:
+    """Requests of one class can take exactly the same devices, and need the same image."""
+    return (r.environment, r.requested_device, r.image_id, r.boot_config)
+
+
+def _instant(r: Waiting, image_id: int | None, boot_config: str | None) -> bool:
+    """Whether a pristine device holding this image is handed to ``r`` without re-imaging."""
+    return image_id == r.image_id and same_boot_config(boot_config, r.boot_config)
 
 
 def places(snap: Snapshot, now: str, time_scale: float = 1.0) -> dict[int, QueuePlace]:
     """Each waiting request's place and estimate.
 
-    The estimate: the k-th suitable device to come back (free ones now, busy ones at their
-    request's expiry or, for a self-test, soon), where k counts the requests ahead, plus the
-    mean imaging time observed for the image and hardware type.  Requests are grouped into
-    classes that can take the same devices, so a queue of thousands costs one pass over it and
-    one pass over the devices per class."""
+    The estimate: the k-th suitable device to be ready for it, where k counts the requests
+    ahead.  A device is ready for it when it is back (free ones now, claimed ones at their
+    request's expiry, ones in a self-test or a warm imaging soon) plus the mean imaging time
+    observed for the image and hardware type -- or nothing more for a pristine device holding
+    the image, which is handed over as it is (the warm pool).  Requests are grouped into classes
+    that can take the same devices, so a queue of thousands costs one pass over it and one pass
+    over the devices per class."""
     queue = list(order(snap.waiting, snap.held))
     now_t = epoch(now)
     overall = sum(snap.imaging.values()) / len(snap.imaging) if snap.imaging else DEFAULT_IMAGING_SECONDS * time_scale
@@ -365,39 +377,46 @@ def places(snap: Snapshot, now: str, time_scale: float = 1.0) -> dict[int, Queue
     compatible = {
         (a, b): _compatible(samples[a], samples[b], snap.image_hardware) for a in classes for b in classes
     }
-    per_class: dict[tuple[str, str, int], tuple[list[float], int, float]] = {}
+    #: class -> (each suitable device's (ready time, back time, instant) soonest first, busy count, imaging)
+    per_class: dict[tuple[str, str, int, str], tuple[list[tuple[float, float, bool]], int, float]] = {}
     for c, r in samples.items():
         suitable_free = [d for d in snap.free if can_take(r, d.environment, d.name, d.hardware_type_id, snap.image_hardware)]
         suitable_busy = [d for d in snap.busy if can_take(r, d.environment, d.name, d.hardware_type_id, snap.image_hardware)]
-        backs = sorted(
-            [now_t] * len(suitable_free)
-            + [max(now_t, epoch(d.back)) if d.back else now_t + overall for d in suitable_busy]
-        )
         hardware = {d.hardware_type_id for d in suitable_free + suitable_busy}
         means = [snap.imaging[(r.image_id, hw)] for hw in hardware if (r.image_id, hw) in snap.imaging]
-        per_class[c] = (backs, len(suitable_busy), sum(means) / len(means) if means else overall)
-    seen: dict[tuple[str, str, int], int] = defaultdict(int)
+        imaging = sum(means) / len(means) if means else overall
+        slots: list[tuple[float, bool]] = [
+            (now_t, d.pristine and _instant(r, d.image_id, d.boot_config)) for d in suitable_free
+        ] + [
+            (max(now_t, epoch(d.back)), False) if d.back else (now_t + overall, _instant(r, d.image_id, d.boot_config))
+            for d in suitable_busy
+        ]
+        ready = sorted((back + (0.0 if instant else imaging), back, instant) for back, instant in slots)
+        per_class[c] = (ready, len(suitable_busy), imaging)
+    seen: dict[tuple[str, str, int, str], int] = defaultdict(int)
     out: dict[int, QueuePlace] = {}
     for i, r in enumerate(queue):
         c = _class(r)
         k = sum(n for other, n in seen.items() if compatible[(other, c)])
         seen[c] += 1
-        backs, busy, imaging = per_class[c]
-        if not backs:
+        ready, busy, imaging = per_class[c]
+        if not ready:
             out[r.id] = QueuePlace(i + 1, k, None, "no device that could serve this request is in the pool now")
             continue
-        if k < len(backs):
-            eta = backs[k] + imaging
-            if backs[k] <= now_t:
-                why = f"{k} ahead; a suitable device is free"
+        if k < len(ready):
+            eta, back, instant = ready[k]
+            if back <= now_t:
+                why = f"{k} ahead; a {'pristine device holding the image' if instant else 'suitable device'} is free"
             else:
                 why = (f"{k} ahead; {busy} suitable devices busy, "
-                       f"the one for this request due back at {apitime(dbnow_text(backs[k]))}")
+                       f"the one for this request due back at {apitime(dbnow_text(back))}")
         else:
-            # More requests ahead than suitable devices: each device serves again after a round.
-            rounds, rest = divmod(k, len(backs))
-            eta = backs[rest] + rounds * imaging * 2 + imaging
-            why = f"{k} ahead for {len(backs)} suitable devices"
+            # More requests ahead than suitable devices: each device serves again after a round
+            # (held about as long as an imaging, then imaged for the next request).
+            rounds, rest = divmod(k, len(ready))
+            first, _, instant = ready[rest]
+            eta = first + rounds * imaging * 2 + (imaging if instant else 0.0)
+            why = f"{k} ahead for {len(ready)} suitable devices"
         out[r.id] = QueuePlace(i + 1, k, dbnow_text(eta), why)
     return out
 

@@ -113,6 +113,32 @@ class Places(SynchronousTestCase):
         self.assertEqual(got[1].eta, "2026-11-26 12:01:00")
 
 
+    def test_a_pristine_device_holding_the_image_is_ready_at_once(self) -> None:
+        """The warm pool: the first request takes the pristine device as it is, the second
+        waits for the plain one's imaging."""
+        snap = Snapshot([waiting(1), waiting(2)], [free(7), free(8, image=1, pristine=True)], {}, {}, [], {(1, 1): 60.0})
+        got = queue.places(snap, "2026-11-26 12:00:00")
+        self.assertEqual(got[1].eta, "2026-11-26 12:00:00")
+        self.assertIn("pristine", got[1].why)
+        self.assertEqual(got[2].eta, "2026-11-26 12:01:00")
+
+    def test_a_pristine_device_with_another_image_or_boot_config_is_imaged(self) -> None:
+        other_image = Snapshot([waiting(1)], [free(8, image=2, pristine=True)], {}, {}, [], {(1, 1): 60.0})
+        self.assertEqual(queue.places(other_image, "2026-11-26 12:00:00")[1].eta, "2026-11-26 12:01:00")
+        used = Snapshot([waiting(1)], [free(8, image=1, pristine=False)], {}, {}, [], {(1, 1): 60.0})
+        self.assertEqual(queue.places(used, "2026-11-26 12:00:00")[1].eta, "2026-11-26 12:01:00")
+
+    def test_a_warm_imaging_of_the_image_needs_no_second_imaging(self) -> None:
+        """A device part-way through a warm imaging of this image comes back pristine: about one
+        imaging from now, not two."""
+        busy = [queue.Busy(7, "d7", "prod", 1, None, image_id=1, boot_config="{}")]
+        snap = Snapshot([waiting(1)], [], {}, {}, busy, {(1, 1): 60.0})
+        self.assertEqual(queue.places(snap, "2026-11-26 12:00:00")[1].eta, "2026-11-26 12:01:00")
+        busy = [queue.Busy(7, "d7", "prod", 1, None, image_id=2, boot_config="{}")]
+        snap = Snapshot([waiting(1)], [], {}, {}, busy, {(1, 1): 60.0})
+        self.assertEqual(queue.places(snap, "2026-11-26 12:00:00")[1].eta, "2026-11-26 12:02:00")
+
+
 class Matcher(BrokerTest):
     async def test_a_returned_device_goes_to_the_head_of_the_queue(self) -> None:
         holders = [await self.create() for _ in range(4)]
