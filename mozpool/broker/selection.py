@@ -153,7 +153,9 @@ def pick(
     where, params = _available(request, exclude, dead_servers)
     ids = None  # the id range to sample; one name is one indexed row either way
     if not request.named and SAMPLE_TRIES:
-        ids = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone()
+        # Two look-ups: SQLite answers MIN or MAX alone from the index, but both in one SELECT
+        # by a scan of the table (0.8 ms at 10,000 devices, on every claim).
+        ids = (c.scalar("SELECT MIN(id) FROM devices"), c.scalar("SELECT MAX(id) FROM devices"))
     if request.reusable:
         held = _sample(c, request, where, params, rng, ids, preferred=True)
         if held is None:

@@ -1,0 +1,3 @@
+-- v5 (issue 17, allocation): the pristine devices holding an image, found by an index instead of a
+-- scan of every ready device on each claim.
+CREATE INDEX IF NOT EXISTS devices_pristine ON devices (pristine, image_id);
