@@ -180,9 +180,14 @@ def _in_file(config: Config, attr: str) -> bool:
     return any(a == attr and config.extra.has_option(s, k) for (s, k), a in _KEYS.items())
 
 
+#: The HTTP listener's accept queue: a burst of CI jobs connecting at once is queued by the
+#: kernel instead of refused (Twisted's default is 50; a refused SYN is retried after 1 s).
+HTTP_BACKLOG = 1024
+
+
 def _listen(port: int, host: str, proto: str = "tcp") -> str:
     iface = host.replace(":", "\\:")
-    return f"{proto}:{port}:interface={iface}" if host else f"{proto}:{port}"
+    return f"{proto}:{port}:backlog={HTTP_BACKLOG}" + (f":interface={iface}" if host else "")
 
 
 async def check_ping_tool(db: Database, config: Config) -> None:

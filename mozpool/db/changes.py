@@ -43,7 +43,7 @@ def record(
     c: Cursor, kind: str, ts: str, *, device_id: int | None = None, request_id: int | None = None, **data: Any
 ) -> None:
     """Journal one change (inside the transaction that makes it)."""
-    c.execute(
+    c.insert_later(
         "INSERT INTO changes (ts, kind, device_id, request_id, data) VALUES (?, ?, ?, ?, ?)",
         (ts, kind, device_id, request_id, json.dumps(data, separators=(",", ":"))),
     )

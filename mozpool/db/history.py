@@ -111,7 +111,7 @@ def record(c: Cursor, entry: Entry) -> dict[str, Any] | None:
     else:
         request_id = entry.object_id
         device_id = c.scalar("SELECT device_id FROM device_requests WHERE request_id = ?", (request_id,))
-    c.execute(
+    c.insert_later(
         "INSERT INTO state_history (ts, kind, device_id, request_id, from_state, to_state, cause, server, reason)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (entry.ts, entry.kind, device_id, request_id, entry.old, entry.new, entry.cause[:64], entry.server,

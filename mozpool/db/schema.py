@@ -10,7 +10,7 @@ from pathlib import Path
 from mozpool.logconfig import Logger
 
 from mozpool.db.errors import SchemaError
-from mozpool.db.pool import Cursor, Database
+from mozpool.db.pool import Cursor, Database, alone
 
 log = Logger()
 
@@ -78,6 +78,7 @@ async def create_schema(db: Database) -> int:
     target = max(versions)
     statements = split_statements(versions[target].read_text())
 
+    @alone
     def create(c: Cursor) -> None:
         if _has_schema_table(c, db.mysql):
             raise SchemaError("the database already has a schema; use `mozpool-db upgrade`")
@@ -109,6 +110,7 @@ async def upgrade(db: Database) -> int:
             raise SchemaError(f"no upgrade step to v{v} for {db.backend} in {sql_dir()}")
         statements = split_statements(steps[v].read_text())
 
+        @alone
         def step(c: Cursor, statements: list[str] = statements, v: int = v) -> None:
             for s in statements:
                 c.execute(s)

@@ -83,12 +83,14 @@ class Work:
 
 
 class ManualPool:
-    def __init__(self) -> None:
+    def __init__(self, connections: int = 16) -> None:
         self.work: list[Work] = []
         self.closed = False
+        #: adbapi's cp_max: the batches that run at once
+        self.max = connections
 
-    def runInteraction(self, interaction: Callable[[Any], Any]) -> defer.Deferred[Any]:
-        w = Work(interaction)
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        w = Work(lambda txn: interaction(txn, *args))
         self.work.append(w)
         return w.deferred
 
@@ -197,7 +199,10 @@ class Faults(SynchronousTestCase):
 
     def test_busy_server_that_answers_is_not_unavailable(self) -> None:
         """Work queued behind busy connections waits its turn while answers keep coming."""
+        self.pool.max = 5
+        self.db.batch_max = 1  # one call a transaction, as without group commit
         ds = [self.call(f"c{i}") for i in range(40)]
+        self.assertEqual(len(self.pool.work), 5, "one transaction per connection; the rest queue")
         for w in self.pool.work[:5]:
             w.begin()
         for second in range(30):
