@@ -1,8 +1,9 @@
 """The daemon's log events to syslog as RFC 5424 messages (``[logging] syslog``).
 
 Sending never blocks the reactor and never fails the caller: UDP and the local ``/dev/log``
-datagram socket are fire-and-forget; TCP (RFC 6587 octet counting) reconnects by itself and
-keeps a bounded backlog while the server is away, dropping the oldest and counting them.  A
+datagram socket are fire-and-forget (the local socket is connected again when the syslog daemon
+restarts or comes late); TCP (RFC 6587 octet counting) reconnects by itself and keeps a bounded
+backlog while the server is away, dropping the oldest and counting them.  A
 device's or request's lines carry it as structured data: ``[mozpool@32473 device="panda-0003"]``.
 """
 
@@ -37,6 +38,9 @@ SD_KEYS = ("device", "request", "source", "server")
 TCP_BACKLOG = 10_000
 #: The largest datagram sent (longer messages are cut).
 MAX_DATAGRAM = 8192
+#: Seconds before connecting to a local syslog socket that was not there again: the first wait,
+#: doubled after each failure up to the second.
+UNIX_RETRY = (1.0, 30.0)
 
 
 def _sd_value(value: Any) -> str:
@@ -77,22 +81,108 @@ def format_5424(event: dict[str, Any], facility: int, hostname: str, procid: int
 
 
 class _Datagrams(protocol.DatagramProtocol):
-    def __init__(self, address: Any, connected: bool = False) -> None:
+    """UDP to ``address`` (None: not resolved yet, messages are lost)."""
+
+    def __init__(self, address: Any) -> None:
         self.address = address
-        self.connected = connected
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self.address is not None:
             try:
-                if self.connected:
-                    self.transport.write(data)  # a connected unix datagram socket
-                elif self.address is not None:
-                    self.transport.write(data, self.address)
+                self.transport.write(data, self.address)
             except OSError:
                 pass  # the server is away: the message is lost, the daemon carries on
 
     def connectionRefused(self) -> None:
         pass
+
+
+class _Connected(protocol.ConnectedDatagramProtocol):
+    """One connection of :class:`LocalSocket` (a new one each time: an old port's clean-up runs
+    later and must not touch the new one)."""
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.failed = False
+        self.refused = False
+
+    def connectionFailed(self, reason: Any) -> None:
+        self.failed = True
+
+    def connectionRefused(self) -> None:
+        self.refused = True
+
+
+class LocalSocket:
+    """``unix:PATH`` (``/dev/log``): a connected unix datagram socket.  A syslog daemon that
+    restarts makes a new socket at PATH, and sends on the old connection are refused: the socket
+    is then connected again at once and the message sent once more.  While nobody listens at
+    PATH (not started yet, stopped) messages are lost, as over UDP, and connecting is tried again
+    after :data:`UNIX_RETRY` seconds, backing off."""
+
+    def __init__(self, reactor: Any, path: str) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.link: _Connected | None = None
+        self.port: Any = None
+        self.timer: Any = None
+        self.wait = UNIX_RETRY[0]
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+        self.connect()
+
+    def stop(self) -> Any:
+        """Stop retrying and close the socket; a Deferred when a socket is being closed."""
+        self.running = False
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        return self._drop()
+
+    def connect(self) -> None:
+        self.timer = None
+        if not self.running or self.link is not None:
+            return
+        link = _Connected()
+        try:
+            port = self.reactor.connectUNIXDatagram(self.path, link)
+        except Exception:  # e.g. a path too long for a socket address
+            link.failed = True
+        if link.failed or link.transport is None:
+            if self.timer is None:
+                self.timer = self.reactor.callLater(self.wait, self.connect)
+                self.wait = min(self.wait * 2, UNIX_RETRY[1])
+            return
+        self.link, self.port = link, port
+        self.wait = UNIX_RETRY[0]
+
+    def send(self, data: bytes) -> None:
+        if self.link is None or self._write(data):
+            return
+        self._drop()  # the syslog daemon restarted (or went away): connect again, and send once more
+        self.connect()
+        if self.link is not None and not self._write(data):
+            self._drop()
+            self.connect()
+
+    def _write(self, data: bytes) -> bool:
+        """False when the connection is no good any more."""
+        link = self.link
+        assert link is not None and link.transport is not None
+        try:
+            link.transport.write(data)
+        except OSError:
+            return False
+        except Exception:
+            return True  # too long for the socket: this message is lost, the connection is fine
+        return not link.refused
+
+    def _drop(self) -> Any:
+        port, self.link, self.port = self.port, None, None
+        return port.stopListening() if port is not None else None
 
 
 class _Stream(protocol.Protocol):
@@ -167,25 +257,19 @@ class SyslogObserver(Service):
                 self.reactor.resolve(host).addCallbacks(
                     lambda ip: setattr(self._sender, "address", (ip, port)), lambda f: None)
         elif self.kind == "unix":
-            self._sender = _Datagrams(None, connected=True)
-            self._connect_unix()
+            self._sender = LocalSocket(self.reactor, self.address)
+            self._sender.start()
         else:
             host, port = self.address
             self._sender = TCPSender(self.reactor, host, port)
             self._sender.service.startService()
 
-    def _connect_unix(self) -> None:
-        if not self.running:
-            return
-        try:
-            self._port = self.reactor.connectUNIXDatagram(self.address, self._sender)
-        except Exception:
-            self.reactor.callLater(10, self._connect_unix)  # no syslog daemon yet: try again
-
     def stopService(self) -> Any:
         super().stopService()
         if self.kind == "tcp" and self._sender is not None:
             return self._sender.service.stopService()
+        if self.kind == "unix" and self._sender is not None:
+            return self._sender.stop()
         if self._port is not None:
             port, self._port = self._port, None
             return port.stopListening() if hasattr(port, "stopListening") else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from twisted.internet import protocol, reactor, task
@@ -150,6 +152,49 @@ class Transports(TestCase):
         for _ in range(100):
             observer(event("into the void"))
         await task.deferLater(reactor, 0.05, lambda: None)
+
+    async def test_unix_socket_survives_a_syslog_restart(self) -> None:
+        """unix:PATH (/dev/log): lines arrive; a syslog daemon that starts late is reached when it
+        comes; one that restarts (a new socket at PATH) gets the very next line, and one that is
+        away for a while gets the lines written once it is back."""
+        directory = tempfile.mkdtemp(prefix="mozpool-syslog-")  # short: socket paths are limited
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "log")
+        observer = SyslogObserver(reactor, f"unix:{path}", "local3", hostname="h")
+        observer.startService()
+        self.addCleanup(observer.stopService)
+        observer(event("before syslog started"))  # lost, as over UDP; connecting is tried again
+
+        def listen() -> _Collect:
+            collector = _Collect()
+            port = reactor.listenUNIXDatagram(path, collector)
+            self.addCleanup(port.stopListening)
+            collector.port = port  # type: ignore[attr-defined]
+            return collector
+
+        def sent(collector: _Collect, text: str) -> bool:
+            observer(event(text + " {device}", device="panda-0001"))
+            return any(text.encode() in line for line in collector.got)
+
+        first = listen()
+        await until(lambda: sent(first, "late"), "a line once syslog started")
+        self.assertTrue(first.got[-1].startswith(b"<158>1 "), first.got[-1])
+        self.assertIn(b'[mozpool@32473 device="panda-0001"] late panda-0001', first.got[-1])
+
+        async def restart(collector: _Collect) -> None:
+            await collector.port.stopListening()  # type: ignore[attr-defined]
+            os.unlink(path)
+
+        await restart(first)
+        second = listen()
+        observer(event("right after a restart"))  # sent once more on a new connection: not lost
+        await until(lambda: any(b"right after a restart" in line for line in second.got), "the next line")
+
+        await restart(second)
+        observer(event("while syslog is away"))
+        third = listen()
+        await until(lambda: sent(third, "back"), "a line after syslog came back")
+        self.assertFalse([line for line in third.got if b"away" in line])
 
     async def test_tcp_keeps_a_backlog_until_the_server_comes(self) -> None:
         from twisted.internet.endpoints import TCP4ServerEndpoint

@@ -81,13 +81,16 @@ class RequestFailed(MozpoolError):
 
 
 class WaitTimeout(MozpoolError):
-    """A wait's bound passed before the request was ready; ``state`` is where it was."""
+    """A wait's bound passed before the request was ready; ``state`` is where it was, and
+    ``queue`` (a :class:`~mozpool.client.api.QueuePlace`) its place while it waited for a device."""
 
-    def __init__(self, request_id: int, seconds: float, state: str, device: str | None) -> None:
+    def __init__(self, request_id: int, seconds: float, state: str, device: str | None, queue: Any = None) -> None:
         on = f" with device {device}" if device else ""
-        super().__init__(f"request {request_id} not ready after {seconds:g} s (state {state}{on})")
+        place = f"; {queue.text()}" if queue is not None else ""
+        super().__init__(f"request {request_id} not ready after {seconds:g} s (state {state}{on}{place})")
         self.request_id = request_id
         self.state = state
+        self.queue = queue
 
 
 #: What each public failed state means for the one who asked (http-api.md 6.1).

@@ -264,7 +264,7 @@ def wait_ready(ctx: Context, ref: RequestRef, timeout: float, interval: float = 
             raise errors.RequestFailed(rid, state)
         left = deadline - ctx.now()
         if left <= 0:
-            raise errors.WaitTimeout(rid, timeout, state, device)
+            raise errors.WaitTimeout(rid, timeout, state, device, request.queue)
         yield Pause(min(interval, left))
 
 

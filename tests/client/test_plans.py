@@ -230,6 +230,19 @@ class Waiting(Plans):
         self.assertEqual(str(caught.exception), "request 1 not ready after 10 s (state pending with device panda-0001)")
         self.assertEqual(self.lab.clock.now(), 1010)
 
+    def test_timeout_in_the_queue(self) -> None:
+        """A wait that ends while the request waits for a device says where it stood."""
+        pool = FakePool(A, devices=(), script=("finding_device",))
+        self.lab.servers = {A: pool}
+        ctx = self.context(A)
+        created = self.play(plans.exchange(ctx, api.request_device("any", "android", 60, "ci")))
+        pool.queue[1] = [{"position": 3, "ahead": 2, "eta": "2030-01-01T12:04:10", "why": "2 ahead"}]
+        with self.assertRaises(errors.WaitTimeout) as caught:
+            self.play(plans.wait_ready(ctx, created, timeout=10, interval=3))
+        self.assertEqual(str(caught.exception), "request 1 not ready after 10 s (state finding_device; 3rd in queue "
+                                                "(2 ahead), ready by ~12:04 UTC)")
+        self.assertEqual(caught.exception.queue, api.QueuePlace(3, 2, "2030-01-01T12:04:10", "2 ahead"))
+
 
 class Acquire(Plans):
     def test_handover(self) -> None:

@@ -63,6 +63,12 @@ class PluginDiscovery(TestCase):
             self.assertIn(option, out)
         sql = os.path.join(venv, "share", "mozpool", "sql", "sqlite", "schema-v2.sql")
         self.assertTrue(os.path.exists(sql), "the schema files are installed")
+        # The console scripts the README names (the client's and the inventory sync's too).
+        for script, usage in (("mozpool", "usage: mozpool "), ("mozpool-inventorysync", "--ship-it"),
+                              ("mozpool-db", "load-fixture"), ("mozpool-token", "usage: mozpool-token")):
+            out, code = await run([python, os.path.join(venv, "bin", script), "--help"], venv)
+            self.assertEqual(code, 0, (script, out))
+            self.assertIn(usage, out, script)
 
     async def test_editable_compat_install(self) -> None:
         venv = await self.install("--config-settings", "editable_mode=compat", "-e", ROOT)
