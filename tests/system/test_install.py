@@ -41,9 +41,11 @@ class PluginDiscovery(TestCase):
         site = os.path.join(venv, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages")
         with open(os.path.join(site, "deps.pth"), "w") as f:
             f.write(sysconfig.get_paths()["purelib"] + "\n")
+        # --ignore-installed: else pip first uninstalls mozpool from the environment running
+        # these tests (the checkout's own .venv), under every test still running.
         out, code = await run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--prefix", venv,
-             *pip_args], base,
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--ignore-installed",
+             "--prefix", venv, *pip_args], base,
         )
         self.assertEqual(code, 0, out)
         return venv
