@@ -19,6 +19,12 @@ timeout) and Galera write sets that lost certification (reported as deadlocks at
 again, up to :data:`RERUN_ATTEMPTS` times.  On a Galera node every connection reads causally
 (``wsrep_sync_wait = 1``): a read sees every write the cluster had committed when it began,
 whichever node took it, so a server never acts on another's stale row.
+
+Group commit: interactions that queue up behind busy connections are run together in one
+transaction (:data:`BATCH_MAX`), each seeing the database as if it ran alone after the ones
+before it; a burst of API calls then costs one thread hop and one commit per batch.  The change
+journal and the state history are written at the transaction's end as multi-row INSERTs
+(:meth:`Cursor.insert_later`).
 """
 
 from __future__ import annotations
