@@ -275,13 +275,25 @@ def fake_name_prefix(fqdn: str) -> str:
     return f"{label}-{port}-panda" if port else f"{label}-panda"
 
 
+class FakePortTaken(Exception):
+    """A simulated smart plug's port is held by another process: the daemon does not start."""
+
+
 async def wire_fake_boards(db: Database, fqdn: str, reactor: Any) -> list[Any]:
     """This server's device rows, after moving any simulated board whose port is busy (not
-    ours: another process has it) to a free port no device names."""
+    ours: another process has it) to a free port no device names.  A busy smart-plug port is
+    not moved (pdudaemon's configuration names the plug by its address, and a pdudaemon already
+    running would switch the other process's outlets): FakePortTaken."""
     from mozpool.fakes import ports
-    from mozpool.fakes.pool import rows_for_server
+    from mozpool.fakes.pool import loopback_plug, rows_for_server
 
     rows = rows_for_server(await devices.list_details(db), fqdn)
+    for plug in sorted({p[2] for p in map(loopback_plug, (r.relay_info for r in rows)) if p is not None}):
+        if not await ports.bindable(reactor, plug):
+            raise FakePortTaken(
+                f"simulated smart plug port {plug} is in use by another process; pdudaemon's configuration names"
+                " that plug by its address, so it cannot move: free the port (or give this server's plugs"
+                " other ports with [fakes] plug_base_port on an empty database) and start again")
     for port in sorted(ports.board_ports(r.relay_info for r in rows)):
         if await ports.bindable(reactor, port):
             continue
@@ -466,7 +478,14 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
                 )
             )
 
-        fakes = FakePoolService(build_pool)
+        def cannot_start(failure: Any) -> None:
+            # Never run with devices wired to another process's board or plug (issue 12).
+            log.critical("the simulated pool cannot start ({error}); stopping: its devices would be driven through"
+                         " another process's board or plug", error=failure.getErrorMessage())
+            if reactor.running:
+                reactor.stop()
+
+        fakes = FakePoolService(build_pool, on_failure=cannot_start)
 
     simulated = fakes.simulated_ping if fakes else None
     if config.extra.get("ping", "method", fallback="fping") == "tcp":
@@ -567,6 +586,9 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     heartbeat = Heartbeat(db, fqdn, reactor, config.time_scale,
                           config.extra.get("server", "heartbeat_file", fallback="") or None)
     heartbeat.setServiceParent(top)
+    if heartbeat.heartbeat_file:
+        # The seed's watchdog file: touched on every timeout pass of either layer, too.
+        lifeguard.driver.on_pass = brokers.driver.on_pass = heartbeat.touch_file
 
     async def purge_step() -> None:
         try:

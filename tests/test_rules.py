@@ -244,3 +244,22 @@ class BenchmarkTests(SynchronousTestCase):
                 problems += [f"bench/{path.name}:{node.lineno}: imports {n}" for n in names
                              if n == "tests" or n.startswith("tests.")]
         self.assertEqual(problems, [])
+
+
+#: Modules whose SQL lives in their layer's queries module (issue 16's clean-up).
+NO_INLINE_SQL = ("broker/service.py", "bmm/facade.py", "statemachine/core.py")
+
+
+class LayeringTests(SynchronousTestCase):
+    def test_no_inline_sql(self) -> None:
+        """The broker service, the BMM facade and the machine core run SQL only through their
+        layer's queries module: no string in them starts a statement."""
+        problems: list[str] = []
+        for name in NO_INLINE_SQL:
+            path = PACKAGE / name
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    head = node.value.lstrip().split(" ", 1)[0].upper()
+                    if head in ("SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"):
+                        problems.append(f"mozpool/{name}:{node.lineno}: {node.value[:60]!r}")
+        self.assertEqual(problems, [])

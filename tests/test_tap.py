@@ -194,6 +194,17 @@ class Wiring(SynchronousTestCase):
         self.assertFalse(self.build("--tftp-port", "6999", config="[tftp]\npxe_files = false\n").hardware.pxe_configs.files)
         self.assertTrue(self.build("--tftp-port", "0", config="[tftp]\npxe_files = false\n").hardware.pxe_configs.files)
 
+    def test_heartbeat_file_touched_on_every_timeout_pass(self) -> None:
+        """[server] heartbeat_file: both layers' timeout drivers touch it after each pass (and
+        the heartbeat after each beat); without it they call nothing."""
+        top = self.build("--tftp-port", "0", config="[server]\nheartbeat_file = /tmp/x.heartbeat\n")
+        heartbeat = top.getServiceNamed("heartbeat")
+        self.assertEqual(heartbeat.heartbeat_file, "/tmp/x.heartbeat")
+        for layer in ("lifeguard", "broker"):
+            driver = top.getServiceNamed(layer).lifeguard.driver if layer == "lifeguard" else top.getServiceNamed(layer).driver
+            self.assertEqual(driver.on_pass, heartbeat.touch_file, layer)
+        self.assertIsNone(self.build("--tftp-port", "0").getServiceNamed("broker").driver.on_pass)
+
     def test_auth_mode_defaults_by_listener(self) -> None:
         self.assertEqual(self.build("--listen-host", "127.0.0.1", "--tftp-port", "0").authority.mode, "open")
         self.assertEqual(self.build("--listen-host", "::1", "--tftp-port", "0").authority.mode, "open")

@@ -16,10 +16,12 @@ from twisted.internet.interfaces import IReactorTime
 from mozpool.logconfig import Logger
 from zope.interface import implementer
 
-from mozpool.bmm import pxe
-from mozpool.bmm.interfaces import IBMM, DeviceInfo, IDeviceHardware
-from mozpool.db import catalog, devices, logs, tokens
-from mozpool.db.pool import Cursor, Database
+from mozpool.bmm import pxe, queries
+from mozpool.bmm.interfaces import IBMM, DeviceInfo, IDeviceHardware, IPowerControl
+from mozpool.bmm.ping import IPinger
+from mozpool.bmm.sut import ISUTAgent
+from mozpool.db import devices, logs, tokens
+from mozpool.db.pool import Database
 from mozpool.errors import UnknownObject
 from mozpool.timeutil import dbnow
 
@@ -55,7 +57,8 @@ def database_logger(db: Database, clock: IReactorTime) -> DeviceLogger:
 @implementer(IDeviceHardware)
 class Hardware:
     def __init__(
-        self, power: Any, pinger: Any, sut: Any, tftp_root: str, ipaddress: str, device_log: DeviceLogger,
+        self, power: IPowerControl, pinger: IPinger, sut: ISUTAgent, tftp_root: str, ipaddress: str,
+        device_log: DeviceLogger,
         boot_tokens: BootTokenStore | None = None, pxe_configs: pxe.PXEConfigs | None = None,
     ) -> None:
         self.power = power
@@ -140,11 +143,6 @@ class Hardware:
             d.addBoth(lambda r: (self.log_writes.discard(d), r)[1])
 
 
-def device_info(c: Cursor, name: str) -> DeviceInfo | None:
-    row = c.execute("SELECT name, fqdn, mac_address, relay_info FROM devices WHERE name = ?", (name,)).fetchone()
-    return None if row is None else DeviceInfo(*row)
-
-
 def deferred(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., "defer.Deferred[Any]"]:
     """An ``async def`` method whose callers get a Deferred."""
 
@@ -175,7 +173,7 @@ class BMMActions:
         return defer.gatherResults(list(self.in_flight) + list(self.hardware.log_writes))
 
     async def _device(self, name: str) -> DeviceInfo:
-        info = await self.db.runInteraction(device_info, name)
+        info = await self.db.runInteraction(queries.device_info, name)
         if info is None:
             raise UnknownObject(f"no such device {name}")
         return info
@@ -184,13 +182,7 @@ class BMMActions:
     async def power_cycle(self, name: str, pxe_config: str | None, boot_config: str | None) -> None:
         device = await self._device(name)
         if pxe_config is not None:
-
-            def prepare(c: Cursor) -> str | None:
-                cfg = catalog.get_pxe_config(c, pxe_config)
-                c.execute("UPDATE devices SET next_boot_config = ? WHERE name = ?", (boot_config or None, name))
-                return None if cfg is None else cfg["contents"]
-
-            contents = await self.db.runInteraction(prepare)
+            contents = await self.db.runInteraction(queries.prepare_power_cycle, name, pxe_config, boot_config)
             if contents is None:
                 raise UnknownObject(f"no such PXE config {pxe_config}")
             self.hardware.set_pxe(device, contents)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
 from mozpool.logconfig import Logger
 from twisted.python.failure import Failure
 
@@ -423,12 +423,16 @@ class FakePoolService(Service):
 
     ``source`` is a pool or a callable giving one (or a Deferred of one), so the tap can read the
     device rows once the database is ready.  The hooks answer "not simulated" until it runs.
+    ``on_failure`` is called with the failure when the pool cannot start (a port another process
+    holds): the tap stops the daemon then, rather than run with its devices wired to someone
+    else's board.
     """
 
     name = "fakes"
 
-    def __init__(self, source: PoolSource) -> None:
+    def __init__(self, source: PoolSource, on_failure: Optional[Callable[[Failure], None]] = None) -> None:
         self._source = source
+        self._on_failure = on_failure
         self.pool: Optional[FakePool] = None
         self.ready: Deferred[FakePool] = Deferred()
         self._starting: Optional[Deferred[Any]] = None
@@ -450,6 +454,8 @@ class FakePoolService(Service):
         def failed(f: Failure) -> None:
             self._starting = None
             log.failure("fakes: the simulated pool did not start", f)
+            if self._on_failure is not None and not f.check(CancelledError):  # not: stopped while starting
+                self._on_failure(f)
 
         d.addCallback(start)
         d.addCallbacks(started, failed)

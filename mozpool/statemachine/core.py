@@ -483,7 +483,11 @@ class TimeoutDriver(Service):
 
     Both feed one queue of due machines, worked by at most ``TIMEOUT_CONCURRENCY`` timeouts at
     once; the machine's lock re-checks the deadline, so a timeout seen twice is applied once.  A
-    failing step is logged; the loop goes on."""
+    failing step is logged; the loop goes on.
+
+    ``on_pass`` is called after every poll that read the due machines and handled them (the
+    tap touches ``[server] heartbeat_file`` with it, the seed's hook for external watchdogs): a
+    poll skipped or failed for want of the database, or one stuck, calls nothing."""
 
     def __init__(
         self, runner: MachineRunner, extra: Callable[[], Awaitable[None]] | None = None, interval: float | None = None
@@ -491,6 +495,8 @@ class TimeoutDriver(Service):
         self.runner = runner
         self.extra = extra
         self.interval = interval if interval is not None else runner.scaled(POLL_INTERVAL)
+        #: called after every completed poll (see the class docstring)
+        self.on_pass: Callable[[], None] | None = None
         self._loop: task.LoopingCall | None = None
         self._tick: defer.Deferred[None] | None = None
         self._stopping = False
@@ -590,11 +596,12 @@ class TimeoutDriver(Service):
         self._tick = None
 
     async def tick(self) -> None:
+        listed = True
         try:
             keys = await self.runner.due()
         except Exception:
             _log_failure(Failure(), "listing due {kind} machines failed", kind=self.runner.kind.log_kind)
-            keys = []
+            keys, listed = [], False
         for key in keys:
             self._enqueue(key)  # once stopping, nothing more is queued
         await self.idle()
@@ -603,6 +610,11 @@ class TimeoutDriver(Service):
                 await self.extra()
             except Exception:
                 _log_failure(Failure(), "{kind} periodic step failed", kind=self.runner.kind.log_kind)
+        if listed and self.on_pass is not None and not self._stopping:
+            try:
+                self.on_pass()
+            except Exception:
+                log.failure("after a {kind} timeout pass", kind=self.runner.kind.log_kind)
 
 
 def _available(db: Any) -> bool:

@@ -153,3 +153,32 @@ class Dispatch(SynchronousTestCase):
         assert isinstance(recorder, Recorder)
         self.assertEqual(recorder.calls, [("on", Outlet("a/1"))])
         self.successResultOf(self.control.drained())
+
+
+class AThirdDriver(SynchronousTestCase):
+    """The issue's measure: a new driver is its module and one registry row.  With the row
+    added, every layer that names controllers knows the new one: dispatch, the lab map, the
+    inventory's controllers, their kind for people."""
+
+    def setUp(self) -> None:
+        self.patch(power, "drivers", {**power.drivers, FAKE.scheme: FAKE})
+
+    def test_every_layer_knows_it(self) -> None:
+        from mozpool.inventory import rules
+        from mozpool.web.ui import pages
+
+        self.assertEqual(power.controller_of("fake://strip-1/4"), "fake://strip-1")
+        self.assertEqual(power.kind_of("fake://strip-1"), "fake PDU")
+        self.assertEqual(rules.controller_address("fake://strip-1/4"), "fake://strip-1")
+        self.assertEqual(rules.controller_name("fake://strip-1"), "strip-1")
+        devices = [{"name": "a", "relay_info": "fake://strip-1/4"}, {"name": "b", "relay_info": "fake://strip-1/2"},
+                   {"name": "c", "relay_info": "localhost:20001:bank1:relay1"}, {"name": "d", "relay_info": "fake://x"}]
+        wired, unwired = pages.wiring(devices)
+        self.assertEqual({k: sorted(v) for k, v in wired.items()}, {"fake://strip-1": ["2", "4"], "localhost:20001": [(1, 1)]})
+        self.assertEqual([d["name"] for d in unwired], ["d"])
+        control = power.PowerControl(DriverContext(Clock()))  # the default table: the registry
+        self.successResultOf(control.power_cycle("fake://strip-1/4"))
+        self.successResultOf(control.test_controller("fake://strip-1"))
+        recorder = control.clients["fake"]
+        assert isinstance(recorder, Recorder)
+        self.assertEqual([c[0] for c in recorder.calls], ["cycle", "test"])

@@ -11,7 +11,10 @@ from mozpool.broker import queue
 from mozpool.broker.interfaces import RequestSpec
 from mozpool.broker.queue import Free, Snapshot, Waiting
 from mozpool.broker.service import Broker
+from mozpool import liveness
+from mozpool.db import catalog, fixtures
 from mozpool.db.catalog import ensure_server
+from mozpool.timeutil import dbnow
 from tests.broker.support import OTHER, BrokerTest
 from tests.support.dbtest import on_both_backends
 
@@ -182,6 +185,35 @@ class Matcher(BrokerTest):
         self.assertEqual(served, [rid for _, rid in sorted(order, reverse=True)])
         claims = await self.claims()
         self.assertEqual(len({d for _, d in claims}), len(claims))
+
+
+    async def test_a_dead_servers_devices_and_requests_are_left_out(self) -> None:
+        """A server silent for three heartbeats: the queue plans neither with its free devices
+        nor for its waiting requests, and hands its devices out again once it is back."""
+        await fixtures.load_fixture(self.db, OTHER, 2, "2026-11-26 12:00:00", prefix="other")
+        await self.db.query("UPDATE devices SET state = 'ready', state_timeout = NULL")
+        await self.db.query("UPDATE imaging_servers SET last_seen = '2026-11-26 11:00:00' WHERE fqdn = ?", (OTHER,))
+        holders = [await self.create() for _ in range(4)]
+        self.assertEqual(sorted([await self.claimed(h["id"]) for h in holders]),
+                         ["panda-0001", "panda-0002", "panda-0003", "panda-0004"])
+        waiting = await self.create()
+        other = Broker(self.db, self.clock, OTHER, 1.0, self.http, random.Random(3))
+        self.addCleanup(other.stop)
+        theirs = await other.create_request("any", RequestSpec("them", 600, "android"))
+        await self.broker.idle()
+        self.assertEqual((await self.state(waiting["id"]), await self.claimed(waiting["id"])), ("finding_device", None))
+        snap = await self.db.runInteraction(queue.snapshot, liveness.dead_before(self.clock, 1.0), True)
+        self.assertEqual([r.id for r in snap.waiting], [waiting["id"]], "not the dead server's request")
+        self.assertEqual(snap.free, [])
+        self.assertEqual(await self.broker.matcher.run_pass(), 0)
+        self.assertIsNone(await self.claimed(waiting["id"]))
+        # back: its next heartbeat makes its devices free for the queue again
+        await self.db.runInteraction(catalog.heartbeat, OTHER, dbnow(self.clock))
+        snap = await self.db.runInteraction(queue.snapshot, liveness.dead_before(self.clock, 1.0))
+        self.assertEqual({r.id for r in snap.waiting}, {waiting["id"], theirs["id"]})
+        self.broker.matcher.wake()
+        await self.broker.idle()
+        self.assertTrue((await self.claimed(waiting["id"]) or "").startswith("other-"))
 
 
 MatcherSQLite, MatcherMariaDB = on_both_backends(Matcher)

@@ -229,6 +229,18 @@ class Passes(BrokerTest):
         self.assertEqual(len(self.imaged()), 2)
         self.assertTrue(all(n.startswith("panda-") for n in self.imaged()))
 
+    async def test_a_dead_server_images_nothing(self) -> None:
+        """A server the others count dead (its heartbeats are not getting through) keeps no
+        share: a pass on it warm-images none of its devices; the live servers take the target."""
+        await fixtures.load_fixture(self.db, OTHER, 4, "2026-11-26 12:00:00", prefix="other")
+        await self.db.query("UPDATE devices SET state = 'ready', state_timeout = NULL")
+        await self.db.query("UPDATE imaging_servers SET last_seen = '2026-11-26 10:00:00' WHERE fqdn = ?", (HERE,))
+        await self.db.query("UPDATE imaging_servers SET last_seen = ? WHERE fqdn = ?", (dbnow(self.clock), OTHER))
+        p = self.pool("android = 2\n")
+        await p.run_pass()
+        self.assertEqual(self.imaged(), [])
+        self.assertEqual(p.last.progress if p.last else None, {"android@any": (0, 0)})
+
     async def test_auto_follows_the_last_hours_requests(self) -> None:
         """auto = true splits the spares over what 'any' requests asked for in the last hour."""
         await self.db.query("UPDATE devices SET state = 'self_test_running'")

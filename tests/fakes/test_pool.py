@@ -232,6 +232,21 @@ class OverTheWires(TestCase):
         with self.assertRaises(ConnectionRefusedError):
             await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports[0]), Protocol())
 
+    async def test_service_reports_a_pool_that_cannot_start(self) -> None:
+        """A port another process holds: the service hands the failure to ``on_failure`` (the
+        tap stops the daemon with it) and is never ready."""
+        blocker = reactor.listenTCP(self.ports[1], Site(self.api), interface="127.0.0.1")
+        self.addCleanup(blocker.stopListening)
+        reported: list[Any] = []
+        service = FakePoolService(self.pool, on_failure=reported.append)
+        service.startService()
+        await eventually(lambda: bool(reported))
+        self.assertIn("Couldn't listen", reported[0].getErrorMessage())
+        self.assertFalse(service.ready.called)
+        self.assertEqual(self.pool.boards, {})
+        self.flushLoggedErrors()
+        await service.stopService()
+
     async def test_service(self) -> None:
         made: list[Any] = []
 

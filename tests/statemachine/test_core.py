@@ -130,6 +130,25 @@ class Core(DatabaseTest):
         await driver.tick()
         self.assertEqual(await self.row(), ("failed", None, '{"tries": 3}'))
 
+    async def test_on_pass_after_every_completed_poll(self) -> None:
+        """The heartbeat_file hook: called after a poll that read the due machines and handled
+        them; not after one that could not read them."""
+        driver = TimeoutDriver(self.runner, interval=1)
+        passes: list[int] = []
+        driver.on_pass = lambda: passes.append(self.toy.trace.count(("enter", "waiting")))
+        await self.runner.handle_event("panda-0001", "go")
+        self.clock.advance(5)
+        await driver.tick()
+        self.assertEqual(passes, [2], "after the due machine's timeout was handled")
+
+        async def broken() -> list[str]:
+            raise RuntimeError("no database")
+
+        self.patch(self.runner, "due", broken)
+        await driver.tick()
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(len(passes), 1)
+
     async def test_due_only_for_this_server(self) -> None:
         await self.runner.handle_event("panda-0001", "go")
         await fixtures.load_fixture(self.db, "b.example.com", 1, "2026-11-26 12:00:00", prefix="b")

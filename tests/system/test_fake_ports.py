@@ -1,6 +1,7 @@
 """Several `--fakes` daemons on one machine with no port configuration (issue 12): each seeds
-devices under names of its own on boards whose ports nobody else uses, and a board port found
-busy at start-up is moved, never shared."""
+devices under names of its own on boards whose ports nobody else uses, a board port found
+busy at start-up is moved, never shared, and a busy smart-plug port (which cannot move) stops
+the daemon with a clear error."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
-from mozpool.fakes.pool import loopback_location
+from mozpool.fakes.pool import loopback_location, loopback_plug
 from tests.support.mariadb import mariadbURL
 from tests.system.daemon import Daemon
 from tests.system.test_two_servers import daemon_errors, owned_devices
@@ -69,3 +70,26 @@ class NoClashes(TestCase):
         code, body = await d.request("any")
         self.assertEqual(code, 200, body)
         self.assertEqual(await d.wait_request(body["request"]["id"]), "ready", "its devices still power-cycle")
+
+    async def test_a_busy_plug_port_stops_the_daemon(self) -> None:
+        """pdudaemon's configuration names a plug by its address, so a plug port another process
+        holds is not moved: the daemon refuses to run, saying which port and why."""
+        d = Daemon(self, fakes=2, time_scale=0.02, board_ports=False, config="pdudaemon = 1\n")
+        await d.start()
+        await owned_devices(d, 2)
+        listed = (await d.get("/api/device/list/?details"))["devices"]
+        plugs = [loopback_plug(x["relay_info"]) for x in listed]
+        (plug,) = [p[2] for p in plugs if p is not None]
+        await d.stop()
+        squatter = await TCP4ServerEndpoint(reactor, plug, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(protocol.Protocol))
+        self.addCleanup(squatter.stopListening)
+        try:
+            await d.start()  # it may answer for a moment before the pool fails
+        except AssertionError as e:
+            self.assertIn("daemon exited", str(e))
+        assert d.output is not None
+        await d.output.ended.addTimeout(60, reactor)
+        log = d.log_text()
+        self.assertIn(f"simulated smart plug port {plug} is in use by another process", log)
+        self.assertIn("the simulated pool cannot start", log)
