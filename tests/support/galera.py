@@ -289,6 +289,8 @@ def _killConnections(node: GaleraNode, name: str) -> None:
 
 _cluster: GaleraCluster | None = None
 _startError: BaseException | None = None
+#: Tries to start the cluster, each on freshly chosen ports.
+START_ATTEMPTS = 3
 
 
 def getGaleraCluster(size: int = 3) -> GaleraCluster | None:
@@ -304,16 +306,22 @@ def getGaleraCluster(size: int = 3) -> GaleraCluster | None:
         if _ci():
             raise RuntimeError(f"CI=true but {reason}")
         return None
-    cluster = GaleraCluster(size)
     atexit.register(_shutdown)
-    try:
-        cluster.start()
-    except BaseException as e:
-        _startError = e
-        cluster.close()
-        raise
-    _cluster = cluster
-    return cluster
+    # Ports are chosen free before the nodes start, and another process (a parallel test's
+    # daemon) may take one first: a cluster that fails to start is tried again on new ports.
+    for attempt in range(START_ATTEMPTS):
+        cluster = GaleraCluster(size)
+        try:
+            cluster.start()
+        except BaseException as e:
+            cluster.close()
+            if attempt + 1 < START_ATTEMPTS and isinstance(e, Exception):
+                continue
+            _startError = e
+            raise
+        _cluster = cluster
+        return cluster
+    raise AssertionError("unreachable")
 
 
 def _shutdown() -> None:
