@@ -20,8 +20,8 @@ spread evenly over the three daemons, then ``/api/request/list/`` polled on one 
 Galera: another node than two thirds of the writers) until every request has a device; the
 devices must be distinct.
 
-Both back-ends are the test suite's private servers (tests/support/mariadb.py, and the same
-server with wsrep on in tests/support/galera.py): identical mariadbd options, so the figures
+Both back-ends are the test suite's private servers (labservers/mariadb.py, and the same
+server with wsrep on in labservers/galera.py): identical mariadbd options, so the figures
 compare Galera itself.
 
 Target: Galera within 1.5x of the single server, for CPU and for allocation time.
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # The cluster and the single server are the test suite's (tests/support/): the same
     # mariadbd options on both sides, so the comparison is of Galera alone.
-    from tests.support.galera import GaleraCluster, galeraUnavailableReason
-    from tests.support.mariadb import PrivateMariaDB
+    from labservers.galera import GaleraCluster, galeraUnavailableReason
+    from labservers.mariadb import PrivateMariaDB
 
     workdir = tempfile.mkdtemp(prefix="mozpool-bench-scale-")
     results: dict[str, dict[str, Any]] = {}

@@ -223,10 +223,9 @@ class RulesTests(SynchronousTestCase):
             self.fail("DESIGN.md process-model rules broken:\n" + "\n".join(problems))
 
 
-#: Benchmarks allowed to import tests/, each with its reason. bench/scale.py (in progress when
-#: this rule came) runs the test suite's Galera cluster and private server so that both sides of
-#: its comparison use the same mariadbd options; to be settled by moving those launchers.
-BENCH_IMPORTING_TESTS = {"scale.py"}
+#: Benchmarks allowed to import tests/, each with its reason (none: the private MariaDB and
+#: Galera launchers both use live in labservers/).
+BENCH_IMPORTING_TESTS: set[str] = set()
 
 
 class BenchmarkTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""The database layer on a private 3-node MariaDB Galera cluster (tests/support/galera.py):
+"""The database layer on a private 3-node MariaDB Galera cluster (labservers/galera.py):
 the schema created from three nodes at once, claims unique across nodes (certification
 failures run again, then Conflict), causal reads, and a node outside the primary component
 answering DatabaseUnavailable at once until it rejoins."""
@@ -14,7 +14,7 @@ from mozpool.broker import selection
 from mozpool.db import fixtures, schema
 from mozpool.db.errors import Conflict, DatabaseUnavailable, SchemaError
 from mozpool.db.pool import Cursor, Database
-from tests.support.galera import galeraCluster, galeraURLs
+from labservers.galera import galeraCluster, galeraURLs
 
 NOW = "2026-11-26 12:00:00"
 

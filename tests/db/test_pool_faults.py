@@ -274,7 +274,7 @@ class HungMariaDB(TestCase):
     timeout = 60
 
     async def test_sigstop(self) -> None:
-        from tests.support.mariadb import mariadbServer, mariadbURL
+        from labservers.mariadb import mariadbServer, mariadbURL
 
         server = mariadbServer(self)
         url = mariadbURL(self)

@@ -13,7 +13,7 @@ from mozpool.db import schema
 from mozpool.db.pool import Database
 from mozpool.fakes.inventory import FakeMozillaInventory, pandas
 from tests.inventory.support import serve
-from tests.support.mariadb import mariadbURL
+from labservers.mariadb import mariadbURL
 from tests.system.daemon import Daemon
 
 RUN_SECONDS = float(os.environ.get("MOZPOOL_INVENTORY_RACE_SECONDS", "8"))

@@ -6,7 +6,7 @@ Both paths are always given to Selenium (``Service(executable_path=...)`` and
 ``options.binary_location``), so Selenium Manager never runs and nothing is downloaded at run
 time. ``bin/run-tests`` installs the two packages; without them the tests skip, except under
 ``CI=true``, where a missing browser is a failure (as a missing MariaDB is, see
-``tests/support/mariadb.py``).
+``labservers/mariadb.py``).
 
 How these tests block, and why
 ------------------------------

@@ -31,7 +31,7 @@ class DatabaseTest:
     def databaseURL(self) -> str:
         if self.backend == "sqlite":
             return "sqlite:///" + self.mktemp() + ".sqlite"  # type: ignore[attr-defined]
-        from tests.support.mariadb import mariadbURL
+        from labservers.mariadb import mariadbURL
 
         return mariadbURL(self)
 

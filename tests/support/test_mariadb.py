@@ -10,8 +10,8 @@ import pymysql
 from twisted.trial.reporter import TestResult
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import mariadb
-from tests.support.mariadb import getMariaDB, mariadbServer, mariadbURL
+from labservers import mariadb
+from labservers.mariadb import getMariaDB, mariadbServer, mariadbURL
 
 
 def _connect(url: str) -> pymysql.connections.Connection:

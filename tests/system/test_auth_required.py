@@ -83,7 +83,7 @@ class TLSServer(TestCase):
 
     async def test_request_across_a_tls_server(self) -> None:
         from mozpool.serverurl import base_url
-        from tests.support.mariadb import mariadbURL
+        from labservers.mariadb import mariadbURL
         from tests.support.tls import make_ca
         from tests.system.daemon import Daemon
         from tests.system.test_two_servers import distinct_tcp_ports, owned_devices

@@ -9,7 +9,7 @@ import json
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.support.mariadb import mariadbServer, mariadbURL
+from labservers.mariadb import mariadbServer, mariadbURL
 from tests.system.daemon import Daemon
 
 

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from mozpool.db.pool import DEFAULT_TIMEOUT, PROBE_WAIT
 from mozpool.web.statecache import STALE_SECONDS
-from tests.support.mariadb import mariadbServer, mariadbURL
+from labservers.mariadb import mariadbServer, mariadbURL
 from tests.system.daemon import Daemon
 from tests.system.test_two_servers import daemon_errors, owned_devices, raw_call
 

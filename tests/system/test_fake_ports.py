@@ -10,7 +10,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
 from mozpool.fakes.pool import loopback_location, loopback_plug
-from tests.support.mariadb import mariadbURL
+from labservers.mariadb import mariadbURL
 from tests.system.daemon import Daemon
 from tests.system.test_two_servers import daemon_errors, owned_devices
 

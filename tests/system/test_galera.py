@@ -1,5 +1,5 @@
 """Three imaging servers on a private 3-node MariaDB Galera cluster, each daemon on its own node
-(tests/support/galera.py): started together on an empty database (one creates the schema), two
+(labservers/galera.py): started together on an empty database (one creates the schema), two
 rounds of concurrent ``any`` requests on all three with every request served and no device
 ever held by two open requests, one daemon killed and reported down by the others within three
 heartbeat intervals with new requests avoiding its devices, and a node cut off from the
@@ -18,7 +18,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from mozpool.liveness import DEAD_AFTER, HEARTBEAT_INTERVAL
-from tests.support.galera import describe, galeraCluster, galeraURLs
+from labservers.galera import describe, galeraCluster, galeraURLs
 from tests.system.daemon import Daemon
 from tests.system.test_no_double_assignment import connect, open_holders, settled
 from tests.system.test_two_servers import daemon_errors, owned_devices, raw_call

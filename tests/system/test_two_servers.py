@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from mozpool.db.fixtures import DEVICES_PER_BOARD
-from tests.support.mariadb import mariadbURL
+from labservers.mariadb import mariadbURL
 from tests.system.daemon import Daemon
 
 

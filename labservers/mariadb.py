@@ -8,7 +8,7 @@ not daemon code, so it blocks (subprocess, sleeps while polling); it is kept qui
 
 Use from a trial test::
 
-    from tests.support.mariadb import mariadbURL, mariadbServer
+    from labservers.mariadb import mariadbURL, mariadbServer
 
     url = mariadbURL(self)          # fresh empty database, dropped at cleanup
     server = mariadbServer(self)    # the server itself, for stop()/start()

@@ -1,7 +1,7 @@
 """
 A private multi-primary MariaDB Galera cluster on loopback, for the tests and benchmarks.
 
-Each node is a :class:`tests.support.mariadb.PrivateMariaDB` of its own (datadir, socket,
+Each node is a :class:`labservers.mariadb.PrivateMariaDB` of its own (datadir, socket,
 SQL port under one temporary directory) with the wsrep provider loaded: Debian's
 ``galera-4`` (``/usr/lib/galera/libgalera_smm.so``), group communication, IST and
 rsync state-transfer ports of its own on 127.0.0.1.  The first node bootstraps the cluster
@@ -11,7 +11,7 @@ nothing needs root (as root, mariadbd runs with ``--user=root`` as for the singl
 
 Use from a trial test::
 
-    from tests.support.galera import galeraCluster, galeraURLs
+    from labservers.galera import galeraCluster, galeraURLs
 
     cluster = galeraCluster(self)      # the process-wide 3-node cluster (skips without galera-4)
     urls = galeraURLs(self)            # one fresh database, its URL on each node, dropped at cleanup
@@ -36,8 +36,8 @@ from typing import Any
 
 import pymysql
 
-from tests.support import mariadb
-from tests.support.mariadb import HOST, PrivateMariaDB, _ci, _freePort, _removeAbandoned, _scratch
+from labservers import mariadb
+from labservers.mariadb import HOST, PrivateMariaDB, _ci, _freePort, _removeAbandoned, _scratch
 
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 CLUSTER_NAME = "mozpool-test"
