@@ -535,8 +535,9 @@ def _responses(method: str, status: str, schema: str | None, errors: tuple[str, 
     if rule.role != auth.PUBLIC:
         out["401"] = {"description": _WHY["401"], "headers": {"WWW-Authenticate": {"schema": S}},
                       "content": _json(_ref("Error"))}
-        if not rule.reads or rule.role != "reader":
-            out["403"] = {"description": _WHY["403"], "content": _json(_ref("Error"))}
+        # (a read too: a device's boot token may read its own boot config and nothing else)
+        why = _WHY["403"] if not rule.reads else "a device's boot token used for anything but its own boot config"
+        out["403"] = {"description": why, "content": _json(_ref("Error"))}
     out["405"] = {"description": _WHY["405"], "headers": {"Allow": {"schema": S}}, "content": _json(_ref("Error"))}
     return dict(sorted(out.items()))
 

@@ -72,6 +72,14 @@ class Roles(APITest):
             ("GET", "/api/events?type=nonsense", None, "skip"),  # (validated after auth: 400 for all)
             ("GET", f"/api/request/{rid}/status/", None, None),
             ("GET", "/metrics", None, None),
+            # health (issue 15): reads like any other
+            ("GET", "/api/device/panda-0001/history/", None, None),
+            ("GET", f"/api/request/{rid}/history/", None, None),
+            ("GET", "/api/device/panda-0001/why/", None, None),
+            ("GET", f"/api/request/{rid}/why/", None, None),
+            ("GET", "/api/pool/boots/", None, None),
+            ("GET", "/api/health/", None, None),
+            ("GET", "/api/relay/localhost-20001/health/", None, None),
             ("POST", "/api/device/any/request/", GOOD, "user"),
             ("POST", f"/api/request/{rid}/renew/", {"duration": 60}, "operator"),  # another's request
             ("POST", f"/api/request/{rid}/event/close/", {}, "operator"),
@@ -167,6 +175,8 @@ class Roles(APITest):
         self.assertEqual(await self.status(boot, "POST", "/api/device/panda-0002/event/mobile_init_started/"), 403)
         self.assertEqual(await self.status(boot, "POST", "/api/device/panda-0001/event/please_self_test/"), 403)
         self.assertEqual(await self.status(boot, "POST", "/api/device/panda-0001/power-off/"), 403)
+        self.assertEqual(await self.status(boot, "GET", "/api/device/panda-0002/bootconfig/"), 403)
+        self.assertEqual(await self.status(boot, "GET", "/api/device/list/"), 403)  # (documented for reads too)
         # forged, or from an earlier boot
         self.assertEqual(await self.status(tokens.new_token(tokens.BOOT_PREFIX), "POST",
                                            "/api/device/panda-0001/event/mobile_init_started/"), 403)

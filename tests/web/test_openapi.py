@@ -9,7 +9,7 @@ from typing import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from mozpool import __version__
-from mozpool.web import api, openapi, validate
+from mozpool.web import api, auth, openapi, validate
 from mozpool.web.errors import BadRequest
 
 INDEX = [
@@ -79,6 +79,16 @@ class OpenAPITests(SynchronousTestCase):
                     refs.append(op["requestBody"]["content"]["application/json"]["schema"]["$ref"])
         for ref in refs:
             self.assertIn(ref.rsplit("/", 1)[1], schemas)
+
+    def test_auth_statuses(self) -> None:
+        """Every call that is not public may answer 401 (no or a bad credential) and 403 (too
+        small a role; on a read, a device's boot token used for more than its boot config)."""
+        for (template, method), rule in auth.RULES.items():
+            responses = set(self.doc["paths"][template][method.lower()]["responses"])
+            if rule.role == auth.PUBLIC:
+                self.assertFalse({"401", "403"} & responses, template)
+            else:
+                self.assertLessEqual({"401", "403"}, responses, f"{method} {template}")
 
     def test_statuses_of_the_spec(self) -> None:
         paths = self.doc["paths"]

@@ -334,6 +334,11 @@ class ServedFromTheView(APITest):
         self.clock.advance(10 * HEARTBEAT_INTERVAL)
         await self.assert_same("/api/device/list/?details=1", "/api/pool/summary/")
         self.assertIn(b'"unreachable_since": "2013-04-02T17:05:11"', (await self.call("GET", "/api/device/list/?details")).body)
+        # the UI's devices table marks them from the view as from the database
+        cutoff = dead_before(self.clock, 1.0)
+        await self.view.sync()
+        self.assertEqual(viewqueries.down_servers(self.view, cutoff), {B: "2013-04-02 17:05:11"})
+        self.assertEqual(await self.db.runInteraction(ui_queries.down_servers, cutoff), {B: "2013-04-02 17:05:11"})
 
     async def test_a_write_is_seen_by_the_next_read(self) -> None:
         await self.ok("POST", "/api/device/panda-0001/set-comments/", {"comments": "seen at once"})

@@ -222,8 +222,9 @@ class OperatorUI:
         needing = [{**d, "failure": failures.get(d["name"])} for d in needing]
         open_requests, open_total = await self._read(queries.request_page, False, 1, OVERVIEW_LIMIT)
         servers = await self._read(queries.imaging_servers, self._dead_before())
+        suspect = await self.db.runInteraction(queries.suspect_boards)
         body = pages.overview(counts, needing, needing_total, open_requests, open_total, servers, self.fqdn,
-                              self.clock.seconds())
+                              self.clock.seconds(), suspect)
         return await self._page(request, "Pool overview", body, "overview", _pool_events())
 
     @app.route("/ui/lab", methods=["GET"])
@@ -255,7 +256,8 @@ class OperatorUI:
             request.setHeader(b"HX-Replace-Url", canonical.encode("utf-8"))
         rows, total = await self._read(queries.device_page, query)
         choices = await self._read(queries.device_filter_choices)
-        return await self._page(request, "Devices", pages.devices(rows, total, query, choices), "devices",
+        down = await self._read(queries.down_servers, self._dead_before())
+        return await self._page(request, "Devices", pages.devices(rows, total, query, choices, down), "devices",
                                 _pool_events())
 
     @app.route("/ui/requests", methods=["GET"])

@@ -139,7 +139,7 @@ def _count_link(count: int, **filters: str) -> Tag:
 def overview(
     counts: dict[str, dict[str, int]], needing: Sequence[dict[str, Any]], needing_total: int,
     open_requests: Sequence[dict[str, Any]], open_total: int, servers: Sequence[dict[str, Any]],
-    this_server: str, now: float,
+    this_server: str, now: float, suspect_boards: Sequence[dict[str, Any]] = (),
 ) -> Tag:
     totals = {cat: sum(t.get(cat, 0) for t in counts.values()) for cat in CATEGORIES}
     tiles = tags.ul(
@@ -185,6 +185,22 @@ def overview(
     if phases:
         more = [tags.p("Failed in: ", ", ".join(f"{phase} ({n})" for phase, n in sorted(phases.items())),
                        class_="muted", **_ids("failure-phases")), more]
+    suspect: Any = ""
+    if suspect_boards:
+        suspect = _section(
+            f"Suspect power controllers ({len(suspect_boards)})",
+            tags.ul([tags.li(
+                tags.a(b["name"], href=query_url("/ui/lab", {"server": b["imaging_server"]}) + "#"
+                       + board_anchor(b["fqdn"])), " ",
+                tags.span(_count(b["waiting"], "device") + " waiting in board_suspect", class_="muted"),
+                " · suspect since ", when(str(b["health_since"] or "")[:19].replace(" ", "T") or None, now), ": ",
+                b["health_reason"] or "no reason recorded",
+                **_ids("suspect-board", **{"data-board": b["fqdn"], "data-waiting": str(b["waiting"])}),
+            ) for b in suspect_boards], class_="plain"),
+            tags.p("Their devices are not offered to requests; LifeGuard probes each board and re-tests its "
+                   "devices when it answers.", class_="muted"),
+            testid="suspect-boards-section",
+        )
     opened = table(
         ["request", "state", "assignee", "device", "image", "expires"],
         [[request_link(r["id"]), request_badge(r["state"]), r["assignee"],
@@ -207,6 +223,7 @@ def overview(
         "overview", "/ui/", POOL_EVENTS,
         _section("Pool", tiles, by_type, testid="pool-counts"),
         _section(f"Needs a person ({needing_total})", human, more, testid="needs-human-section"),
+        suspect,
         _section(f"Open requests ({open_total})", opened,
                  tags.p(tags.a("All requests …", href="/ui/requests"), " · ",
                         tags.a("New request", href="/ui/requests/new")),
@@ -375,7 +392,7 @@ def lab_map(
     )
     legend = tags.p(
         "Legend: ", [[category_badge(c, testid="legend"), " "] for c in CATEGORIES],
-        tags.span(tags.span("■", class_="mark"), " parked for a person (locked out, troubleshooting, unknown)",
+        tags.span(tags.span("■", class_="mark"), f" parked for a person ({', '.join(PARKED_STATES)})",
                   class_="badge cat-processing parked"),
         class_="legend",
     )
@@ -412,9 +429,12 @@ _FILTER_LABELS = {
 
 
 def devices(
-    rows: Sequence[dict[str, Any]], total: int, query: DeviceQuery, choices: dict[str, list[str]]
+    rows: Sequence[dict[str, Any]], total: int, query: DeviceQuery, choices: dict[str, list[str]],
+    down: dict[str, str] | None = None,
 ) -> list[Tag]:
-    return [_device_filter(query, choices), _device_table(rows, total, query)]
+    """``down``: imaging server -> its last heartbeat, for the servers that stopped sending them
+    (their devices are marked unreachable, with since when)."""
+    return [_device_filter(query, choices), _device_table(rows, total, query, down or {})]
 
 
 def _device_filter(query: DeviceQuery, choices: dict[str, list[str]]) -> Tag:
@@ -447,7 +467,7 @@ def _device_filter(query: DeviceQuery, choices: dict[str, list[str]]) -> Tag:
     )
 
 
-def _device_table(rows: Sequence[dict[str, Any]], total: int, query: DeviceQuery) -> Tag:
+def _device_table(rows: Sequence[dict[str, Any]], total: int, query: DeviceQuery, down: dict[str, str]) -> Tag:
     def url(**changes: Any) -> str:
         return query_url("/ui/devices", params.device_query_params(query, **changes))
 
@@ -470,7 +490,7 @@ def _device_table(rows: Sequence[dict[str, Any]], total: int, query: DeviceQuery
             tags.td(d["hardware_type"]),
             tags.td(d["environment"]),
             tags.td(text_or_dash(d["image"])),
-            tags.td(d["imaging_server"]),
+            tags.td(d["imaging_server"], _down(down.get(d["imaging_server"]), "unreachable")),
             tags.td(request_link(d["request_id"]),
                     tags.span(f" {d['request_state']}", class_="muted") if d["request_state"] else ""),
             tags.td(tags.span(d["comments"], class_="comments", title=d["comments"]) if d["comments"]

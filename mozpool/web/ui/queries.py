@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from mozpool.db import catalog, logs
+from mozpool.db import health as board_health
 from mozpool.db.pool import Cursor
 from mozpool.db.requests import MAX_REQUEST_ID, get_request
 from mozpool.lifeguard import states
@@ -143,8 +144,8 @@ def device_filter_choices(c: Cursor) -> dict[str, list[str]]:
 
 
 def needs_a_human(c: Cursor, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Devices in a ``failed_`` state first, then the parked ones (locked out, troubleshooting,
-    unknown); at most ``limit`` of them, and how many there are in all."""
+    """Devices in a ``failed_`` state first, then the parked ones (:data:`PARKED_STATES`: locked
+    out, troubleshooting, unknown, held); at most ``limit`` of them, and how many there are in all."""
     marks = ", ".join("?" * len(PARKED_STATES))
     where = f" WHERE SUBSTR(d.state, 1, 7) = 'failed_' OR d.state IN ({marks})"
     total = int(c.scalar("SELECT COUNT(*) FROM devices d" + where, PARKED_STATES))
@@ -174,6 +175,17 @@ def _down_since(last_seen: Any, dead_before: str | None) -> str | None:
     if last_seen is None or dead_before is None or str(last_seen) >= dead_before:
         return None
     return str(last_seen)[:19]
+
+
+def down_servers(c: Cursor, dead_before: str | None) -> dict[str, str]:
+    """Imaging server -> its last heartbeat, for each server silent since before ``dead_before``
+    (mozpool.liveness): the devices table marks their devices unreachable."""
+    found = {}
+    for fqdn, last_seen in c.execute("SELECT fqdn, last_seen FROM imaging_servers").fetchall():
+        since = _down_since(last_seen, dead_before)
+        if since is not None:
+            found[fqdn] = since
+    return found
 
 
 def device_by_name(c: Cursor, name: str, dead_before: str | None = None) -> dict[str, Any] | None:
@@ -294,6 +306,20 @@ def relay_boards(c: Cursor, server: str = "") -> list[dict[str, Any]]:
     ).fetchall()
     # health_since/health_reason: why a controller is suspect (issue 15, mozpool.db.health)
     return [dict(zip(("name", "fqdn", "state", "imaging_server", "health_since", "health_reason"), r)) for r in rows]
+
+
+def suspect_boards(c: Cursor) -> list[dict[str, Any]]:
+    """The power controllers found suspect (issue 15), every server's, by server then name, each
+    with how many devices wait for it in ``board_suspect``: the overview names them, since a
+    dead board needs a person though its devices only wait."""
+    rows = c.execute(
+        "SELECT b.name, b.fqdn, b.state, s.fqdn, b.health_since, b.health_reason FROM relay_boards b"
+        " JOIN imaging_servers s ON s.id = b.imaging_server_id WHERE b.state = 'suspect' ORDER BY s.fqdn, b.name"
+    ).fetchall()
+    boards = [dict(zip(("name", "fqdn", "state", "imaging_server", "health_since", "health_reason"), r)) for r in rows]
+    for board in boards:
+        board["waiting"] = len(board_health.devices_behind(c, board["fqdn"], states=("board_suspect",)))
+    return boards
 
 
 def wired_devices(c: Cursor, server: str = "") -> list[dict[str, Any]]:

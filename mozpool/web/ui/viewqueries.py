@@ -91,9 +91,20 @@ def wired_devices(view: PoolView, server: str = "") -> list[dict[str, Any]]:
     return [_public(r) for r in _rows(view) if not server or r["imaging_server"] == server]
 
 
+def down_servers(view: PoolView, dead_before: str | None) -> dict[str, str]:
+    """queries.down_servers from memory (the view reads the heartbeats five times an interval)."""
+    found = {}
+    for fqdn, last_seen in view.servers.values():
+        since = queries._down_since(last_seen, dead_before)
+        if since is not None:
+            found[fqdn] = since
+    return found
+
+
 FROM_VIEW: dict[Callable[..., Any], Callable[..., Any]] = {
     queries.device_page: device_page,
     queries.needs_a_human: needs_a_human,
     queries.category_counts: category_counts,
     queries.wired_devices: wired_devices,
+    queries.down_servers: down_servers,
 }

@@ -8,6 +8,7 @@ same answer.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 from urllib.parse import quote
 
@@ -31,10 +32,25 @@ def failure_text(failure: dict[str, Any] | None) -> str:
     return f"{failure['state']} in {failure['phase']}{attempts}: {failure['reason']}"
 
 
+#: A UTC time in an explanation's summary, and the "(in N s)" the API wrote after it, if any.
+_SUMMARY_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)( \(in -?\d+ s\))?")
+
+
 def _next_line(steps: dict[str, Any], now: float) -> list[Any]:
-    line: list[Any] = [steps["summary"]]
-    if steps.get("timeout_at"):
-        line += [" (", when(steps["timeout_at"], now, testid="why-next-at"), ")"]
+    """The summary of what happens next, each time in it followed by its relative time (kept
+    current by mozpool.js) in place of the API's "(in N s)" of the moment it answered: the
+    timeout, the expiry and the queue timeout each read "at T (in 3 min)"."""
+    line: list[Any] = []
+    summary = steps["summary"]
+    start = 0
+    for found in _SUMMARY_TIME.finditer(summary):
+        at = found.group(1)
+        testid = "why-next-at" if at == steps.get("timeout_at") else None
+        if summary.startswith(" (overdue", found.end()):
+            continue  # its words say more than "3 s ago"
+        line += [summary[start:found.end(1)], " (", when(at, now, testid=testid), ")"]
+        start = found.end()
+    line.append(summary[start:])
     return line
 
 

@@ -23,6 +23,11 @@ class ServerDown(UITest):
         self.assertIn("unreachable", " ".join(self.texts(await self.page("/ui/device/bpanda-0001"), "server-down")))
         self.assertEqual(self.texts(await self.page("/ui/device/panda-0001"), "server-down"), [])
         self.assertEqual(len((await self.page("/ui/")).find("server-down")), 1)
+        # the devices table marks the dead server's devices, with since when
+        rows = {r.attrs["data-device"]: r for r in (await self.page("/ui/devices")).find("device-row")}
+        marks = {name: " ".join(" ".join(m.text.split()) for m in row.find("server-down")) for name, row in rows.items()}
+        self.assertEqual({n for n, m in marks.items() if m}, {n for n in rows if n.startswith("bpanda-")})
+        self.assertIn("unreachable since 2013-04-02T17:03:31Z", marks["bpanda-0001"])
 
 
 ServerDownSQLite = on_both_backends(ServerDown)[0]

@@ -44,6 +44,37 @@ class Pages(UITest):
         self.assertTrue(doc.find("needs-human-empty"))
         self.assertTrue(doc.find("open-requests-empty"))
 
+    async def test_health_states(self) -> None:
+        """``held`` waits for a person (parked: the square, under "Needs a person", in the
+        legend); ``board_suspect`` waits for its board (processing, not a person's job)."""
+        await self.set_state("panda-0001", "held")
+        await self.set_state("panda-0002", "board_suspect")
+        doc = await self.page("/ui/")
+        badges = [row.find("device-state")[0] for row in doc.find("needs-human-row")]
+        self.assertEqual([b.attrs["data-state"] for b in badges], ["held"])
+        self.assertIn("parked", badges[0].attrs["class"])
+        self.assertIn("■ held", " ".join(badges[0].text.split()))
+        lab = await self.page("/ui/lab")
+        cells = {c.attrs["data-device"]: c for c in lab.find("lab-cell")}
+        self.assertEqual(cells["panda-0001"].attrs["data-category"], "processing")
+        self.assertIn("■", cells["panda-0001"].text)
+        self.assertEqual(cells["panda-0002"].attrs["data-category"], "processing")
+        self.assertIn("◐", cells["panda-0002"].text)
+        self.assertIn("board_suspect", cells["panda-0002"].attrs["title"])
+        legend = (await self.call("GET", "/ui/lab")).body.decode("utf-8")
+        self.assertIn("parked for a person (locked_out, troubleshooting, unknown, held)", legend)
+        # A suspect board needs a person although its devices only wait: the overview names it.
+        self.assertFalse(doc.find("suspect-boards-section"))
+        await self.sql("UPDATE relay_boards SET state = 'suspect', health_since = '2013-04-02 17:50:00',"
+                       " health_reason = 'did not answer 2 probes' WHERE fqdn = 'localhost:20001'")
+        doc = await self.page("/ui/")
+        (board,) = doc.find("suspect-board")
+        self.assertEqual((board.attrs["data-board"], board.attrs["data-waiting"]), ("localhost:20001", "1"))
+        self.assertIn("1 device waiting in board_suspect", " ".join(board.text.split()))
+        self.assertIn("did not answer 2 probes", board.text)
+        links = [child.attrs["href"] for child in board.children if child.tag == "a"]
+        self.assertEqual(links, [f"/ui/lab?server={A}#board-localhost-20001"])
+
     async def test_lab_map(self) -> None:
         await self.set_state("panda-0002", "failed_pxe_booting")
         await self.sql("UPDATE devices SET relay_info = 'nonsense' WHERE name = 'bpanda-0002'")

@@ -3,13 +3,20 @@ the why pages, the overview's reasons and the boot times page."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.template import tags
 
 from mozpool.db import boots, history
 from mozpool.db.pool import Database
 from mozpool.health.explain import Explainer
 from mozpool.web.api import MozpoolAPI
+from mozpool.web.ui import why
 from mozpool.web.ui.app import OperatorUI
+from mozpool.web.ui.html import flatten
 from tests.support.dbtest import on_both_backends
 from tests.web.support import A
 from tests.web.ui.support import UITest
@@ -96,3 +103,30 @@ class WhyPages(UITest):
 
 
 WhyPagesSQLite, WhyPagesMariaDB = on_both_backends(WhyPages)
+
+
+class NextLine(SynchronousTestCase):
+    """Each time in "what happens next" is followed once by its live relative time (not the
+    API's "(in N s)" of the moment it answered, nor one time's words after another's)."""
+
+    def text(self, summary: str, timeout_at: str | None, now: float) -> tuple[str, list[str]]:
+        html = self.successResultOf(defer.ensureDeferred(flatten(tags.p(why._next_line(
+            {"summary": summary, "timeout_at": timeout_at}, now))))).decode("utf-8")
+        return re.sub(r"<[^>]+>", "", html), re.findall(r'data-testid="(why-next-at)"', html)
+
+    def test_times_in_a_request_summary(self) -> None:
+        now = 1796040000.0  # 2026-11-30T12:00:00Z
+        summary = ("waits for close; times out at 2026-11-30T12:00:30.026 (in 31 s): expire → closed; expires at"
+                   " 2026-11-30T12:03:00 unless renewed, then closed; gives up waiting for a device at"
+                   " 2026-11-30T12:53:00.980 (its queue_timeout)")
+        text, ids = self.text(summary, "2026-11-30T12:00:30.026", now)
+        self.assertEqual(text, "waits for close; times out at 2026-11-30T12:00:30.026 (in 30 s): expire → closed;"
+                               " expires at 2026-11-30T12:03:00 (in 3 min) unless renewed, then closed; gives up"
+                               " waiting for a device at 2026-11-30T12:53:00.980 (in 53 min) (its queue_timeout)")
+        self.assertEqual(ids, ["why-next-at"])
+
+    def test_overdue_and_no_timer(self) -> None:
+        summary = "times out at 2026-11-30T11:59:57 (overdue by 3 s: the next poll takes it): → ready"
+        self.assertEqual(self.text(summary, "2026-11-30T11:59:57", 1796040000.0)[0], summary)
+        self.assertEqual(self.text("no timer: waits for a person", None, 1796040000.0)[0],
+                         "no timer: waits for a person")
