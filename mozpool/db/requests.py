@@ -17,7 +17,7 @@ def list_requests(db: Database, include_closed: bool = False) -> Any:
         where = "" if include_closed else " WHERE r.state <> 'closed'"
         rows = c.execute(
             "SELECT r.id, s.fqdn, r.assignee, r.boot_config, r.state, r.expires, r.requested_device,"
-            " r.environment, d.name, d.state"
+            " r.environment, d.name, d.state, r.priority"
             " FROM requests r JOIN imaging_servers s ON s.id = r.imaging_server_id"
             " LEFT JOIN device_requests dr ON dr.request_id = r.id"
             " LEFT JOIN devices d ON d.id = dr.device_id" + where + " ORDER BY r.id"
@@ -35,6 +35,7 @@ def list_requests(db: Database, include_closed: bool = False) -> Any:
                 "assigned_device": r[8] or "",
                 "device_state": r[9] or "",
                 "device_status": r[9] or "",
+                "priority": int(r[10]),
             }
             for r in rows
         ]

@@ -121,7 +121,7 @@ SCHEMAS: dict[str, Any] = {
     "RequestEnvelope": _closed(request=_ref("Request")),
     "RequestListEntry": _closed(
         id=I, imaging_server=S, assignee=S, boot_config=S, state=S, expires=TIME, requested_device=S,
-        environment=S, assigned_device=S, device_state=S, device_status=S,
+        environment=S, assigned_device=S, device_state=S, device_status=S, priority=I,
     ),
     "RequestList": _closed(requests={"type": "array", "items": _ref("RequestListEntry")}),
     "BootConfig": {"description": "the device's next boot config exactly as stored: any JSON text ({} when none)"},

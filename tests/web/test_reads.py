@@ -21,7 +21,7 @@ REQUEST_KEYS = {
 }
 LIST_KEYS = {
     "id", "imaging_server", "assignee", "boot_config", "state", "expires", "requested_device",
-    "environment", "assigned_device", "device_state", "device_status",
+    "environment", "assigned_device", "device_state", "device_status", "priority",
 }
 
 
