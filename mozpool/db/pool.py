@@ -502,9 +502,15 @@ class Database:
             # Rolled back with the transaction: the others run again, first, in their order.
             self._queue.extendleft(reversed([w for i, w in enumerate(batch) if i != lost.index]))
             batch[lost.index].deliver(Failure(lost.error))
-        elif isinstance(outcome, Failure):
+        elif isinstance(outcome, Failure) and len(batch) > 1:
+            # The transaction failed as a whole (at commit: a Galera certification conflict, a
+            # lost connection): nothing says which member caused it, so each runs again alone
+            # and meets its own outcome.
             for w in batch:
-                w.deliver(outcome)
+                w.alone = True
+            self._queue.extendleft(reversed(batch))
+        elif isinstance(outcome, Failure):
+            batch[0].deliver(outcome)
         else:
             for w, result in zip(batch, outcome):
                 w.deliver(result)

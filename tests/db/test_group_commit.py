@@ -136,6 +136,27 @@ class Batching(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in (a, f, b)], ["a", "flaky", "b"])
         self.assertEqual(self.ran, ["busy", "a", "flaky", "a", "b", "flaky"])
 
+    def test_a_batch_that_fails_as_a_whole_runs_each_member_alone(self) -> None:
+        """A failure at commit (a Galera certification conflict) says nothing of which member
+        caused it: each runs again in a transaction of its own."""
+        from twisted.python.failure import Failure
+
+        self.call("busy")
+        a, b = self.call("a"), self.call("b")
+        self.run_next()
+        work = self.pool.waiting()[0]
+        work.began = True
+        work.interaction(RecordingTxn())  # both ran ...
+        work.result = Failure(pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"))
+        work.end()  # ... and the commit failed
+        self.assertNoResult(a)
+        self.assertEqual(len(self.pool.waiting()), 1, "a alone first")
+        self.run_next()
+        self.run_next()
+        self.assertEqual((self.successResultOf(a), self.successResultOf(b)), ("a", "b"))
+        self.assertEqual(self.ran, ["busy", "a", "b", "a", "b"])
+        self.assertEqual(len(self.pool.work), 4, "busy; a and b together; a alone; b alone")
+
     def test_an_interaction_marked_alone_never_shares(self) -> None:
         @alone
         def ddl(c: Cursor) -> str:
