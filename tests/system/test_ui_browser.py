@@ -299,14 +299,15 @@ class Flows(UITestCase):
         # Search by name (as one types; no button).
         self.set_value("filter-name", "0007")
         b.wait_for(lambda: names() == ["panda-0007"], what="the name search")
-        self.assertIn("name=0007", b.url)
+        # (htmx pushes the URL after it swapped the table in: wait for it too)
+        b.wait_for(lambda: "name=0007" in b.url, what="the URL to carry the search")
         self.set_value("filter-name", "")
         b.wait_for(lambda: len(names()) == 8, what="the search to clear")
 
         # Sort by name, descending, then by state.
         self.click("sort-name")
         b.wait_for(lambda: names() == [f"panda-{i:04d}" for i in range(8, 0, -1)], what="name, descending")
-        self.assertIn("dir=desc", b.url)
+        b.wait_for(lambda: "dir=desc" in b.url, what="the URL to carry the order")
         self.click("sort-state")
 
         def by_state() -> list[tuple[str, str]] | None:
