@@ -31,7 +31,7 @@ from twisted.web.iweb import IRequest
 from mozpool.db import tokens
 from mozpool.db.pool import Database
 from mozpool.lifeguard.interfaces import DEVICE_EVENTS
-from mozpool.web.errors import Forbidden, Unauthorized
+from mozpool.web.errors import ApiError, Forbidden, Unauthorized
 
 REQUIRED = "required"
 OPEN = "open"
@@ -167,7 +167,8 @@ class Authority:
         self.anonymous_read = anonymous_read
         #: set at start-up from the database (or the configuration)
         self.cluster_secret = cluster_secret
-        self._cache: dict[str, tuple[float, tokens.TokenInfo | None]] = {}
+        #: credential -> (trusted until, its callers by a header and by the cookie, or None)
+        self._cache: dict[str, tuple[float, tuple[Caller, Caller] | None]] = {}
 
     @property
     def reads_are_open(self) -> bool:
@@ -176,6 +177,15 @@ class Authority:
 
     async def identify(self, request: IRequest) -> Caller:
         credential, via_cookie = _bearer(request)
+        caller = self._identify_now(credential, via_cookie)
+        if caller is not None:
+            return caller
+        assert credential is not None
+        return self._token_caller(await self._lookup(credential), via_cookie)
+
+    def _identify_now(self, credential: str | None, via_cookie: bool) -> Caller | None:
+        """:meth:`identify`'s answer when no database read is needed (raising as it does);
+        None for a token that is not in the cache."""
         if credential is None:
             return ANONYMOUS
         if credential.startswith(tokens.SERVER_PREFIX):
@@ -185,14 +195,21 @@ class Authority:
             return Caller(f"server {fqdn}", "operator", "server")
         if credential.startswith(tokens.BOOT_PREFIX):
             return Caller("device boot token", None, "device", boot_token=credential)
-        info = await self._lookup(credential)
-        if info is None:
+        cached = self._cache.get(credential)
+        if cached is None or cached[0] <= self.clock.seconds():
+            return None
+        return self._token_caller(cached[1], via_cookie)
+
+    @staticmethod
+    def _token_caller(callers: tuple[Caller, Caller] | None, via_cookie: bool) -> Caller:
+        if callers is None:
             if via_cookie:
                 return ANONYMOUS  # a stale sign-in: the browser reads on as anyone does
             raise Unauthorized("invalid or revoked token")
-        return Caller(info.name, info.role, "token", via_cookie=via_cookie)
+        return callers[via_cookie]
 
-    async def _lookup(self, credential: str) -> tokens.TokenInfo | None:
+    async def _lookup(self, credential: str) -> tuple[Caller, Caller] | None:
+        """The token's callers (by a header, by the cookie), None when it is unknown or revoked."""
         now = self.clock.seconds()
         cached = self._cache.get(credential)
         if cached is not None and cached[0] > now:
@@ -200,8 +217,10 @@ class Authority:
         info = await self.db.runInteraction(tokens.lookup, credential)
         if len(self._cache) > 10_000:
             self._cache.clear()  # bounded: a flood of bad tokens cannot grow it
-        self._cache[credential] = (now + TOKEN_CACHE_SECONDS, info)
-        return info
+        callers = None if info is None else (
+            Caller(info.name, info.role, "token"), Caller(info.name, info.role, "token", via_cookie=True))
+        self._cache[credential] = (now + TOKEN_CACHE_SECONDS, callers)
+        return callers
 
     async def authorize(self, request: IRequest, template: str, kw: Mapping[str, str]) -> Caller:
         """The caller, once it may make this call; raises 401/403 otherwise."""
@@ -210,26 +229,50 @@ class Authority:
             return ANONYMOUS
         rule = rule_for(template, method)
         caller = await self.identify(request)
-        if self.mode == OPEN or rule.role == PUBLIC:
+        if self._allowed_now(request, rule, caller):
             return caller
         if caller.kind == "device":
-            if rule.device_boot and await self._boot_token_fits(caller, kw):
+            if await self._boot_token_fits(caller, kw):
                 return caller
+            raise Forbidden("a device's boot token may only post its own live-boot events")
+        creator = await self.db.runInteraction(_creator, kw.get("id", ""))  # rule.own_request
+        if creator is _MISSING or creator == caller.name:
+            return caller  # (an unknown request is the handler's 404)
+        raise Forbidden(f"request {kw.get('id')} was made by another user")
+
+    def _allowed_now(self, request: IRequest, rule: Rule, caller: Caller) -> bool:
+        """The part of :meth:`authorize` that reads no database: True when ``caller`` may make
+        the call, False when the database decides (a device's boot token for its own device, a
+        ``user`` acting on a request it may have made); raises 401/403 as authorize does."""
+        if self.mode == OPEN or rule.role == PUBLIC:
+            return True
+        if caller.kind == "device":
+            if rule.device_boot:
+                return False
             raise Forbidden("a device's boot token may only post its own live-boot events")
         if caller.kind == "anonymous":
             if rule.role == "reader" and self.anonymous_read:
-                return caller
+                return True
             raise Unauthorized("this call needs a token: Authorization: Bearer <token> (see mozpool-token)")
         if caller.via_cookie and not rule.reads:
             self._check_csrf(request)
         if tokens.role_at_least(caller.role, rule.role):
-            return caller
+            return True
         if rule.own_request and tokens.role_at_least(caller.role, "user"):
-            creator = await self.db.runInteraction(_creator, kw.get("id", ""))
-            if creator is _MISSING or creator == caller.name:
-                return caller  # (an unknown request is the handler's 404)
-            raise Forbidden(f"request {kw.get('id')} was made by another user")
+            return False
         raise Forbidden(f"token {caller.name!r} has role {caller.role}; this call needs {rule.role}")
+
+    def authorize_now(self, request: IRequest, template: str) -> Caller | None:
+        """:meth:`authorize` for a hot GET answered without a coroutine: the caller when it is
+        known, without reading the database, that the call is allowed; None when the database
+        must be asked or the call is refused (the route then answers it, 401/403 included)."""
+        try:
+            caller = self._identify_now(*_bearer(request))
+            if caller is None or not self._allowed_now(request, rule_for(template, "GET"), caller):
+                return None
+        except ApiError:
+            return None
+        return caller
 
     async def _boot_token_fits(self, caller: Caller, kw: Mapping[str, str]) -> bool:
         device = kw.get("device")

@@ -7,6 +7,8 @@ from bisect import bisect_left
 from typing import Any, Iterable
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The first bucket's bound: the calls :meth:`HTTPMetrics.tally` counts took no longer.
+FIRST_BUCKET = BUCKETS[0]
 #: The window of the boot telemetry families, in hours (issue 15).
 BOOT_HOURS = 24
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -28,6 +30,8 @@ class HTTPMetrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}
         self.durations: dict[tuple[str, str], list[float]] = {}
+        #: (method, route, status) -> [calls, seconds] of :meth:`tally`'s counters, not yet folded in
+        self._tallies: dict[tuple[str, str, str], list[float]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one call; its duration goes to the first bucket that holds it (made cumulative
@@ -40,7 +44,33 @@ class HTTPMetrics:
         hist[bisect_left(BUCKETS, seconds)] += 1  # index len(BUCKETS): only in +Inf
         hist[len(BUCKETS) + 1] += max(seconds, 0.0)  # sum
 
+    def tally(self, method: str, route: str, status: int) -> list[float]:
+        """A counter ``[calls, seconds]`` for the hottest path (``state/?cache=1`` answered at
+        once), folded in when scraped: the caller adds each call that took 0 to
+        :data:`FIRST_BUCKET` seconds to it (and hands any other to :meth:`observe`), at a fifth
+        of an observe's cost."""
+        key = (method, route, str(status))
+        found = self._tallies.get(key)
+        if found is None:
+            found = self._tallies[key] = [0, 0.0]
+        return found
+
+    def _fold(self) -> None:
+        for (method, route, status), counter in self._tallies.items():
+            calls, seconds = counter
+            if not calls:
+                continue
+            counter[0], counter[1] = 0, 0.0
+            key = (method, route, status)
+            self.requests[key] = self.requests.get(key, 0) + int(calls)
+            hist = self.durations.get((method, route))
+            if hist is None:
+                hist = self.durations[(method, route)] = [0.0] * (len(BUCKETS) + 2)
+            hist[0] += calls
+            hist[len(BUCKETS) + 1] += seconds
+
     def lines(self) -> Iterable[str]:
+        self._fold()
         yield "# HELP mozpool_http_requests_total HTTP calls served by this process."
         yield "# TYPE mozpool_http_requests_total counter"
         for (method, route, status), n in sorted(self.requests.items()):

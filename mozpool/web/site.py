@@ -24,6 +24,9 @@ class BoundedRequest(server.Request):
     fill the disk before the API's 413.)  Bodies within the limit stay in memory."""
 
     max_body = MAX_BODY
+    #: by the time the request is processed its body is known to be within ``max_body`` (the
+    #: API's fast path for ``state/?cache=1`` need not look for a 413)
+    body_bounded = True
     _received = 0
     _refused = False
 
