@@ -309,19 +309,18 @@ def getGaleraCluster(size: int = 3) -> GaleraCluster | None:
     atexit.register(_shutdown)
     # Ports are chosen free before the nodes start, and another process (a parallel test's
     # daemon) may take one first: a cluster that fails to start is tried again on new ports.
-    for attempt in range(START_ATTEMPTS):
+    for attempt in itertools.count(1):
         cluster = GaleraCluster(size)
         try:
             cluster.start()
         except BaseException as e:
             cluster.close()
-            if attempt + 1 < START_ATTEMPTS and isinstance(e, Exception):
+            if attempt < START_ATTEMPTS and isinstance(e, Exception):
                 continue
             _startError = e
             raise
         _cluster = cluster
         return cluster
-    raise AssertionError("unreachable")
 
 
 def _shutdown() -> None:

@@ -475,18 +475,17 @@ class Database:
             w.attempt.began = True
         self._reactor.callFromThread(self._began, live)  # type: ignore[attr-defined]
         later: list[tuple[str, tuple[Any, ...]]] = []
-        if len(batch) == 1:
-            results = [batch[0].run(txn, later) if live else Failure(_Abandoned())]
-        else:
-            results = []
-            for i, w in enumerate(batch):
-                if not w.attempt.began:
-                    results.append(Failure(_Abandoned()))
-                    continue
-                try:
-                    results.append(w.run(txn, later))
-                except Exception as e:
-                    raise _BatchLost(i, e) from e
+        results: list[Any] = []
+        for i, w in enumerate(batch):
+            if not w.attempt.began:
+                results.append(Failure(_Abandoned()))
+                continue
+            try:
+                results.append(w.run(txn, later))
+            except Exception as e:
+                if len(batch) == 1:
+                    raise  # a plain transaction: its own error, as without group commit
+                raise _BatchLost(i, e) from e
         Cursor(txn, self.mysql, later).flush_later()
         return results
 
