@@ -32,17 +32,24 @@ class Site(APITest):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json; charset=utf-8"])
 
 
-    async def raw(self, head: bytes, chunks: list[bytes]) -> tuple[bytes, int]:
+    async def raw(self, head: bytes, chunks: list[bytes], settle_at: int) -> tuple[bytes, int]:
         """Send ``head`` then ``chunks`` (stopping when the server hangs up); what came back, and
-        how many chunks were sent before the answer arrived."""
+        how many chunks were sent before the answer arrived.  Before chunk number ``settle_at`` the
+        client waits (up to 10 s) for an answer, so a busy machine cannot make the server look as if
+        it had read further than it needed to."""
         port = reactor.listenTCP(0, make_site(self.api), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         client = _Collect()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
         client.transport.write(head)
         sent = 0
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
             await deferLater(0.001)
+            if index == settle_at:
+                for _ in range(1000):
+                    if client.received or client.lost.called:
+                        break
+                    await deferLater(0.01)
             if client.received or client.lost.called:
                 break
             client.transport.write(chunk)
@@ -53,7 +60,7 @@ class Site(APITest):
     async def test_declared_large_body_refused_before_it_is_sent(self) -> None:
         head = (b"POST /api/device/panda-0001/set-comments/ HTTP/1.1\r\nHost: x\r\n"
                 b"Content-Length: 1048577\r\n\r\n")
-        answer, sent = await self.raw(head, [b"x" * 65536] * 17)
+        answer, sent = await self.raw(head, [b"x" * 65536] * 17, settle_at=0)
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
         self.assertIn(b'{"error": "request body larger than 1048576 bytes"}', answer)
         self.assertEqual(sent, 0, "answered from the headers alone")
@@ -62,7 +69,7 @@ class Site(APITest):
         head = (b"POST /api/device/panda-0001/set-comments/ HTTP/1.1\r\nHost: x\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
-        answer, sent = await self.raw(head, [chunk] * 64)
+        answer, sent = await self.raw(head, [chunk] * 64, settle_at=17)
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
         self.assertLessEqual(sent, 18, "cut off once past 1 MiB, not at the end of 4 MiB")
         rows = await self.sql("SELECT comments FROM devices WHERE name = 'panda-0001'")
