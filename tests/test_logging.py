@@ -125,7 +125,8 @@ class _Lines(protocol.Protocol):
 
 
 async def until(check: Any, what: str) -> None:
-    for _ in range(300):
+    deadline = reactor.seconds() + 10
+    while reactor.seconds() < deadline:
         if check():
             return
         await task.deferLater(reactor, 0.01, lambda: None)

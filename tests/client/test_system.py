@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor, task, utils
+from twisted.internet import defer, protocol, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
 from mozpool.client.tx import MozpoolClient
@@ -37,6 +37,54 @@ async def _python(test: TestCase, args: list[str]) -> tuple[int, str, str]:
     env.update(PYTHONPATH=ROOT, XDG_CONFIG_HOME=os.path.abspath(test.mktemp()))
     out, err, code = await utils.getProcessOutputAndValue(sys.executable, args, env=env, path=ROOT)
     return code, out.decode(), err.decode()
+
+
+class _Running(protocol.ProcessProtocol):
+    """A ``mozpool`` command still running, its output readable as it comes."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+    async def shows(self, check: Any, what: str, timeout: float = 30) -> None:
+        """Wait (up to ``timeout`` s) until ``check(self)`` holds; fail saying ``what`` otherwise."""
+        deadline = reactor.seconds() + timeout
+        while not check(self):
+            if self.ended.called or reactor.seconds() > deadline:
+                raise AssertionError(f"the command never showed {what}:\n{self.out!r}\n{self.err!r}")
+            await task.deferLater(reactor, 0.05, lambda: None)
+
+    async def result(self) -> tuple[int, str, str]:
+        code = await self.ended
+        return code, self.out.decode(), self.err.decode()
+
+
+def start_mozpool(test: TestCase, *args: str) -> _Running:
+    """Start the ``mozpool`` command (as :func:`mozpool` runs it) and return at once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOZPOOL_")}
+    env.update(PYTHONPATH=ROOT, XDG_CONFIG_HOME=os.path.abspath(test.mktemp()))
+    running = _Running()
+    process = reactor.spawnProcess(running, sys.executable, [sys.executable, "-m", "mozpool.client.cli", *args],
+                                   env=env, path=ROOT)
+
+    def stop() -> Any:
+        if not running.ended.called:  # a test that failed before the command ended
+            process.signalProcess("KILL")
+            running.ended.addErrback(lambda f: None)
+        return running.ended
+
+    test.addCleanup(stop)
+    return running
 
 
 def dead_servers(count: int) -> list[str]:
@@ -111,13 +159,14 @@ class OneServer(TestCase):
         self.assertEqual(raised, {"error": "the tests failed", "notes": [f"request {handed['id']} was returned"]})
         self.assertEqual(await d.request_state(handed["id"]), "closed")
 
-        # log --follow reads the event stream while a power-cycle writes to the log.
-        follow = defer.ensureDeferred(mozpool(self, "--servers", d.url, "log", "panda-0002", "--follow", "--limit",
-                                              "1", "--timeout", "8", "--json"))
-        await task.deferLater(reactor, 2, lambda: None)
+        # log --follow reads the event stream while a power-cycle writes to the log.  The
+        # power-cycle starts once the follower printed the latest line: its stream is open then.
+        follow = start_mozpool(self, "--servers", d.url, "log", "panda-0002", "--follow", "--limit", "1",
+                               "--timeout", "10", "--json")
+        await follow.shows(lambda p: b"\n" in p.out, "the device's latest log line")
         code, out, err = await mozpool(self, "--servers", d.url, "power-cycle", "panda-0002")
         self.assertEqual(code, 0, err)
-        code, out, err = await follow
+        code, out, err = await follow.result()
         self.assertEqual(code, 0, err)
         entries = [json.loads(line) for line in out.splitlines()]
         self.assertIn("power-cycle started", [e["message"] for e in entries])
@@ -196,13 +245,14 @@ class Queued(TestCase):
         self.assertIn("2nd in queue, 1 ahead for the same devices", out)
         self.assertIn("priority       20", out)
 
-        waiting = defer.ensureDeferred(mozpool(self, "--servers", d.url, "wait", str(low["id"]), "--timeout", "120"))
-        await task.deferLater(reactor, 2, lambda: None)
+        waiting = start_mozpool(self, "--servers", d.url, "wait", str(low["id"]), "--timeout", "120")
+        # The devices move on once ``wait`` has shown the place it starts from.
+        await waiting.shows(lambda p: b"2nd in queue (1 ahead)" in p.err, "the request 2nd in queue")
         for rid in (holder, high):
             await d.call("POST", f"/api/request/{rid}/return/", {})
             if rid == holder:
                 await d.wait_request(high, timeout=90)
-        code, out, err = await waiting
+        code, out, err = await waiting.result()
         self.assertEqual(code, 0, err)
         lines = err.splitlines()
         second = next(i for i, line in enumerate(lines) if "2nd in queue (1 ahead), ready by ~" in line)
@@ -210,6 +260,14 @@ class Queued(TestCase):
         self.assertLess(second, first, lines)
         self.assertIn(f"request {low['id']}: ready, device panda-0001 ready", lines[-1])
         self.assertEqual(daemon_errors(d), [])
+
+
+async def logged(d: Daemon, text: str, timeout: float = 10) -> None:
+    """Wait until ``text`` is in the daemon's log file (fail, with the log's tail, after ``timeout`` s)."""
+    async def found() -> bool:
+        return text in d.log_text()
+
+    await d.wait_for(found, timeout, f"{text!r} in the log of {d.fqdn}")
 
 
 async def _at(place: Any, position: int) -> bool:
@@ -272,8 +330,9 @@ class TwoServers(TestCase):
         code, out, err = await mozpool(self, "--servers", b.url, "--json", "renew", str(rid), "--duration", "1200")
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["state"], "ready")
-        self.assertIn(f'"POST /api/request/{rid}/renew/ HTTP/1.1" 302', b.log_text())
-        self.assertIn(f'"POST /api/request/{rid}/renew/ HTTP/1.1" 204', a.log_text())
+        # (the daemons' access lines reach their log files through pipes this process reads: wait)
+        await logged(b, f'"POST /api/request/{rid}/renew/ HTTP/1.1" 302')
+        await logged(a, f'"POST /api/request/{rid}/renew/ HTTP/1.1" 204')
         code, out, err = await mozpool(self, "--servers", b.url, "--json", "return", str(rid))
         self.assertEqual((code, json.loads(out)["state"]), (0, "closed"), err)
         self.assertEqual(await a.request_state(rid), "closed")

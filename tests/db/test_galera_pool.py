@@ -164,13 +164,13 @@ class GaleraDatabase(TestCase):
         start = reactor.seconds()
         with self.assertRaises(DatabaseUnavailable) as caught:
             await dbs[2].query("SELECT COUNT(*) FROM t")
-        self.assertLess(reactor.seconds() - start, 1.0)
+        self.assertLess(reactor.seconds() - start, 5.0, "answered, not left to the 10 s bound")
         self.assertIn("WSREP", str(caught.exception))
         self.assertFalse(dbs[2].available)
         start = reactor.seconds()
         with self.assertRaises(DatabaseUnavailable):
             await dbs[2].query("SELECT COUNT(*) FROM t")
-        self.assertLess(reactor.seconds() - start, 0.1, "at once while unavailable")
+        self.assertLess(reactor.seconds() - start, 1.0, "at once while unavailable (not the 10 s bound)")
         await dbs[0].query("INSERT INTO t VALUES (2)")  # the primary component goes on
         node.rejoin()
         deadline = reactor.seconds() + 20

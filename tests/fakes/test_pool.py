@@ -40,13 +40,14 @@ def free_port() -> int:
     return port
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    waited = 0.0
+async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` on the running reactor until it holds (the simulated devices run on
+    real timers and sockets: a busy machine makes them late)."""
+    deadline = reactor.seconds() + timeout
     while not predicate():
-        if waited > timeout:
+        if reactor.seconds() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await deferLater(reactor, 0.02, lambda: None)
-        waited += 0.02
 
 
 class _Once(Protocol):

@@ -267,9 +267,10 @@ class SyncRuns(DatabaseTest):
         source = ListSource([])
         source.never = True
         running = defer.ensureDeferred(Sync(self.db, source, clock, holder="t").run())
-        for _ in range(50):
-            if await self.db.runInteraction(lease.holder_of, LEASE_NAME, "2000-01-01 00:00:00"):
-                break
+        deadline = reactor.seconds() + 20  # the run takes the lease on a real database thread
+        while not await self.db.runInteraction(lease.holder_of, LEASE_NAME, "2000-01-01 00:00:00"):
+            if reactor.seconds() > deadline:
+                self.fail("the run never took the lease")
             await task.deferLater(reactor, 0.02, lambda: None)
         clock.advance(600)
         e = await self.assertFailure(running, SyncAborted)

@@ -23,6 +23,17 @@ def rsyslogd_path() -> str:
     return found
 
 
+def _udp_bound(port: int) -> bool | None:
+    """Whether a socket is bound to UDP 127.0.0.1:``port`` (None: cannot tell), read from
+    /proc/net/udp so that the port itself is never touched."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/udp") as f:
+            return any(line.split()[1:2] == [wanted] for line in f.readlines()[1:])
+    except OSError:
+        return None
+
+
 class _Ended(protocol.ProcessProtocol):
     def __init__(self, log_path: str) -> None:
         self.ended: defer.Deferred[Any] = defer.Deferred()
@@ -64,7 +75,19 @@ class PrivateRsyslog:
             os.unlink(pid)
         self.process = reactor.spawnProcess(self.proto, binary, [binary, "-n", "-f", self.conf, "-i", pid],
                                             env=dict(os.environ), path=self.dir)
-        await task.deferLater(reactor, 0.5, lambda: None)  # imudp binds at start-up
+        # imudp binds at start-up: wait for the port (however slowly a busy machine starts it),
+        # so that no line sent after this returns is lost.
+        deadline = reactor.seconds() + 30
+        while not self.proto.ended.called:
+            bound = _udp_bound(self.port)
+            if bound is None:
+                await task.deferLater(reactor, 0.5, lambda: None)  # no /proc: the old guess
+                break
+            if bound:
+                break
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"rsyslogd did not bind UDP 127.0.0.1:{self.port} within 30 s")
+            await task.deferLater(reactor, 0.05, lambda: None)
         if self.proto.ended.called:
             with open(os.path.join(self.dir, "rsyslogd.out"), "rb") as f:
                 raise AssertionError("rsyslogd exited: " + f.read().decode(errors="replace"))

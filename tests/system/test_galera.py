@@ -147,8 +147,9 @@ class GaleraServers(TestCase):
             await sleep(0.02)
         print(f"galera: killed daemon reported down after {seen} s (heartbeat every {interval:.2f} s)")
         self.assertEqual(set(seen), {a.fqdn, b.fqdn})
-        # Its last heartbeat came up to one interval before the kill; allow one poll's latency.
-        self.assertLessEqual(max(seen.values()), DEAD_AFTER * interval + 0.5)
+        # Its last heartbeat came up to one interval before the kill; allow the polls' latency on a
+        # busy machine (three daemons and three database nodes on two cores), as test_liveness does.
+        self.assertLessEqual(max(seen.values()), DEAD_AFTER * interval + 2.0)
         await round_of_requests([a, b], avoid=frozenset(mine[c.fqdn]))
 
         # B's node leaves the primary component: B answers 503 (not stale rows) while A goes on;

@@ -81,7 +81,7 @@ class SpawnMechanicsTests(TestCase):
         self.assertIs(await pinger.ping("127.0.0.1"), False)
         elapsed = reactor.seconds() - start
         self.assertGreaterEqual(elapsed, 0.25)
-        self.assertLess(elapsed, 1.5)
+        self.assertLess(elapsed, 10, "ended by the 0.3 s bound, not by the child's 30 s")
         await self.waitReaped(pinger)
         self.assertEqual(pinger.stats.killed, 1)
 

@@ -91,11 +91,12 @@ class Queue(TestCase):
         for _ in range(6):
             await self.make(d, "holder")
         started = reactor.seconds()
-        waiter = await self.make(d, "late", queue_timeout=2)
+        # (5 s: long enough that the status read right after cannot come too late on a busy machine)
+        waiter = await self.make(d, "late", queue_timeout=5)
         status = await d.get(f"/api/request/{waiter['id']}/status/")
         self.assertEqual(status["state"], "finding_device")
         self.assertEqual(await d.wait_request(waiter["id"], timeout=30), "failed_device_busy")
-        self.assertGreaterEqual(reactor.seconds() - started, 2)
+        self.assertGreaterEqual(reactor.seconds() - started, 5)
         log = [e["message"] for e in (await d.get(f"/api/request/{waiter['id']}/log/"))["log"]]
         self.assertIn("no device became free within the request's queue_timeout", log)
 

@@ -229,9 +229,11 @@ class Flows(UITestCase):
         b.wait_for(lambda: "/ui/request/" in b.url, what="the new request's page")
         request_id = int(b.url.rstrip("/").rsplit("/", 1)[1])
         self.addCleanup(self.daemon.call, "POST", f"/api/request/{request_id}/return/")
+        # The state the page first shows, read as soon as it is there (not after the event stream
+        # connected: on a busy machine that can take long enough for the request to get ready).
+        first = self.attr("request-state")
         b.wait_for(lambda: b.find("live-status").get_attribute("data-state") == "live", what="the page to be live")
         self.mark_page()
-        first = self.attr("request-state")
         b.wait_for(lambda: b.find("request-state").get_attribute("data-state") == "ready", timeout=60,
                    what="the request to show ready")
         self.assert_not_reloaded()

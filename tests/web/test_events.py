@@ -424,7 +424,8 @@ class StreamOverHTTP(APITest, TestCase):
             await done
 
     async def until(self, received: list[bytes], text: bytes) -> bytes:
-        for _ in range(200):
+        deadline = reactor.seconds() + 10
+        while reactor.seconds() < deadline:
             if text in b"".join(received):
                 return b"".join(received)
             await task.deferLater(reactor, 0.01, lambda: None)
