@@ -80,8 +80,9 @@ class Broker:
             queries.insert_request, self.server_fqdn, device, spec, expires, now, created,
             deadline_text(self.clock.seconds()),  # to the millisecond: the queue's order and deadline
         )
-        self.runner.echo(Row(request_id, str(request_id), "new"), created)
-        await self.runner.handle_event(str(request_id), "find_device")
+        row = Row(request_id, str(request_id), "new")  # as insert_request wrote it
+        self.runner.echo(row, created)
+        await self.runner.handle_event(row.key, "find_device", created=row)
         public = await self._public(request_id)
         holder = self.kind.held.pop(request_id, None)
         if holder is not None:

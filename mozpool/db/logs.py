@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Any, Sequence, Tuple
 
 from mozpool.db import changes
 from mozpool.db.pool import Cursor
@@ -36,6 +36,16 @@ def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: 
         id=line_id, timestamp=apitime(ts), source=source, message=message,
     )
     return line_id
+
+
+#: A line logged earlier, written later: (source, message, ts).
+Line = Tuple[str, str, str]
+
+
+def add_lines(c: Cursor, kind: str, owner_id: int, lines: Sequence[Line]) -> None:
+    """Lines logged earlier in an operation, with their own timestamps, in their order."""
+    for source, message, ts in lines:
+        add_log(c, kind, owner_id, source, message, ts)
 
 
 def add_device_log_by_name(c: Cursor, name: str, source: str, message: str, ts: str) -> bool:

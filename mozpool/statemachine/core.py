@@ -92,6 +92,10 @@ class Machine:
         self._warning: str | None = None
         self._evidence: list[int] = []
         self._entering = 0
+        #: info and debug lines not yet in the log table: (source, message, ts).  They go with the
+        #: operation's next write, or on their own when it ends (MachineRunner._locked_work), so
+        #: a line costs no transaction of its own; a warning or error is written at once.
+        self._held: list[tuple[str, str, str]] = []
 
     @property
     def id(self) -> int:
@@ -118,7 +122,7 @@ class Machine:
         """Add one to a counter, persisted at once; return the new value."""
         self.row.counters[name] = self.counter(name) + 1
         self._counted = (name, self.row.counters[name])
-        await self.runner.write_counters(self.row)
+        await self.runner.write_counters(self.row, self.take_held())
         return self.row.counters[name]
 
     async def incr_with(self, name: str, fn: Callable[..., T], *args: Any) -> tuple[int, T]:
@@ -126,9 +130,10 @@ class Machine:
         self.row.counters[name] = n = self.counter(name) + 1
         self._counted = (name, n)
         counters = json.dumps(self.row.counters)
+        held = self.take_held()
 
         def both(c: Cursor) -> T:
-            self.runner.update_counters(c, self.row.id, counters)
+            self.runner.update_counters(c, self.row.id, counters, held)
             return fn(c, *args)
 
         return n, await self.db.runInteraction(both)
@@ -139,7 +144,7 @@ class Machine:
             self.row.counters = {}
         else:
             self.row.counters.pop(name, None)
-        await self.runner.write_counters(self.row)
+        await self.runner.write_counters(self.row, self.take_held())
 
     def because(self, **reason: Any) -> None:
         """Add to the structured reason the next goto records in the state history (a BMM
@@ -170,7 +175,7 @@ class Machine:
         lines = [why] if why else []
         if state != old:
             lines.append(f"entering state {state}")
-        await self.runner.write_state(self.row, lines, old, transition)
+        await self.runner.write_state(self.row, lines, old, transition, self.take_held())
         self.runner.arm(self.key, delay)
         if state in self.runner.kind.timeouts:
             generation = self.generation
@@ -187,7 +192,7 @@ class Machine:
                 retry = self.runner.retry_delay()
                 self.row.timeout = self.runner.deadline_in(retry)
                 try:
-                    await self.runner.write_state(self.row)
+                    await self.runner.write_state(self.row, held=self.take_held())
                 except Exception:
                     log.warn("could not record the retry for {key}: {error}", key=self.key, error=e)
                 self.runner.arm(self.key, retry)
@@ -224,15 +229,32 @@ class Machine:
     async def rearm(self, delay: float) -> None:
         """Move the current state's deadline to ``delay`` seconds from now, staying in it."""
         self.row.timeout = self.runner.deadline_in(delay)
-        await self.runner.write_state(self.row)
+        await self.runner.write_state(self.row, held=self.take_held())
         self.runner.arm(self.key, delay)
 
     async def log(self, message: str, level: str = "info", source: str = "statemachine") -> None:
-        line_id = await self.runner.log(self.row, message, level, source)
-        if level in ("warn", "error"):
-            self._warning = message
-            if line_id is not None:
-                self._evidence.append(line_id)
+        """A line for the machine's log.  An info or debug line is held for the operation's next
+        write; a warning or error is written at once (after the held lines), since the next
+        transition cites its id as evidence."""
+        if level not in ("warn", "error"):
+            self.runner.echo(self.row, message, level)
+            self._held.append((source, message, self.runner.now()))
+            return
+        line_id = await self.runner.log(self.row, message, level, source, self.take_held())
+        self._warning = message
+        if line_id is not None:
+            self._evidence.append(line_id)
+
+    def take_held(self) -> list[tuple[str, str, str]]:
+        """The held lines, for a write about to start (which then owns them)."""
+        held, self._held = self._held, []
+        return held
+
+    async def flush(self) -> None:
+        """Write the held lines, if any (the end of an operation); a failure is only logged."""
+        held = self.take_held()
+        if held:
+            await self.runner.write_lines(self.row, held)
 
     def post(self, event: str, args: dict[str, Any] | None = None) -> None:
         """Queue an event for this machine (from a side effect's outcome)."""
@@ -305,30 +327,45 @@ class MachineRunner:
 
     async def write_state(
         self, row: Row, log_lines: Sequence[str] = (), old_state: str | None = None,
-        transition: history.Entry | None = None,
+        transition: history.Entry | None = None, held: Sequence[logs.Line] = (),
     ) -> None:
-        """Write the row's state, deadline and counters, and ``log_lines`` to its log, at once;
-        a change from ``old_state`` goes to the change journal too, ``transition`` to the state
-        history (and to the observers)."""
+        """Write the row's state, deadline and counters, and ``held`` lines then ``log_lines`` to
+        its log, at once; a change from ``old_state`` goes to the change journal too,
+        ``transition`` to the state history (and to the observers)."""
         await self.db.runInteraction(
             queries.write_state, self.kind.table, self.kind.log_kind, row.id, row.state, row.timeout,
-            json.dumps(row.counters), self.now(), log_lines, old_state, transition, tuple(self.observers),
+            json.dumps(row.counters), self.now(), log_lines, old_state, transition, tuple(self.observers), held,
         )
         for line in log_lines:
             self.echo(row, line)
 
-    async def write_counters(self, row: Row) -> None:
-        await self.db.runInteraction(self.update_counters, row.id, json.dumps(row.counters))
+    async def write_counters(self, row: Row, held: Sequence[logs.Line] = ()) -> None:
+        await self.db.runInteraction(self.update_counters, row.id, json.dumps(row.counters), held)
 
-    def update_counters(self, c: Cursor, row_id: int, counters: str) -> None:
+    def update_counters(self, c: Cursor, row_id: int, counters: str, held: Sequence[logs.Line] = ()) -> None:
+        logs.add_lines(c, self.kind.log_kind, row_id, held)
         queries.set_counters(c, self.kind.table, row_id, counters)
 
-    async def log(self, row: Row, message: str, level: str = "info", source: str = "statemachine") -> int | None:
-        """To the twisted log and to the machine's log table; a failed write is only logged.
-        The line's id (None if it was not written)."""
-        self.echo(row, message, level)
+    async def write_lines(self, row: Row, lines: Sequence[logs.Line]) -> None:
+        """Held lines on their own (already echoed); a failed write is only logged."""
         try:
-            return int(await self.db.runInteraction(logs.add_log, self.kind.log_kind, row.id, source, message, self.now()))
+            await self.db.runInteraction(logs.add_lines, self.kind.log_kind, row.id, lines)
+        except Exception as e:
+            self._log.warn("could not write {n} log lines for {key}: {error}", n=len(lines), key=row.key, error=e)
+
+    async def log(
+        self, row: Row, message: str, level: str = "info", source: str = "statemachine", held: Sequence[logs.Line] = ()
+    ) -> int | None:
+        """To the twisted log and to the machine's log table (after the ``held`` lines, already
+        echoed); a failed write is only logged.  The line's id (None if it was not written)."""
+        self.echo(row, message, level)
+
+        def write(c: Cursor) -> int:
+            logs.add_lines(c, self.kind.log_kind, row.id, held)
+            return logs.add_log(c, self.kind.log_kind, row.id, source, message, self.now())
+
+        try:
+            return int(await self.db.runInteraction(write))
         except Exception as e:
             self._log.warn("could not write log line for {key}: {error}", key=row.key, error=e)
             return None
@@ -342,11 +379,13 @@ class MachineRunner:
 
     # -- serialization ----------------------------------------------------------------------
 
-    async def _locked(self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None) -> Any:
+    async def _locked(
+        self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None, created: Row | None = None
+    ) -> Any:
         """Run ``work`` under the machine's lock.  A caller that stops waiting (an HTTP client
         that hung up, a bounded call that gave up) does not cancel the transition half-way: the
         work runs on; only the wait is abandoned."""
-        inner = defer.Deferred.fromCoroutine(self._locked_work(key, work, missing))
+        inner = defer.Deferred.fromCoroutine(self._locked_work(key, work, missing, created))
         outer: defer.Deferred[Any] = defer.Deferred()
 
         def done(result: Any) -> Any:
@@ -364,22 +403,32 @@ class MachineRunner:
         inner.addBoth(done)
         return await outer
 
-    async def _locked_work(self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None) -> Any:
+    async def _locked_work(
+        self, key: str, work: Callable[[Machine], Awaitable[Any]], missing: Any = None, created: Row | None = None
+    ) -> Any:
         key = str(key)
         lock = self._locks.setdefault(key, defer.DeferredLock())
         await lock.acquire()
         try:
-            row = await self.load(key)
+            row = created if created is not None else await self.load(key)
             if row is None:
                 return missing
-            return await work(Machine(self, row))
+            m = Machine(self, row)
+            try:
+                return await work(m)
+            finally:
+                await m.flush()
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(key, None)
 
-    async def handle_event(self, key: str, event: str, args: dict[str, Any] | None = None) -> bool:
-        """Feed ``event``; False (and nothing else) when the machine does not exist."""
+    async def handle_event(
+        self, key: str, event: str, args: dict[str, Any] | None = None, *, created: Row | None = None
+    ) -> bool:
+        """Feed ``event``; False (and nothing else) when the machine does not exist.  ``created``
+        is the row of a machine the caller has just inserted (and nobody else knows of yet): it is
+        taken as it is instead of read back."""
 
         async def work(m: Machine) -> bool:
             m.cause = event
@@ -387,7 +436,7 @@ class MachineRunner:
                 await m.log(f"ignored event {event} in state {m.state}", "warn")
             return True
 
-        return bool(await self._locked(key, work, False))
+        return bool(await self._locked(key, work, False, created))
 
     async def handle_timeout(self, key: str) -> None:
         """Apply the timeout rule, if the deadline has really passed (re-checked under the lock)."""

@@ -28,12 +28,14 @@ def load_row(c: Cursor, table: str, column: str, key: str) -> tuple[Any, ...] | 
 def write_state(
     c: Cursor, table: str, log_kind: str, row_id: int, state: str, timeout: str | None, counters: str,
     now: str, log_lines: Sequence[str] = (), old_state: str | None = None,
-    transition: history.Entry | None = None, observers: Sequence[Observer] = (),
+    transition: history.Entry | None = None, observers: Sequence[Observer] = (), held: Sequence[logs.Line] = (),
 ) -> None:
     """Write state, deadline and counters, and ``log_lines`` to the machine's log; a change from
     ``old_state`` goes to the change journal too.  A ``transition`` goes to the state history
     (with the device's failure summary, which the journal carries too), and is shown to each of
-    ``observers`` (boot telemetry), all in this one transaction."""
+    ``observers`` (boot telemetry), all in this one transaction.  ``held`` lines, logged earlier
+    in the operation, come first in the log."""
+    logs.add_lines(c, log_kind, row_id, held)
     c.execute(
         f"UPDATE {table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
         (state, timeout, counters, row_id),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from automat import TypeMachineBuilder
@@ -34,6 +35,19 @@ class Toy:
         self.trace.append(("event-end", event, m.key))
         if m.state == "idle" and event == "go":
             await m.goto("waiting")
+            return True
+        if event == "note":  # info lines, then a transition: one write for all of it
+            await m.log("first note")
+            await m.log("second note", "debug", source="toy")
+            await m.goto("waiting")
+            return True
+        if event == "chat":  # an info line and nothing else
+            await m.log("only a note")
+            return True
+        if event == "alarm":  # an info line, a warning, then a transition citing the warning
+            await m.log("before the trouble")
+            await m.log("trouble", "warn")
+            await m.goto("failed")
             return True
         if m.state == "waiting" and event == "done":
             await m.clear()
@@ -75,6 +89,42 @@ class Core(DatabaseTest):
         self.assertEqual(await self.row(), ("waiting", "2026-11-26 12:00:05", "{}"))
         self.assertEqual(self.toy.trace[-1], ("enter", "waiting"))
         self.assertIn("entering state waiting", await self.messages())
+
+    def count_interactions(self) -> list[int]:
+        calls = [0]
+        real = self.db.runInteraction
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            calls[0] += 1
+            return real(*args, **kw)
+
+        self.patch(self.db, "runInteraction", counted)
+        return calls
+
+    async def lines(self, device_id: int = 1) -> list[tuple[str, str, str]]:
+        return [(e["source"], e["message"], e["timestamp"])
+                for e in await self.db.runInteraction(logs.get_log, "device", device_id, self.runner.now())]
+
+    async def test_info_lines_go_with_the_next_write(self) -> None:
+        calls = self.count_interactions()
+        self.assertTrue(await self.runner.handle_event("panda-0001", "note"))
+        self.assertEqual(calls[0], 2, "the load, then one write for the lines and the transition")
+        self.assertEqual(await self.lines(), [
+            ("statemachine", "first note", "2026-11-26T12:00:00"), ("toy", "second note", "2026-11-26T12:00:00"),
+            ("statemachine", "entering state waiting", "2026-11-26T12:00:00"),
+        ])
+
+    async def test_lines_left_at_the_end_of_an_operation_are_written(self) -> None:
+        calls = self.count_interactions()
+        self.assertTrue(await self.runner.handle_event("panda-0001", "chat"))
+        self.assertEqual(calls[0], 2, "the load, then the line")
+        self.assertEqual(await self.messages(), ["only a note"])
+
+    async def test_a_warning_is_written_at_once_after_the_held_lines(self) -> None:
+        self.assertTrue(await self.runner.handle_event("panda-0001", "alarm"))
+        self.assertEqual(await self.messages(), ["before the trouble", "trouble", "entering state failed"])
+        entries = await self.db.query("SELECT reason FROM state_history WHERE device_id = 1 AND to_state = 'failed'")
+        self.assertEqual([json.loads(e[0]).get("text") for e in entries], ["trouble"], "the transition cites it")
 
     async def test_missing_machine(self) -> None:
         self.assertFalse(await self.runner.handle_event("nope", "go"))
