@@ -61,8 +61,12 @@ TRANSACTION_RETRY_ERRORS = frozenset({1213, 1205})
 #: Galera: "WSREP has not yet prepared node for application use" -- the node is not part of
 #: the primary component (cut off from the cluster, or still joining).
 WSREP_NOT_READY = 1047
+#: "Got error during COMMIT" (the transaction was rolled back): a Galera node that left the
+#: primary component while a transaction was committing says this once before it says 1047.
+COMMIT_FAILED = 1180
 #: Errors meaning "the server cannot be reached (or cannot serve) right now".
-UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {2002, 2003, 2005, 2026, 1040, 1053, WSREP_NOT_READY}
+UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {
+    2002, 2003, 2005, 2026, 1040, 1053, WSREP_NOT_READY, COMMIT_FAILED}
 #: "No such table": the schema is not there yet (another server, or this one, is creating it
 #: while the API already listens), like SQLite's OperationalError for the same.
 SCHEMA_NOT_READY_MYSQL_ERRORS = frozenset({1146})

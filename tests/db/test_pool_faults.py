@@ -238,6 +238,18 @@ class Faults(SynchronousTestCase):
         self.pool.waiting()[-1].run(GALERA_READY)
         self.assertTrue(self.db.available)
 
+    def test_commit_cut_off_from_the_primary_component(self) -> None:
+        """A node that leaves the primary component during a commit answers 1180 (CI saw it): the
+        transaction was rolled back and the node cannot serve, so unavailable, not a bug (500)."""
+        d = self.call("x")
+        self.pool.work[0].deferred.errback(pymysql.err.OperationalError(
+            1180, "Error while appending streaming replication fragment(provider status: Not connected to"
+                  " Primary Component)"))
+        self.assertIn("Primary Component", str(self.assertUnavailable(d)))
+        self.assertFalse(self.db.available)
+        self.pool.waiting()[-1].run(GALERA_READY)
+        self.assertTrue(self.db.available)
+
     def test_certification_failure_runs_again(self) -> None:
         """Galera reports a write set that lost certification as a deadlock (1213) at commit."""
         d = self.call("x")
