@@ -17,6 +17,11 @@ Allocation: N_REQ ``POST /api/device/any/request/`` fired at once from this proc
 one connection each), then ``/api/request/list/`` polled until every request has an assigned
 device; the devices must be distinct.
 
+``--spy FILE`` samples the daemon with py-spy (``pip install py-spy``; not a dependency) during the
+allocation alone -- every thread, GIL waits included -- into ``FILE.<backend>`` as collapsed
+stacks (one line per stack and its count), which flamegraph tools and a few lines of Python read.
+``--profile`` (cProfile) covers the whole run, start-up included, and the reactor thread only.
+
 Targets: steady state < 10% of one core; 1,000 requests allocated in < 10 s (issue 4), and in
 < 2 s (issue 17: allocation at wire speed).
 """
@@ -27,6 +32,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -148,6 +156,26 @@ def allocate(daemon: Daemon, count: int, timeout: float) -> dict[str, Any]:
     }
 
 
+def start_spy(pid: int, out: str) -> subprocess.Popen:
+    """py-spy sampling ``pid`` until :func:`stop_spy` (it writes ``out`` when interrupted)."""
+    exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(exe):
+        raise SystemExit("--spy needs py-spy (pip install py-spy)")
+    spy = subprocess.Popen([exe, "record", "-p", str(pid), "-o", out, "--format", "raw", "-r", "250",
+                            "--threads", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the burst starts
+    return spy
+
+
+def stop_spy(spy: subprocess.Popen) -> None:
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    say(f"py-spy samples of the allocation: {spy.args[5]}")
+
+
 def run_backend(backend: str, db_url: str, workdir: str, options: argparse.Namespace,
                 mariadb: MariaDB | None) -> dict[str, Any]:
     n = options.devices
@@ -201,7 +229,12 @@ def run_backend(backend: str, db_url: str, workdir: str, options: argparse.Names
         say(f"[{backend}] steady state: {100 * res['cpu_frac']:.1f}% of a core over {res['window_s']:.0f} s "
             f"({res['checks_ok']} health checks ok, {res['checks_failed']} failed)")
         cpu0, db0, t0 = cpu_seconds(daemon.pid), cpu_seconds(db_pid) if db_pid else None, time.monotonic()
-        res["alloc"] = allocate(daemon, options.requests, options.alloc_timeout)
+        spy = start_spy(daemon.pid, f"{options.spy}.{backend}") if options.spy else None
+        try:
+            res["alloc"] = allocate(daemon, options.requests, options.alloc_timeout)
+        finally:
+            if spy is not None:
+                stop_spy(spy)
         a = res["alloc"]
         spent = time.monotonic() - t0
         a["cpu_frac"] = (cpu_seconds(daemon.pid) - cpu0) / spent
@@ -225,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="sqlite,mariadb")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     p.add_argument("--profile", metavar="FILE", help="profile the daemon (cProfile stats in FILE.<backend>)")
+    p.add_argument("--spy", metavar="FILE", help="sample the allocation with py-spy (collapsed stacks in FILE.<backend>)")
     options = p.parse_args(argv)
     options.devices = options.devices or (1000 if options.quick else 10000)
     options.window = options.window or (20.0 if options.quick else 60.0)
