@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any, Sequence, Tuple
+from typing import Any, Sequence
 
 from mozpool.db import changes
 from mozpool.db.pool import Cursor
@@ -39,7 +39,7 @@ def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: 
 
 
 #: A line logged earlier, written later: (source, message, ts).
-Line = Tuple[str, str, str]
+Line = tuple[str, str, str]
 
 
 def add_lines(c: Cursor, kind: str, owner_id: int, lines: Sequence[Line]) -> None:

@@ -95,7 +95,7 @@ class Machine:
         #: info and debug lines not yet in the log table: (source, message, ts).  They go with the
         #: operation's next write, or on their own when it ends (MachineRunner._locked_work), so
         #: a line costs no transaction of its own; a warning or error is written at once.
-        self._held: list[tuple[str, str, str]] = []
+        self._held: list[logs.Line] = []
 
     @property
     def id(self) -> int:
@@ -245,7 +245,7 @@ class Machine:
         if line_id is not None:
             self._evidence.append(line_id)
 
-    def take_held(self) -> list[tuple[str, str, str]]:
+    def take_held(self) -> list[logs.Line]:
         """The held lines, for a write about to start (which then owns them)."""
         held, self._held = self._held, []
         return held
