@@ -186,7 +186,16 @@ class Daemon:
             return response.code, text
 
     async def get(self, path: str) -> Any:
-        code, body = await self.call("GET", path)
+        """The 200 answer's body.  A daemon answers HTTP before its schema exists and says 503
+        "database not ready" meanwhile (by design): a read right after start waits that out."""
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body = await self.call("GET", path)
+            not_ready = code == 503 and isinstance(body, dict) and str(body.get("error", "")).startswith(
+                "database not ready")
+            if not (not_ready and reactor.seconds() < deadline):
+                break
+            await task.deferLater(reactor, 0.2, lambda: None)
         assert code == 200, (path, code, body)
         return body
 
