@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mozpool.logconfig import REPEATS_PER_WINDOW, WINDOW_SECONDS, Hygiene, json_observer, level_named
 from mozpool.syslog import SyslogObserver, format_5424, parse_target
+from tests.support.polling import until
 
 
 def event(text: str, level: LogLevel = LogLevel.info, when: float = 1000.0, **fields: Any) -> dict[str, Any]:
@@ -122,15 +123,6 @@ class _Lines(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.sink.append(data)
-
-
-async def until(check: Any, what: str) -> None:
-    deadline = reactor.seconds() + 10
-    while reactor.seconds() < deadline:
-        if check():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Transports(TestCase):

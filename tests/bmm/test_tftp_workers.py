@@ -11,13 +11,14 @@ import os
 import signal
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mozpool.bmm.tftp import TFTPServer, make_tftp_service
 from mozpool.bmm.tftp import workers as W
 from mozpool.fakes.tftpclient import TFTPTimeout, fetch
+from tests.support.polling import until
 
 from .test_tftp import CLIENT, FakeUDPReactor, TFTPTestMixin
 
@@ -129,11 +130,7 @@ class RealWorkerTests(TestCase):
     timeout = 60
 
     async def wait_for(self, predicate: Any, seconds: float, what: str) -> None:
-        deadline = reactor.seconds() + seconds
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail(f"not within {seconds} s: {what}")
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await until(predicate, what, seconds, 0.05)
 
     async def start(self, workers: int = 2) -> None:
         self.root = FilePath(self.mktemp())

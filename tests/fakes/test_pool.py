@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import random
 import socket
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
@@ -25,6 +24,7 @@ from mozpool.bmm.tftp import TFTPServer
 from mozpool.db.fixtures import _PXE_TEMPLATE, fake_device_rows
 from mozpool.fakes.device import FailureSettings
 from mozpool.fakes.pool import DeviceRow, FakePool, FakePoolService, loopback_location, rows_for_server
+from tests.support.polling import until
 
 from .support import RecordingAPI
 
@@ -38,16 +38,6 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll ``predicate`` on the running reactor until it holds (the simulated devices run on
-    real timers and sockets: a busy machine makes them late)."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 class _Once(Protocol):
@@ -186,7 +176,7 @@ class OverTheWires(TestCase):
         self.assertEqual(self.pool.device("panda-0002").state, "failed", "the neighbour keeps its power")
         result = await self.relays.power_on(self.rows[0].relay_info)
         self.assertTrue(result.ok, result)
-        await eventually(lambda: self.pool.device("panda-0001").state == "running_android")
+        await until(lambda: self.pool.device("panda-0001").state == "running_android", "panda-0001 running Android", 20, 0.02)
         self.assertIs(self.pool.simulated_ping(fqdn), True)
 
     async def test_android_install_over_the_wires(self) -> None:
@@ -196,12 +186,12 @@ class OverTheWires(TestCase):
         result = await self.relays.power_cycle(self.rows[1].relay_info)
         self.assertTrue(result.ok, result)
         device = self.pool.device("panda-0002")
-        await eventually(lambda: device.state == "running_android")
+        await until(lambda: device.state == "running_android", "the device running Android", 20, 0.02)
         self.assertEqual(self.api.device_events("panda-0002"), ANDROID)
         self.assertEqual({m for (m, _, _) in self.api.events}, {"POST"})
         self.assertIs(self.pool.simulated_ping("panda-0002.fakes.mozpool.invalid"), True)
         client = SUTClient(reactor, SUTTimings(), address_for=self.pool.sut_address)
-        await eventually(lambda: self.pool.agents["panda-0002"].listening)
+        await until(lambda: self.pool.agents["panda-0002"].listening, "panda-0002's agent listening", 20, 0.02)
         self.assertTrue(await client.verify("panda-0002.fakes.mozpool.invalid"))
 
     async def test_operator_fault_injection(self) -> None:
@@ -210,7 +200,7 @@ class OverTheWires(TestCase):
         set_pxe_config(self.root, "020100000001", _PXE_TEMPLATE.format(stage="android-second-stage"), "127.0.0.1")
         await self.relays.power_cycle(self.rows[1].relay_info)
         device = self.pool.device("panda-0002")
-        await eventually(lambda: device.state == "running_corrupt")
+        await until(lambda: device.state == "running_corrupt", "the device running a corrupt image", 20, 0.02)
         self.assertEqual(self.api.device_events("panda-0002"), ANDROID[:3])
         self.assertEqual(device.injected_failures, 1)
 
@@ -241,7 +231,7 @@ class OverTheWires(TestCase):
         reported: list[Any] = []
         service = FakePoolService(self.pool, on_failure=reported.append)
         service.startService()
-        await eventually(lambda: bool(reported))
+        await until(lambda: bool(reported), "a report", 20, 0.02)
         self.assertIn("Couldn't listen", reported[0].getErrorMessage())
         self.assertFalse(service.ready.called)
         self.assertEqual(self.pool.boards, {})

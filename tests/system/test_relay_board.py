@@ -30,6 +30,7 @@ from mozpool.fakes.relayboard import (
     start_boards,
     stop_boards,
 )
+from tests.support.polling import until
 
 DEADLINE = 0.5
 PAUSE = 0.05
@@ -90,14 +91,6 @@ class BoardCase(TestCase):
         self.addCleanup(lambda: proto.lost if proto.transport.abortConnection() is None else None)
         return proto
 
-    async def until(self, condition: Any, what: str, within: float = 5.0) -> None:
-        """Poll ``condition`` on the running reactor: loopback events arrive late on a busy box."""
-        give_up = time.monotonic() + within
-        while not condition():
-            if time.monotonic() > give_up:
-                self.fail(f"gave up waiting for {what}")
-            await deferLater(reactor, 0.01)
-
     def assertFailedWith(self, result: RelayResult, fragment: str) -> None:
         self.assertFalse(result.ok, "operation should have failed")
         self.assertIn(fragment, result.reason)
@@ -151,7 +144,7 @@ class FaultTests(BoardCase):
         self.assertFailedWith(result, "timeout communicating with 127.0.0.1")
         self.assertGreaterEqual(took, DEADLINE - 0.01)
         self.assertLess(took, DEADLINE + SLACK)
-        await self.until(lambda: board.open_connections == 0, "the hung connection to be aborted")
+        await until(lambda: board.open_connections == 0, "the hung connection to be aborted")
 
     async def test_wrong_byte_to_set(self) -> None:
         board = self.make_board()
@@ -223,12 +216,12 @@ class FaultTests(BoardCase):
     async def test_second_connection_not_served(self) -> None:
         board = self.make_board(single_connection=True)
         holder = await self.raw(board)
-        await self.until(lambda: board.open_connections == 1, "the board to accept")
+        await until(lambda: board.open_connections == 1, "the board to accept")
         result, took = await self.timed(self.make_client(TIMING).get_status(board.relay_info(1, 1)))
         self.assertFalse(result.ok)
         self.assertLess(took, DEADLINE + SLACK)
         holder.transport.write(bytes([254, 33]))
-        await self.until(lambda: holder.received, "the first connection to be served")
+        await until(lambda: holder.received, "the first connection to be served")
         self.assertEqual(holder.received, bytes([85]))
         self.assertEqual(board.max_open_connections, 1)
 
@@ -276,7 +269,7 @@ class DisciplineTests(BoardCase):
         client = self.make_client(RelayTiming.uniform(LONG, recovery_pause=0.05))
         results = [client.power_on(b.relay_info(1, 1)) for b in boards]
         # one after the other, the two connections would never be open at the same time
-        await self.until(lambda: all(b.open_connections for b in boards),
+        await until(lambda: all(b.open_connections for b in boards),
                          "both boards to have a connection open at the same time", 2.5)
         for d in results:
             self.assertTrue((await d).ok)
@@ -369,26 +362,26 @@ class SimulatedBoardWireTests(BoardCase):
         for chunk in (b"\xfe", b"\x70", b"\x02\xfe\x78\x02\xfe\x21"):
             proto.transport.write(chunk)
             await deferLater(reactor, 0.01)  # let each chunk go out as its own segment
-        await self.until(lambda: len(proto.received) >= 3, "three replies")
+        await until(lambda: len(proto.received) >= 3, "three replies")
         self.assertEqual(proto.received, bytes([85, 1, 85]))
         self.assertEqual(board.actions, [("set", "device-off", 2, 5), ("get", 2, 5)])
 
     async def test_bad_frames_close_without_reply(self) -> None:
         board = self.make_board(banks=1, single_connection=True)
         for frame in (b"\x00\x21", b"\xfe\x10\x01", b"\xfe\x78\x02"):
-            await self.until(lambda: board.listening, "the board to listen again")
+            await until(lambda: board.listening, "the board to listen again")
             proto = await self.raw(board)
             proto.transport.write(frame)
-            await self.until(lambda: proto.lost.called, f"{frame!r} to close the connection")
+            await until(lambda: proto.lost.called, f"{frame!r} to close the connection")
             self.assertEqual(proto.received, b"")
 
     async def test_relistens_after_pause(self) -> None:
         board = self.make_board(single_connection=True, recovery_pause=0.3)
         proto = await self.raw(board)
-        await self.until(lambda: board.open_connections == 1, "the board to accept")
+        await until(lambda: board.open_connections == 1, "the board to accept")
         self.assertFalse(board.listening)
         closing_at = time.monotonic()
         proto.transport.loseConnection()
-        await self.until(lambda: board.listening, "the board to listen again")
+        await until(lambda: board.listening, "the board to listen again")
         self.assertGreaterEqual(time.monotonic() - closing_at, 0.3 - 0.01,
                                 "listening again without the pause")

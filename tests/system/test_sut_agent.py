@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from mozpool.bmm.sut import SUTClient, SUTResult, SUTTimings
 from mozpool.fakes.sutagent import SimulatedSUTAgent
+from tests.support.polling import until
 
 reactor: Any = _reactor
 
@@ -29,15 +30,6 @@ AT_ONCE = 2.5  # "fails at once": half the smallest PATIENT bound (idle)
 
 ROOT_STEPS = ["testroot", "isdir /mnt/sdcard/tests", "mkdr /mnt/sdcard/tests", "ver"]
 D = "/mnt/sdcard/tests/sdcardtest"
-
-
-async def until(condition: Any, what: str, within: float = 10.0) -> None:
-    """Poll ``condition`` on the running reactor: loopback events arrive late on a busy machine."""
-    give_up = reactor.seconds() + within
-    while not condition():
-        if reactor.seconds() > give_up:
-            raise AssertionError(f"gave up after {within} s waiting for {what}")
-        await deferLater(reactor, 0.01)
 
 
 class SUTAgentSystemTests(TestCase):

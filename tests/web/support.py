@@ -17,6 +17,8 @@ from mozpool.db.fixtures import load_fixture
 from mozpool.db.pool import Cursor, Database
 from mozpool.timeutil import dbnow
 from mozpool.web.api import MozpoolAPI
+from mozpool.web.events import ChangeFeed, EventHub
+from mozpool.web.poolview import PoolView
 from tests.support.dbtest import DatabaseTest
 
 A = "a.example.com"
@@ -99,6 +101,16 @@ class APITest(DatabaseTest):
         await load_fixture(self.db, A, 3, dbnow(self.clock))
         await load_fixture(self.db, B, 2, dbnow(self.clock), prefix="bpanda", relay_base_port=50001)
         self.api = self.makeAPI()
+
+    async def makeView(self) -> PoolView:
+        """Server A's pool view, synced and kept current by a change feed (``self.feed``, on
+        ``self.hub``) as the daemon wires them."""
+        self.hub = EventHub(self.clock)
+        self.feed = ChangeFeed(self.db, self.hub, self.clock)
+        view = PoolView(self.db, self.clock)
+        view.attach(self.feed)
+        await view.sync()
+        return view
 
     def makeAPI(self, db: Database | None = None, **kw: Any) -> MozpoolAPI:
         api = MozpoolAPI(db or self.db, self.fqdn, self.clock, **kw)

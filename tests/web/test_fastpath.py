@@ -12,8 +12,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mozpool.db import tokens
 from mozpool.web import auth, metrics, poolview
-from mozpool.web.events import ChangeFeed, EventHub
-from mozpool.web.poolview import PoolView
 from tests.support.dbtest import on_both_backends
 from tests.web.support import APITest, Answer
 
@@ -25,11 +23,7 @@ class FastPath(APITest):
 
     async def _setUp(self) -> None:
         await super()._setUp()
-        self.hub = EventHub(self.clock)
-        self.feed = ChangeFeed(self.db, self.hub, self.clock)
-        self.view = PoolView(self.db, self.clock)
-        self.view.attach(self.feed)
-        await self.view.sync()
+        self.view = await self.makeView()
         self.authority = auth.Authority(self.db, self.clock, auth.OPEN)
         self.authority.cluster_secret = await self.db.runInteraction(tokens.cluster_secret)
         self.api = self.makeAPI(view=self.view, authority=self.authority)

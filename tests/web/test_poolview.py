@@ -301,12 +301,8 @@ class ServedFromTheView(APITest):
 
     async def _setUp(self) -> None:
         await super()._setUp()
-        self.hub = EventHub(self.clock)
-        self.feed = ChangeFeed(self.db, self.hub, self.clock)
-        self.view = PoolView(self.db, self.clock)
-        self.view.attach(self.feed)
+        self.view = await self.makeView()
         self.api = self.makeAPI(view=self.view)
-        await self.view.sync()
 
     async def both(self, path: str) -> tuple[Any, Any]:
         """The answers to ``path`` with the view and without it."""

@@ -10,6 +10,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from mozpool.web.site import make_site
 from tests.support.dbtest import on_both_backends
+from tests.support.polling import until
 from tests.web.support import APITest
 
 
@@ -46,10 +47,7 @@ class Site(APITest):
         for index, chunk in enumerate(chunks):
             await deferLater(0.001)
             if index == settle_at:
-                for _ in range(1000):
-                    if client.received or client.lost.called:
-                        break
-                    await deferLater(0.01)
+                await until(lambda: client.received or client.lost.called, "the server's answer")
             if client.received or client.lost.called:
                 break
             client.transport.write(chunk)
