@@ -56,8 +56,10 @@ T = TypeVar("T")
 #: retry the interaction once.
 RECONNECTABLE_MYSQL_ERRORS = frozenset({2006, 2013, 2014, 2045, 2055, 1927})
 #: InnoDB gave up on the transaction (deadlock, lock wait timeout) and rolled it back, or a
-#: Galera write set failed certification against another node's (reported as 1213): run it again.
-TRANSACTION_RETRY_ERRORS = frozenset({1213, 1205})
+#: Galera write set failed certification against another node's (reported as 1213), or a table
+#: changed under the transaction's snapshot ("Table definition has changed, please retry
+#: transaction", 1412): run it again.
+TRANSACTION_RETRY_ERRORS = frozenset({1213, 1205, 1412})
 #: Galera: "WSREP has not yet prepared node for application use" -- the node is not part of
 #: the primary component (cut off from the cluster, or still joining).
 WSREP_NOT_READY = 1047

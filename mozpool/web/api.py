@@ -27,6 +27,7 @@ from werkzeug import exceptions as wz
 from mozpool import __version__, liveness
 from mozpool.db import catalog, devices, history, logs, requests, summary, tokens
 from mozpool.db import health as board_health
+from mozpool.db.errors import Conflict as DatabaseConflict
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.db.pool import RETRY_AFTER, Database
 from mozpool.errors import UnknownObject
@@ -325,6 +326,10 @@ class MozpoolAPI:
         elif isinstance(exc, DeviceHeld):
             err = ApiError(exc.message, request=exc.request)
             err.status = 409
+        elif isinstance(exc, DatabaseConflict):
+            # A write refused by a unique index, or a transaction that kept losing to concurrent
+            # work (mozpool.db.pool): someone else got there first, which the caller may retry.
+            err = Conflict(f"conflicting concurrent change: {exc}")
         elif isinstance(exc, StateMismatch):
             err = ApiError(str(exc))
             err.status = 409

@@ -261,6 +261,16 @@ class Faults(SynchronousTestCase):
         self.assertEqual(len(self.pool.work), 4)
         self.assertTrue(self.db.available, "losing a race is not an outage")
 
+    def test_table_definition_changed_runs_again(self) -> None:
+        """MariaDB asks for the transaction to be run again (1412) when a table changed after
+        its snapshot began: that is a rerun, not a bug (500)."""
+        d = self.call("x")
+        self.pool.work[-1].deferred.errback(pymysql.err.OperationalError(
+            1412, "Table definition has changed, please retry transaction"))
+        self.pool.work[-1].run()
+        self.assertEqual(self.successResultOf(d), "x")
+        self.assertEqual(len(self.pool.work), 2)
+
     def test_certification_failure_gives_up_as_conflict(self) -> None:
         d = self.call("x")
         for attempt in range(RERUN_ATTEMPTS):

@@ -75,10 +75,17 @@ def daemon_errors(d: Daemon) -> list[str]:
     """Log lines that mean a daemon bug: critical lines (an unexpected exception), and 500s.
     The simulated devices' own critical lines (a simulated device hangs when its POST to the
     API times out) are behaviour, not bugs."""
-    return [
-        line[:300] for line in d.log_text().splitlines()
-        if ("#critical]" in line and "[mozpool.fakes." not in line) or 'HTTP/1.1" 500' in line
-    ]
+    found: list[str] = []
+    taking = False
+    for line in d.log_text().splitlines():
+        if line.startswith("\t"):
+            if taking:  # the traceback that follows a critical line: why it failed
+                found[-1] += "\n" + line
+            continue
+        taking = "#critical]" in line and "[mozpool.fakes." not in line
+        if taking or 'HTTP/1.1" 500' in line:
+            found.append(line)
+    return found
 
 
 def by_name(devices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

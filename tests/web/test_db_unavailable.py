@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mozpool.db.errors import Conflict as DatabaseConflict
 from mozpool.db.errors import DatabaseUnavailable
 from mozpool.web import statecache
 from mozpool.web.statecache import StateSnapshot
@@ -134,3 +135,20 @@ class StaleSnapshot(SynchronousTestCase):
         d = self.get()
         self.db.pending.pop().errback(ZeroDivisionError())
         self.failureResultOf(d, ZeroDivisionError)
+
+
+class LostToConcurrentWork(APITest, TestCase):
+    """A transaction that kept losing to concurrent work (mozpool.db.pool gives up after
+    RERUN_ATTEMPTS as Conflict), or a write a unique index refused where no handler expected
+    one: a 409 the caller may retry, not a 500."""
+
+    backend = "sqlite"
+
+    async def test_409_not_500(self) -> None:
+        def lose(fn: Any, *args: Any, **kw: Any) -> defer.Deferred[Any]:
+            return defer.fail(DatabaseConflict("transaction lost 5 times to concurrent work: deadlock"))
+
+        self.patch(self.db, "runInteraction", lose)
+        answer = await self.error(409, "GET", "/api/request/list/")
+        self.assertIn("lost 5 times", answer.json()["error"])
+        self.assertEqual(self.flushLoggedErrors(), [])
