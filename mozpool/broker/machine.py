@@ -312,6 +312,10 @@ class RequestKind:
     #: an unrecognised stored state: closable, like the legacy ``expired``
     unknown_state = "expired"
     timeouts = TIMEOUTS
+    #: finding_device is written with the look for a device (Machine.incr_with in :meth:`find`):
+    #: one commit less per request, and a request in it has always looked once, so the queue's
+    #: "waiting ahead" never counts a burst's requests that have not looked yet
+    entry_writes = ("finding_device",)
 
     def restore(self, m: Machine) -> RequestInputs:
         return RequestMachine(RequestCore(m, self), STATES[m.state])

@@ -74,6 +74,12 @@ class MachineKind(Protocol):
     async def enter(self, m: "Machine", state: str) -> None:
         """Run ``state``'s entry action (after the row was written)."""
 
+    # Optional: ``entry_writes``, the states whose entry action begins with
+    # :meth:`Machine.incr_with`; the goto's write of the state then travels in that transaction
+    # instead of one of its own (persisted before anything the entry does, R-1, for one commit
+    # less).  A request's ``finding_device`` is one: it is entered in the transaction that looks
+    # for a device, so a request in it has always looked once (the queue counts it as waiting).
+
 
 class Machine:
     """One machine during one operation (an event, a timeout or a state change), under its lock."""
@@ -96,6 +102,9 @@ class Machine:
         #: operation's next write, or on their own when it ends (MachineRunner._locked_work), so
         #: a line costs no transaction of its own; a warning or error is written at once.
         self._held: list[logs.Line] = []
+        #: a goto's write that waits for the entry action's first transaction (``entry_writes``):
+        #: (log lines, old state, history entry)
+        self._unwritten: tuple[list[str], str, history.Entry | None] | None = None
 
     @property
     def id(self) -> int:
@@ -120,31 +129,58 @@ class Machine:
 
     async def incr(self, name: str) -> int:
         """Add one to a counter, persisted at once; return the new value."""
+        await self.settle()
         self.row.counters[name] = self.counter(name) + 1
         self._counted = (name, self.row.counters[name])
         await self.runner.write_counters(self.row, self.take_held())
         return self.row.counters[name]
 
     async def incr_with(self, name: str, fn: Callable[..., T], *args: Any) -> tuple[int, T]:
-        """:meth:`incr`, and ``fn(cursor, *args)`` in the same transaction: (new value, result)."""
+        """:meth:`incr`, and ``fn(cursor, *args)`` in the same transaction: (new value, result).
+        A goto's write still waiting (``entry_writes``) goes first in that transaction."""
         self.row.counters[name] = n = self.counter(name) + 1
         self._counted = (name, n)
         counters = json.dumps(self.row.counters)
         held = self.take_held()
+        unwritten, self._unwritten = self._unwritten, None
+        row = self.row
+        write_state = None if unwritten is None else self.runner.state_sql(row, counters, *unwritten, held)
 
         def both(c: Cursor) -> T:
-            self.runner.update_counters(c, self.row.id, counters, held)
+            if write_state is None:
+                self.runner.update_counters(c, row.id, counters, held)
+            else:
+                write_state(c)
             return fn(c, *args)
 
-        return n, await self.db.runInteraction(both)
+        try:
+            result = await self.db.runInteraction(both)
+        except BaseException:
+            # Rolled back with the rest: still to be written.
+            self._unwritten = unwritten
+            self._held[:0] = held
+            raise
+        if unwritten is not None:
+            for line in unwritten[0]:
+                self.runner.echo(row, line)
+        return n, result
 
     async def clear(self, name: str | None = None) -> None:
         """Clear one counter, or all of them."""
+        await self.settle()
         if name is None:
             self.row.counters = {}
         else:
             self.row.counters.pop(name, None)
         await self.runner.write_counters(self.row, self.take_held())
+
+    async def settle(self) -> None:
+        """Write a goto's write still waiting for its entry's first transaction (see
+        ``entry_writes``) before any other write, so the log and the history keep their order."""
+        if self._unwritten is not None:
+            lines, old, transition = self._unwritten
+            self._unwritten = None
+            await self.runner.write_state(self.row, lines, old, transition, self.take_held())
 
     def because(self, **reason: Any) -> None:
         """Add to the structured reason the next goto records in the state history (a BMM
@@ -166,6 +202,7 @@ class Machine:
 
         Callers return right after a goto: once a transition is made, nothing more starts (R-4).
         """
+        await self.settle()
         self.generation += 1
         old = self.row.state
         transition = self._transition(old, state, why, reason, cause)
@@ -175,7 +212,10 @@ class Machine:
         lines = [why] if why else []
         if state != old:
             lines.append(f"entering state {state}")
-        await self.runner.write_state(self.row, lines, old, transition, self.take_held())
+        if state in getattr(self.runner.kind, "entry_writes", ()) and state in self.runner.kind.timeouts:
+            self._unwritten = (lines, old, transition)  # written by the entry's first transaction
+        else:
+            await self.runner.write_state(self.row, lines, old, transition, self.take_held())
         self.runner.arm(self.key, delay)
         if state in self.runner.kind.timeouts:
             generation = self.generation
@@ -191,8 +231,10 @@ class Machine:
                 log.failure("entry action of {state} for {key} failed; will retry", state=state, key=self.key)
                 retry = self.runner.retry_delay()
                 self.row.timeout = self.runner.deadline_in(retry)
+                lines, old, transition = self._unwritten or ([], None, None)  # type: ignore[assignment]
+                self._unwritten = None
                 try:
-                    await self.runner.write_state(self.row, held=self.take_held())
+                    await self.runner.write_state(self.row, lines, old, transition, self.take_held())
                 except Exception:
                     log.warn("could not record the retry for {key}: {error}", key=self.key, error=e)
                 self.runner.arm(self.key, retry)
@@ -228,6 +270,7 @@ class Machine:
 
     async def rearm(self, delay: float) -> None:
         """Move the current state's deadline to ``delay`` seconds from now, staying in it."""
+        await self.settle()
         self.row.timeout = self.runner.deadline_in(delay)
         await self.runner.write_state(self.row, held=self.take_held())
         self.runner.arm(self.key, delay)
@@ -240,6 +283,7 @@ class Machine:
             self.runner.echo(self.row, message, level)
             self._held.append((source, message, self.runner.now()))
             return
+        await self.settle()
         line_id = await self.runner.log(self.row, message, level, source, self.take_held())
         self._warning = message
         if line_id is not None:
@@ -252,6 +296,12 @@ class Machine:
 
     async def flush(self) -> None:
         """Write the held lines, if any (the end of an operation); a failure is only logged."""
+        if self._unwritten is not None:
+            try:
+                await self.settle()
+            except Exception as e:
+                log.warn("could not write the state of {key}: {error}", key=self.key, error=e)
+            return
         held = self.take_held()
         if held:
             await self.runner.write_lines(self.row, held)
@@ -333,11 +383,18 @@ class MachineRunner:
         its log, at once; a change from ``old_state`` goes to the change journal too,
         ``transition`` to the state history (and to the observers)."""
         await self.db.runInteraction(
-            queries.write_state, self.kind.table, self.kind.log_kind, row.id, row.state, row.timeout,
-            json.dumps(row.counters), self.now(), log_lines, old_state, transition, tuple(self.observers), held,
-        )
+            self.state_sql(row, json.dumps(row.counters), log_lines, old_state, transition, held))
         for line in log_lines:
             self.echo(row, line)
+
+    def state_sql(
+        self, row: Row, counters: str, log_lines: Sequence[str] = (), old_state: str | None = None,
+        transition: history.Entry | None = None, held: Sequence[logs.Line] = (),
+    ) -> Callable[[Cursor], None]:
+        """:meth:`write_state`'s statements for a transaction, the row as it is now."""
+        args = (self.kind.table, self.kind.log_kind, row.id, row.state, row.timeout, counters, self.now(),
+                log_lines, old_state, transition, tuple(self.observers), held)
+        return lambda c: queries.write_state(c, *args)
 
     async def write_counters(self, row: Row, held: Sequence[logs.Line] = ()) -> None:
         await self.db.runInteraction(self.update_counters, row.id, json.dumps(row.counters), held)

@@ -126,6 +126,54 @@ class Core(DatabaseTest):
         entries = await self.db.query("SELECT reason FROM state_history WHERE device_id = 1 AND to_state = 'failed'")
         self.assertEqual([json.loads(e[0]).get("text") for e in entries], ["trouble"], "the transition cites it")
 
+    def entry_looks_in_its_transaction(self, fails: int = 0) -> list[str]:
+        """``waiting`` becomes an ``entry_writes`` state whose entry begins with incr_with (as a
+        request's finding_device looks for a device); the first ``fails`` looks fail.  What the
+        look saw of the row: its state, in its own transaction."""
+        seen: list[str] = []
+        self.toy.entry_writes = ("waiting",)  # type: ignore[attr-defined]
+
+        async def enter(m: Machine, state: str) -> None:
+            def look(c: Any) -> None:
+                seen.append(c.scalar("SELECT state FROM devices WHERE name = ?", (m.key,)))
+                if len(seen) <= fails:
+                    raise RuntimeError("database went away")
+
+            if state == "waiting":
+                await m.incr_with("looks", look)
+                await m.log("looked")
+
+        self.toy.enter = enter  # type: ignore[method-assign]
+        return seen
+
+    async def test_entry_writes_the_state_in_its_first_transaction(self) -> None:
+        seen = self.entry_looks_in_its_transaction()
+        calls = self.count_interactions()
+        self.assertTrue(await self.runner.handle_event("panda-0001", "note"))
+        self.assertEqual(calls[0], 3, "the load, the state written with the look, the held line")
+        self.assertEqual(seen, ["waiting"], "the state is persisted before the entry's work")
+        self.assertEqual(await self.row(), ("waiting", "2026-11-26 12:00:05", '{"looks": 1}'))
+        self.assertEqual(await self.messages(), ["first note", "second note", "entering state waiting", "looked"])
+        history = await self.db.query("SELECT from_state, to_state FROM state_history WHERE device_id = 1")
+        self.assertEqual(history, [("idle", "waiting")])
+        journal = await self.db.query("SELECT kind, data FROM changes WHERE device_id = 1 AND kind = 'device_state'")
+        self.assertEqual([json.loads(d)["state"] for _, d in journal], ["waiting"])
+
+    async def test_entry_writes_state_kept_when_the_look_fails(self) -> None:
+        """The look's transaction fails: the state, its lines, its history entry and its journal
+        change are written with the retry deadline (nothing of the transition is lost)."""
+        seen = self.entry_looks_in_its_transaction(fails=1)
+        self.assertTrue(await self.runner.handle_event("panda-0001", "note"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(seen, ["waiting"])
+        self.assertEqual(await self.row(), ("waiting", "2026-11-26 12:00:05", '{"looks": 1}'),
+                         "the retry deadline (the failed look counted, as any incr_with that failed)")
+        self.assertEqual(await self.messages(), ["first note", "second note", "entering state waiting"])
+        history = await self.db.query("SELECT from_state, to_state FROM state_history WHERE device_id = 1")
+        self.assertEqual(history, [("idle", "waiting")])
+        journal = await self.db.query("SELECT kind FROM changes WHERE device_id = 1 AND kind = 'device_state'")
+        self.assertEqual(len(journal), 1)
+
     async def test_missing_machine(self) -> None:
         self.assertFalse(await self.runner.handle_event("nope", "go"))
         self.assertIsNone(await self.runner.state_change("nope", "idle", "waiting"))
