@@ -603,12 +603,20 @@ class RelayClient:
 # --------------------------------------------------------------------------- the proxr driver
 
 
+#: What the client waits past a simulated board's scaled recovery: the board, in the same
+#: process, starts its recovery only once it has read the close, which a busy reactor does some
+#: milliseconds late; at small time scales the scaled margin alone (a tenth) is less than that,
+#: and the next operation found the board not listening yet ("connection refused").
+SIMULATED_RECOVERY_SLACK = 0.02
+
+
 def make_driver(context: DriverContext) -> RelayClient:
     """Simulated boards pause as real ones do, scaled like every simulated delay; real boards
     keep the hardware's pauses whatever the time scale."""
     timing = RelayTiming()
     if context.simulated:
-        timing = RelayTiming(cycle_pause=context.time_scale, recovery_pause=context.time_scale)
+        timing = RelayTiming(cycle_pause=context.time_scale,
+                             recovery_pause=context.time_scale + SIMULATED_RECOVERY_SLACK)
     return RelayClient(context.reactor, timing)
 
 

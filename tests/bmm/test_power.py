@@ -133,7 +133,8 @@ class Dispatch(SynchronousTestCase):
         simulated = power.PowerControl(DriverContext(Clock(), simulated=True, time_scale=0.01))
         client = simulated.client("proxr")
         assert isinstance(client, RelayClient)
-        self.assertEqual((client.timing.cycle_pause, client.timing.recovery_pause), (0.01, 0.01))
+        self.assertEqual((client.timing.cycle_pause, client.timing.recovery_pause),
+                         (0.01, 0.01 + relay.SIMULATED_RECOVERY_SLACK))
         real = power.PowerControl(DriverContext(Clock(), simulated=False, time_scale=0.01)).client("proxr")
         assert isinstance(real, RelayClient)
         self.assertEqual(real.timing, relay.RelayTiming())
