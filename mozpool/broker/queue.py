@@ -22,7 +22,7 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -503,7 +503,7 @@ class Matcher(Passes):
         return places(snap, dbnow(self.clock), self.time_scale) if snap.waiting else {}
 
 
-def wakes_queue(event_type: str, data: dict[str, Any]) -> bool:
+def wakes_queue(event_type: str, data: Mapping[str, Any]) -> bool:
     """Events after which a waiting request may find a device."""
     if event_type == "device_state":
         return data.get("state") == "ready"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from twisted.application.internet import TimerService
 from twisted.internet import defer, task
@@ -63,7 +63,7 @@ class Event:
 
     __slots__ = ("id", "type", "data", "_wire")
 
-    def __init__(self, event_id: int, event_type: str, data: dict[str, Any]) -> None:
+    def __init__(self, event_id: int, event_type: str, data: Mapping[str, Any]) -> None:
         self.id = event_id
         self.type = event_type
         self.data = data
@@ -77,9 +77,9 @@ class Event:
         return self._wire
 
 
-def encode(event_id: int | None, event_type: str, data: dict[str, Any]) -> bytes:
+def encode(event_id: int | None, event_type: str, data: Mapping[str, Any]) -> bytes:
     """One SSE message.  JSON never contains a raw newline, so ``data:`` is one line."""
-    text = json.dumps(data, separators=(",", ":"))
+    text = json.dumps(data if isinstance(data, dict) else dict(data), separators=(",", ":"))
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event_type}\ndata: {text}\n\n".encode("utf-8")
 
@@ -171,13 +171,13 @@ class EventHub:
         self.subscribers: set[Subscriber] = set()
         #: in-process consumers of every event (the request queue's wake-up, the pool view):
         #: called with (type, data) as each event is published; must not raise
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         #: counters for /metrics
         self.published = 0
         self.dropped = 0
         self._keepalive: task.LoopingCall | None = None
 
-    def publish(self, event_type: str, data: dict[str, Any]) -> Event:
+    def publish(self, event_type: str, data: Mapping[str, Any]) -> Event:
         self.last_id += 1
         self.published += 1
         event = Event(self.last_id, event_type, data)

@@ -219,6 +219,31 @@ class HubTests(SynchronousTestCase):
         self.assertTrue(wire.startswith(b"id: 5\nevent: device_log\ndata: {"))
 
 
+class LazyChangeData(SynchronousTestCase):
+    """A journal row's event object is made when something reads it (a stream, a listener that
+    looks at the state), not when the feed reads the journal."""
+
+    def test_made_on_first_read_and_once(self) -> None:
+        calls: list[str] = []
+        real = json.loads
+        self.patch(changes.json, "loads", lambda text: calls.append(text) or real(text))
+        row = (7, changes.DEVICE_STATE, "2026-11-26 12:00:00", "panda-0001", "a.example.com", None,
+               '{"state":"ready","old_state":"new"}', 3)
+        ch = changes._change(row)
+        self.assertEqual((ch.id, ch.kind, ch.device_id, ch.request_id), (7, "device_state", 3, None))
+        self.assertEqual(calls, [], "not parsed by reading the journal")
+        self.assertEqual(ch.data["state"], "ready")
+        self.assertEqual(dict(ch.data), {"device": "panda-0001", "imaging_server": "a.example.com", "state": "ready",
+                                         "old_state": "new", "ts": "2026-11-26T12:00:00"})
+        self.assertEqual(ch.data, dict(ch.data), "equal to the plain dict")
+        self.assertEqual(len(calls), 1, "parsed once")
+        self.assertEqual(json.loads(encode(1, ch.kind, ch.data).split(b"data: ")[1]), dict(ch.data))
+
+    def test_a_dropped_claim_and_bad_json(self) -> None:
+        row = (8, changes.REQUEST_DEVICE, "2026-11-26 12:00:00", None, None, 12, "not json", None)
+        self.assertEqual(dict(changes._change(row).data), {"device": None, "request": 12, "ts": "2026-11-26T12:00:00"})
+
+
 class _CannedDB:
     """runInteraction answers from a list of canned journal reads."""
 
