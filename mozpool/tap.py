@@ -15,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
-from mozpool import __version__
+from mozpool import __version__, heap
 from mozpool.config import Config, ConfigError, load_config
 from mozpool.db import catalog, devices, fixtures, schema, tokens
 from mozpool.db.pool import Database
@@ -621,6 +621,13 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         )
         console.setName("manhole")
         console.setServiceParent(top)
+
+    # Once start-up has settled (serving, the pool view built, the simulated pool up), what it
+    # made lives as long as the daemon: out of the cyclic collector's sight (mozpool.heap).
+    settled = [top.ready.addCallback(lambda _: view.sync())]
+    if fakes is not None:
+        settled.append(fakes.ready)
+    defer.DeferredList(settled, consumeErrors=True).addCallback(lambda _: heap.freeze_start_up())
     return top
 
 

@@ -213,4 +213,5 @@ class TwoServers(TestCase):
         self.assertEqual({r["state"] for r in listed.values()}, {"ready"})
         for d in (a, b):
             self.assertIn(f"serving as {d.fqdn}", d.log_text())
+            self.assertIn("objects made at start-up frozen", d.log_text(), "mozpool.heap, once start-up settled")
             self.assertEqual(daemon_errors(d), [], d.log_path)
