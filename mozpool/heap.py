@@ -7,8 +7,8 @@ objects alive for a while, triggers one often: 1,000 concurrent ``any`` requests
 pause every half second, more than half the burst.  :func:`freeze_start_up` moves what start-up
 made into the collector's permanent generation (:func:`gc.freeze`), so later collections
 traverse only what came after, and makes collections rarer; objects made later are collected
-as before.  Frozen objects that
-become garbage are still freed by reference counting; only a cycle among them would stay.
+as before.  Frozen objects that become garbage are still freed by reference counting; only a
+cycle among them would stay.
 """
 
 from __future__ import annotations

@@ -622,12 +622,17 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
         console.setName("manhole")
         console.setServiceParent(top)
 
-    # Once start-up has settled (serving, the pool view built, the simulated pool up), what it
-    # made lives as long as the daemon: out of the cyclic collector's sight (mozpool.heap).
-    settled = [top.ready.addCallback(lambda _: view.sync())]
-    if fakes is not None:
-        settled.append(fakes.ready)
-    defer.DeferredList(settled, consumeErrors=True).addCallback(lambda _: heap.freeze_start_up())
+    async def freeze_when_settled() -> None:
+        """Once start-up has settled (serving, the simulated pool up, the pool view built), what
+        it made lives as long as the daemon: out of the cyclic collector's sight (mozpool.heap)."""
+        await defer.DeferredList([top.ready] + ([fakes.ready] if fakes is not None else []))
+        try:
+            await view.sync()
+        except Exception as e:
+            log.info("pool view not built yet ({error}); freezing start-up without it", error=e)
+        heap.freeze_start_up()
+
+    defer.Deferred.fromCoroutine(freeze_when_settled())
     return top
 
 
