@@ -295,13 +295,12 @@ class Machine:
         return held
 
     async def flush(self) -> None:
-        """Write the held lines, if any (the end of an operation); a failure is only logged."""
-        if self._unwritten is not None:
-            try:
-                await self.settle()
-            except Exception as e:
-                log.warn("could not write the state of {key}: {error}", key=self.key, error=e)
-            return
+        """Write what the operation still holds (a goto waiting for its entry's transaction, info
+        lines) at its end; a failure is only logged."""
+        try:
+            await self.settle()  # takes the held lines with it
+        except Exception as e:
+            log.warn("could not write the state of {key}: {error}", key=self.key, error=e)
         held = self.take_held()
         if held:
             await self.runner.write_lines(self.row, held)
