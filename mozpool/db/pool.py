@@ -69,9 +69,11 @@ COMMIT_FAILED = 1180
 #: Errors meaning "the server cannot be reached (or cannot serve) right now".
 UNREACHABLE_MYSQL_ERRORS = RECONNECTABLE_MYSQL_ERRORS | {
     2002, 2003, 2005, 2026, 1040, 1053, WSREP_NOT_READY, COMMIT_FAILED}
-#: "No such table": the schema is not there yet (another server, or this one, is creating it
-#: while the API already listens), like SQLite's OperationalError for the same.
-SCHEMA_NOT_READY_MYSQL_ERRORS = frozenset({1146})
+#: "No such table" (1146) or "unknown column" (1054): the schema is not there yet, or only part
+#: of it (another server, or this one, is creating it while the API already listens: MySQL's DDL
+#: is not transactional, and a table's later columns come with later statements), like SQLite's
+#: OperationalError for the same.
+SCHEMA_NOT_READY_MYSQL_ERRORS = frozenset({1146, 1054})
 
 #: The bound after which a running query counts as failed (the API's 503 rule).
 DEFAULT_TIMEOUT = 10.0
@@ -644,7 +646,7 @@ class Database:
             return "retry"
         if isinstance(err, pymysql.err.MySQLError) and err.args and err.args[0] in TRANSACTION_RETRY_ERRORS:
             return "rerun"
-        if isinstance(err, pymysql.err.ProgrammingError) and err.args and err.args[0] in SCHEMA_NOT_READY_MYSQL_ERRORS:
+        if isinstance(err, pymysql.err.MySQLError) and err.args and err.args[0] in SCHEMA_NOT_READY_MYSQL_ERRORS:
             return "not_ready"
         if isinstance(err, pymysql.err.OperationalError) and err.args:
             code = err.args[0]
