@@ -10,6 +10,7 @@ built, so the filter cannot sit in front of that one).
 from __future__ import annotations
 
 import inspect
+from string import Formatter
 from typing import Any
 
 from twisted.logger import (
@@ -22,6 +23,8 @@ from twisted.logger import (
 from twisted.logger import Logger as _TwistedLogger
 from zope.interface import implementer
 
+#: Field values that tell messages apart as they are (immutable, and written as they are).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 #: Repeats of one message (same namespace, format and level) passed in one window.
 REPEATS_PER_WINDOW = 5
 WINDOW_SECONDS = 60.0
@@ -39,7 +42,9 @@ class Hygiene:
         #: on while a daemon runs (off in unit tests, which log the same lines test after test)
         self.limit_repeats = limit_repeats
         #: key -> [window start, passed, suppressed]
-        self._windows: dict[tuple[str, str, str], list[float]] = {}
+        self._windows: dict[tuple[str, Any, str], list[float]] = {}
+        #: a format -> the names of the fields it uses
+        self._fields: dict[str, tuple[str, ...]] = {}
 
     def _forward(self, event: dict[str, Any]) -> None:
         (self.downstream or globalLogPublisher)(event)
@@ -51,7 +56,7 @@ class Hygiene:
         if not self.limit_repeats or level >= LogLevel.error or "log_failure" in event:
             self._forward(event)
             return
-        key = (event.get("log_namespace", ""), formatEvent(event), level.name)
+        key = (event.get("log_namespace", ""), self._message(event), level.name)
         now = float(event.get("log_time", 0.0))
         window = self._windows.get(key)
         if window is None or now - window[0] >= WINDOW_SECONDS:
@@ -66,8 +71,37 @@ class Hygiene:
         else:
             window[2] += 1
 
-    def _summary(self, key: tuple[str, str, str], level: LogLevel, count: int, now: float) -> None:
-        namespace, text, _ = key
+    def _message(self, event: dict[str, Any]) -> Any:
+        """What makes two events the same message: the format and the values of the fields it
+        names, when they are plain values (cheaper than formatting every event, and a busy pool
+        logs a line per transition); else the formatted text."""
+        fmt = event.get("log_format")
+        fields = self._field_names(fmt) if isinstance(fmt, str) else None
+        if fields is not None:
+            values = tuple(event.get(f) for f in fields)
+            if all(type(v) in _PLAIN for v in values):
+                return (fmt, *values)
+        return formatEvent(event)
+
+    def _field_names(self, fmt: str) -> tuple[str, ...] | None:
+        """The names of the event fields ``fmt`` uses (None: it does not parse)."""
+        fields = self._fields.get(fmt)
+        if fields is None:
+            try:
+                fields = tuple(name.split(".", 1)[0].split("[", 1)[0] for _, name, _, _ in Formatter().parse(fmt) if name)
+            except ValueError:
+                return None
+            if len(self._fields) > 1000:
+                self._fields.clear()
+            self._fields[fmt] = fields
+        return fields
+
+    def _summary(self, key: tuple[str, Any, str], level: LogLevel, count: int, now: float) -> None:
+        namespace, message, _ = key
+        if isinstance(message, tuple):  # (format, *values of its fields): formatted again
+            fmt, *values = message
+            message = formatEvent({"log_format": fmt, **dict(zip(self._field_names(fmt) or (), values))})
+        text = message
         self._forward({
             "log_namespace": namespace, "log_level": level, "log_time": now,
             "log_format": "(suppressed {count} more of: {message})", "count": count, "message": text,

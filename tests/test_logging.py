@@ -57,6 +57,19 @@ class HygieneTests(SynchronousTestCase):
             self.hygiene(event("{device}: rebooting", device=f"panda-{i}"))
         self.assertEqual(len(self.out), 10)
 
+    def test_same_text_from_other_values_is_the_same_message(self) -> None:
+        """Messages are told apart by their fields' values when those are plain, else by their
+        text: a list field formatted alike is one message, and its summary reads as it did."""
+        for i in range(REPEATS_PER_WINDOW + 2):
+            self.hygiene(event("{device}: {ports}", device="panda-1", ports=[1, 2]))
+            self.hygiene(event("{device[0]}: {n:03d}", device="panda-2", n=7, when=1000 + i))
+        self.assertEqual(len(self.out), 2 * REPEATS_PER_WINDOW)
+        self.hygiene.flush(2000.0)
+        self.assertEqual(sorted(self.texts()[-2:]), [
+            "(suppressed 2 more of: p: 007)",
+            "(suppressed 2 more of: panda-1: [1, 2])",
+        ])
+
     def test_errors_and_failures_always_pass(self) -> None:
         for _ in range(20):
             self.hygiene(event("bad", LogLevel.error))

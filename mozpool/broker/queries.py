@@ -10,6 +10,7 @@ from mozpool.broker.interfaces import RequestSpec
 from mozpool.db import changes, history, logs
 from mozpool.db.catalog import server_id
 from mozpool.db.pool import Cursor
+from mozpool.db.requests import note_claim
 
 
 def insert_request(
@@ -18,18 +19,23 @@ def insert_request(
 ) -> int:
     """A new request in state ``new`` owned by ``server_fqdn``, journalled and logged with
     ``message``; its id. ValueError for an unknown image."""
-    image_id = c.scalar("SELECT id FROM images WHERE name = ?", (spec.image,))
-    if image_id is None:
-        raise ValueError(f"unknown image {spec.image}")
-    c.execute(
+    # One statement: the server's and the image's ids are read by the INSERT itself.
+    insert = (
         "INSERT INTO requests (imaging_server_id, requested_device, assignee, expires, image_id,"
         " boot_config, state, state_counters, state_timeout, environment, created_by, priority, queue_timeout,"
         " created)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'new', '{}', NULL, ?, ?, ?, ?, ?)",
-        (server_id(c, server_fqdn), device, spec.assignee, expires, image_id, spec.boot_config,
-         spec.environment or "any", spec.created_by, spec.priority, spec.queue_timeout, created or now),
+        " SELECT s.id, ?, ?, ?, i.id, ?, 'new', '{}', NULL, ?, ?, ?, ?, ? FROM imaging_servers s, images i"
+        " WHERE s.fqdn = ? AND i.name = ?"
     )
+    params = (device, spec.assignee, expires, spec.boot_config, spec.environment or "any", spec.created_by,
+              spec.priority, spec.queue_timeout, created or now, server_fqdn, spec.image)
+    if c.execute(insert, params).rowcount == 0:
+        if c.scalar("SELECT id FROM images WHERE name = ?", (spec.image,)) is None:
+            raise ValueError(f"unknown image {spec.image}")
+        server_id(c, server_fqdn)  # the server's first request, before its first heartbeat
+        c.execute(insert, params)
     request_id = c.lastrowid
+    note_claim(c, request_id, None)  # a new request holds nothing
     changes.record(c, changes.REQUEST_STATE, now, request_id=request_id, state="new", old_state=None)
     logs.add_log(c, "request", request_id, "statemachine", message, now)
     history.record(c, history.Entry(  # the first entry of the request's history (issue 15)

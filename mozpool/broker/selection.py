@@ -16,6 +16,7 @@ from mozpool.db import catalog, changes
 from mozpool.db import health as board_health
 from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor
+from mozpool.db.requests import claim_of, note_claim
 
 #: Stands for boot_config text that does not parse: equal to nothing, not even itself.
 _UNPARSABLE = object()
@@ -86,14 +87,14 @@ class Claimed:
 
 def request_info(c: Cursor, request_id: int) -> RequestInfo | None:
     row = c.execute(
-        "SELECT r.id, r.requested_device, r.environment, i.name, i.id, r.boot_config, i.can_reuse, r.priority"
+        "SELECT r.id, r.requested_device, r.environment, i.name, i.id, r.boot_config, i.can_reuse, r.priority,"
+        " (SELECT GROUP_CONCAT(p.hardware_type_id) FROM image_pxe_configs p WHERE p.image_id = i.id)"
         " FROM requests r JOIN images i ON i.id = r.image_id WHERE r.id = ?",
         (request_id,),
     ).fetchone()
     if row is None:
         return None
-    hardware = tuple(sorted(int(h[0]) for h in c.execute(
-        "SELECT hardware_type_id FROM image_pxe_configs WHERE image_id = ?", (row[4],)).fetchall()))
+    hardware = tuple(sorted(int(h) for h in str(row[8]).split(","))) if row[8] else ()
     return RequestInfo(
         int(row[0]), row[1], row[2] or "any", row[3], int(row[4]), row[5] or "{}", bool(row[6]), hardware,
         int(row[7] if row[7] is not None else 50),
@@ -153,9 +154,12 @@ def pick(
     where, params = _available(request, exclude, dead_servers)
     ids = None  # the id range to sample; one name is one indexed row either way
     if not request.named and SAMPLE_TRIES:
-        # Two look-ups: SQLite answers MIN or MAX alone from the index, but both in one SELECT
-        # by a scan of the table (0.8 ms at 10,000 devices, on every claim).
-        ids = (c.scalar("SELECT MIN(id) FROM devices"), c.scalar("SELECT MAX(id) FROM devices"))
+        # SQLite answers MIN or MAX alone from the index, but both in one SELECT by a scan of the
+        # table (0.8 ms at 10,000 devices, on every claim); MySQL answers both from the index.
+        if c.mysql:
+            ids = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone() or (None, None)
+        else:
+            ids = (c.scalar("SELECT MIN(id) FROM devices"), c.scalar("SELECT MAX(id) FROM devices"))
     if request.reusable:
         held = _sample(c, request, where, params, rng, ids, preferred=True)
         if held is None:
@@ -237,6 +241,7 @@ def claim(c: Cursor, request_id: int, device_id: int, now: str) -> None:
         "INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES (?, ?, NULL)",
         (request_id, device_id),
     )
+    note_claim(c, request_id, device_id)
     c.execute("UPDATE requests SET assigned_at = ? WHERE id = ?", (now, request_id))
     changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device_id)
 
@@ -293,13 +298,16 @@ def find_now(
             return info, FindOutcome(unreachable=(row[1], str(row[2])[:19]))
         if row is not None and str(row[3]).startswith("failed_"):
             return info, FindOutcome(broken=f"device {info.requested_device} is in state {row[3]}")
+    ahead = waiting_ahead(c, info, dead)
+    queued = bool(ahead) and not free_for_all(c, info, dead, ahead)
+    claimed = Claimed(None) if queued else pick_and_claim(c, info, draws, now, dead)
+    if claimed.device is not None:
+        return info, FindOutcome(claimed=claimed)
+    # Nothing claimed: asked only now, since a claim proves the request possible.
     why = impossible(c, info)
     if why is not None:
         return info, FindOutcome(impossible=why)
-    ahead = waiting_ahead(c, info, dead)
-    if ahead and not free_for_all(c, info, dead, ahead):
-        return info, FindOutcome(queued_behind=ahead)
-    return info, FindOutcome(claimed=pick_and_claim(c, info, draws, now, dead))
+    return info, FindOutcome(queued_behind=ahead) if queued else FindOutcome(claimed=claimed)
 
 
 def impossible(c: Cursor, info: RequestInfo) -> str | None:
@@ -375,10 +383,12 @@ def pick_and_claim(
 
 
 def clear_claim(c: Cursor, request_id: int, now: str) -> None:
-    """Drop the request's claim.  Looked up first: on InnoDB a DELETE that matches nothing
-    locks the index gap, which an INSERT of a claim in the same transaction can deadlock on."""
-    if c.scalar("SELECT 1 FROM device_requests WHERE request_id = ?", (request_id,)) is not None:
+    """Drop the request's claim.  Looked up first (once per interaction, :func:`claim_of`): on
+    InnoDB a DELETE that matches nothing locks the index gap, which an INSERT of a claim in the
+    same transaction can deadlock on."""
+    if claim_of(c, request_id) is not None:
         c.execute("DELETE FROM device_requests WHERE request_id = ?", (request_id,))
+        note_claim(c, request_id, None)
         changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=None)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from mozpool.db.jsontext import loads_object
 from mozpool.db.pool import Cursor
-from mozpool.db.requests import MAX_REQUEST_ID
+from mozpool.db.requests import MAX_REQUEST_ID, claim_of
 
 DEVICE = "device"
 REQUEST = "request"
@@ -110,7 +110,7 @@ def record(c: Cursor, entry: Entry) -> dict[str, Any] | None:
         request_id = c.scalar("SELECT request_id FROM device_requests WHERE device_id = ?", (device_id,))
     else:
         request_id = entry.object_id
-        device_id = c.scalar("SELECT device_id FROM device_requests WHERE request_id = ?", (request_id,))
+        device_id = claim_of(c, request_id)
     c.insert_later(
         "INSERT INTO state_history (ts, kind, device_id, request_id, from_state, to_state, cause, server, reason)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -116,6 +116,16 @@ class Cursor:
         self._mysql = mysql
         #: INSERTs held back until the transaction's end (see :meth:`insert_later`)
         self._later = later
+        #: what this interaction has already read or written, for helpers that would otherwise
+        #: ask again (a request's claim: :func:`mozpool.db.requests.claim_of`).  Only the
+        #: interaction's own statements change what it reads (its snapshot), so a value noted
+        #: here stays true until the interaction itself writes it anew.
+        self.known: dict[Any, Any] = {}
+
+    @property
+    def mysql(self) -> bool:
+        """For the few statements worth writing differently per back-end."""
+        return self._mysql
 
     def insert_later(self, sql: str, params: Sequence[Any]) -> None:
         """An INSERT nothing reads back in this transaction (the change journal, the state
@@ -503,12 +513,16 @@ class Database:
             w.began()
 
     def _batch_done(self, outcome: Any, batch: list[_Work]) -> None:
+        """Put back what runs again, start the next batch on the connection just freed, and
+        only then deliver the results: the callers' callbacks (the machines' next steps, a
+        burst's worth of Python) run while the database works on the next batch."""
         self._batches -= 1
+        deliveries: list[tuple[_Work, Any]] = []
         if isinstance(outcome, Failure) and outcome.check(_BatchLost):
             lost: _BatchLost = outcome.value  # type: ignore[assignment]
             # Rolled back with the transaction: the others run again, first, in their order.
             self._queue.extendleft(reversed([w for i, w in enumerate(batch) if i != lost.index]))
-            batch[lost.index].deliver(Failure(lost.error))
+            deliveries.append((batch[lost.index], Failure(lost.error)))
         elif isinstance(outcome, Failure) and len(batch) > 1:
             # The transaction failed as a whole (at commit: a Galera certification conflict, a
             # lost connection): nothing says which member caused it, so each runs again alone
@@ -517,11 +531,12 @@ class Database:
                 w.alone = True
             self._queue.extendleft(reversed(batch))
         elif isinstance(outcome, Failure):
-            batch[0].deliver(outcome)
+            deliveries.append((batch[0], outcome))
         else:
-            for w, result in zip(batch, outcome):
-                w.deliver(result)
+            deliveries.extend(zip(batch, outcome))
         self._dispatch()
+        for w, result in deliveries:
+            w.deliver(result)
 
     # -- fault handling (MySQL/MariaDB) -----------------------------------------------------
 

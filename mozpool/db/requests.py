@@ -43,6 +43,21 @@ def list_requests(db: Database, include_closed: bool = False) -> Any:
     return db.runInteraction(q)
 
 
+def claim_of(c: Cursor, request_id: int) -> int | None:
+    """The id of the device the request holds (None: none), read once per interaction: what
+    the claim's writers in it (:func:`note_claim`) did is known without asking again."""
+    key = ("claim", request_id)
+    if key not in c.known:
+        found = c.scalar("SELECT device_id FROM device_requests WHERE request_id = ?", (request_id,))
+        c.known[key] = None if found is None else int(found)
+    return c.known[key]  # type: ignore[no-any-return]
+
+
+def note_claim(c: Cursor, request_id: int, device_id: int | None) -> None:
+    """The interaction has just written the request's claim (``device_id``, None: dropped)."""
+    c.known[("claim", request_id)] = device_id
+
+
 def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
     """The request object of the API (with ``url``) plus ``state`` and ``imaging_server``."""
     if request_id > MAX_REQUEST_ID:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mozpool.db import changes, logs
 from mozpool.db.fixtures import _ensure as ensure_row
 from mozpool.db.pool import Cursor
+from mozpool.db.requests import note_claim
 from mozpool.inventory.plan import BoardRow, Change, DeviceRow
 from mozpool.timeutil import apitime
 
@@ -103,6 +104,7 @@ def delete_device(c: Cursor, change: Change, now: str) -> None:
     request_id = c.scalar("SELECT request_id FROM device_requests WHERE device_id = ?", (device_id,))
     if request_id is not None:
         c.execute("DELETE FROM device_requests WHERE device_id = ?", (device_id,))
+        note_claim(c, int(request_id), None)
         changes.record(c, changes.REQUEST_DEVICE, now, request_id=int(request_id), device_id=None)
         logs.add_log(c, "request", int(request_id), SOURCE,
                      f"device {name} was deleted by inventory sync; this request no longer holds it", now)

@@ -151,6 +151,63 @@ class Selection(BrokerTest):
         self.assertEqual(seen, [(), (1,)])
         self.assertEqual(await self.claims(), [(rival.id, "panda-0001"), (info.id, claimed.device.name)])
 
+    async def test_a_claim_is_read_once_per_transaction(self) -> None:
+        """Within one interaction a request's claim is looked up once; what the interaction's own
+        claim and clear wrote is known after them, and the history records it."""
+        info = await self.request()
+        statements: list[str] = []
+        real_execute = Cursor.execute
+
+        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
+            statements.append(sql)
+            return real_execute(c, sql, params)
+
+        def work(c: Cursor) -> list[int | None]:
+            from mozpool.db import history
+            from mozpool.db.requests import claim_of
+            seen = [claim_of(c, info.id)]
+            selection.clear_claim(c, info.id, NOW)  # nothing to clear: no statement
+            selection.claim(c, info.id, 2, NOW)
+            seen.append(claim_of(c, info.id))
+            history.record(c, history.Entry(history.REQUEST, info.id, NOW, "a", "b", "test", "here"))
+            selection.clear_claim(c, info.id, NOW)
+            seen.append(claim_of(c, info.id))
+            return seen
+
+        self.patch(Cursor, "execute", counting)
+        self.assertEqual(await self.db.runInteraction(work), [None, 2, None])
+        self.assertEqual(sum(s.startswith("SELECT") and "device_requests" in s for s in statements), 1, statements)
+        self.assertEqual(await self.claims(), [])
+        rows = await self.db.query("SELECT device_id FROM state_history WHERE request_id = ? AND cause = 'test'",
+                                   (info.id,))
+        self.assertEqual([tuple(r) for r in rows], [(2,)])
+
+    async def test_a_new_any_request_is_claimed_in_few_statements(self) -> None:
+        """The statements of a request's creation and its first look, counted: the image and the
+        server come with the INSERT, the image's hardware with the request's row, the claim is
+        read once, and whether the request is possible at all is asked only when nothing was
+        claimed."""
+        statements: list[str] = []
+        real_execute = Cursor.execute
+
+        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
+            statements.append(sql)
+            return real_execute(c, sql, params)
+
+        self.patch(Cursor, "execute", counting)
+        created = await self.create(environment="prod")
+        self.assertIn(await self.claimed(created["id"]), ("panda-0001", "panda-0003"))
+        self.assertFalse([s for s in statements if s.startswith("SELECT id FROM images")], statements)
+        self.assertFalse([s for s in statements if "FROM image_pxe_configs WHERE" in s], statements)
+        self.assertFalse([s for s in statements if s.startswith("SELECT 1 FROM devices d WHERE")], statements)
+        self.assertEqual(sum(s.startswith("SELECT device_id FROM device_requests WHERE request_id") for s in statements),
+                         2, statements)  # one per transaction that records the request's history
+
+    async def test_an_impossible_request_is_still_told_so(self) -> None:
+        info = await self.request(environment="nowhere")
+        found = await self.db.runInteraction(selection.find_now, info.id, [0.5], NOW)
+        self.assertEqual(found[1], selection.FindOutcome(impossible="no device is in environment nowhere"))
+
     async def test_nothing_to_claim(self) -> None:
         await self.db.query("UPDATE devices SET state = 'failed_pxe_booting'")
         info = await self.request()
