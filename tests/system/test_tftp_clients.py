@@ -119,6 +119,62 @@ class ClientTests(TestCase):
         if local.exists():
             self.assertNotIn(SECRET.strip(), local.getContent())
 
+    # -- the transfer's socket, with real sockets
+
+    async def test_a_stranger_gets_error_5_and_the_transfer_carries_on(self) -> None:
+        """The transfer socket is connected to its client; its unconnected twin on the same port
+        answers anyone else with ERROR 5, and both close when the transfer ends."""
+        got: dict[str, list[tuple[bytes, Any]]] = {"client": [], "stranger": []}
+        arrived: dict[str, defer.Deferred[None]] = {}
+
+        class Peer(DatagramProtocol):
+            def __init__(self, who: str) -> None:
+                self.who = who
+
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                got[self.who].append((data, addr))
+                waiting = arrived.pop(self.who, None)
+                if waiting is not None:
+                    waiting.callback(None)
+
+        def expect(who: str) -> defer.Deferred[None]:
+            arrived[who] = d = defer.Deferred()
+            return d.addTimeout(5, reactor)
+
+        ports = {who: reactor.listenUDP(0, Peer(who), interface="127.0.0.1") for who in got}
+        for p in ports.values():
+            self.addCleanup(p.stopListening)
+        first = expect("client")
+        ports["client"].write(P.encode_request(b"kernel.bin", "octet", {"blksize": "1024"}), ("127.0.0.1", self.port))
+        await first
+        oack, tid = got["client"][0]
+        self.assertEqual(P.parse_oack(oack), {"blksize": "1024"})
+        [transfer] = self.server.sessions.values()
+        self.assertEqual(transfer.transport.socket.getpeername(), ("127.0.0.1", ports["client"].getHost().port))
+
+        answered = expect("stranger")
+        ports["stranger"].write(P.encode_ack(0), tid)
+        await answered
+        self.assertEqual([(P.parse_error(d)[0], a) for d, a in got["stranger"]], [(5, tid)])
+
+        content = self.files["kernel.bin"]
+        block = 0
+        while True:
+            nxt = expect("client")
+            ports["client"].write(P.encode_ack(block), tid)
+            await nxt
+            data, addr = got["client"][-1]
+            self.assertEqual(addr, tid)
+            block, payload = P.parse_data(data)
+            self.assertEqual(payload, content[(block - 1) * 1024:block * 1024])
+            if len(payload) < 1024:
+                break
+        ports["client"].write(P.encode_ack(block), tid)
+        done = transfer.done
+        self.assertEqual(await done, "complete")
+        self.assertIsNone(transfer.twin)
+        self.assertEqual(self.server.sessions, {})
+
     # -- tftp-hpa (lock-step, blksize 512, no options)
 
     async def tftpHpa(self, mode: str, command: str, remote: str, local: str, port: int | None = None) -> bytes:
