@@ -84,7 +84,7 @@ from .packets import (
     parse_request,
 )
 from .paths import PathRefused
-from .transfer import COMPLETE, PEER_ERROR, ReadTransfer, listen_transfer
+from .transfer import COMPLETE, PEER_ERROR, ReadTransfer
 
 log = Logger()
 
@@ -421,7 +421,7 @@ class TFTPServer(DatagramProtocol):
         else:
             local = local_transfer(self._clock, spec, reader, on_done)
             try:
-                listen_transfer(self._reactor, local, self._interface or "")
+                self._reactor.listenUDP(0, local, interface=self._interface or "")
             except CannotListenError as e:
                 reader.finish()
                 log.error("tftp cannot open a transfer socket: {error}", error=e)

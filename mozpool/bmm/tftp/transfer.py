@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
 import sys
 from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorSocket, IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from mozpool.logconfig import Logger
 
@@ -32,7 +31,7 @@ READ_AHEAD_BYTES = 32 * 1024
 _DATA_OPCODE = 3
 
 # Linux UDP generic segmentation offload: one send carries several equal-sized datagrams.
-_SOL_UDP = 17  # socket.SOL_UDP (= IPPROTO_UDP)
+_SOL_UDP = 17  # socket.SOL_UDP (= IPPROTO_UDP) without importing the socket module here
 _UDP_SEGMENT = 103
 _GSO_MAX_SEGMENTS = 64  # the kernel's limit before 5.x raised it; safe everywhere
 _GSO_MAX_BYTES = 65507  # largest UDP payload of one send
@@ -107,20 +106,15 @@ class ReadTransfer(DatagramProtocol):
         self._last_progress = 0.0
         self._timeouts = 0
         self._finished = False
-        #: sends one datagram to the peer
-        self._write: Callable[[bytes], Any] = self._transport_write
-        #: the peer's address for the segmented send; () once the socket is connected to it
-        self._gso_peer: tuple[Any, ...] = ()
+        self._write: Callable[[bytes, Any], Any] = self._transport_write
         self._gso_batch = 0  # blocks per segmented send; 0 = one send per block
         self._gso_send: Callable[..., Any] | None = None
         self._gso_control: list[tuple[int, int, bytes]] = []
         self.retransmissions = 0
         self.done: defer.Deferred[str] = defer.Deferred()
-        #: the port answering strangers beside a connected socket (see :func:`listen_transfer`)
-        self.twin: IListeningPort | None = None
 
-    def _transport_write(self, datagram: bytes) -> None:
-        self.transport.write(datagram, self._peer)
+    def _transport_write(self, datagram: bytes, addr: Any) -> None:
+        self.transport.write(datagram, addr)
 
     # -- lifecycle
 
@@ -137,17 +131,8 @@ class ReadTransfer(DatagramProtocol):
         transport.doWrite = lambda: None
         # 1. udp.Port.write re-validates the address string (inet_pton, three times) on every
         #    datagram. The peer's address came from the kernel at the RRQ and never changes, so
-        #    the transfer writes straight to the port's non-blocking socket: with send() when
-        #    :func:`listen_transfer` connected it to the peer (a connected UDP socket keeps its
-        #    route, where every sendto looks it up again: a fifth less CPU in a 32-transfer
-        #    storm), else with sendto().
-        if _connected(sock):
-            self._write = sock.send
-        else:
-            peer = self._peer
-            sendto = sock.sendto
-            self._write = lambda datagram: sendto(datagram, peer)
-            self._gso_peer = (peer,)
+        #    the transfer writes straight to the port's non-blocking socket.
+        self._write = sock.sendto
         # 2. udp.Port.doRead loops until recvfrom raises EAGAIN. A transfer socket receives one ACK
         #    per window, so that second recvfrom (and its exception) is pure cost on every ACK;
         #    with a budget of one byte each readiness event reads one datagram, and the
@@ -218,9 +203,6 @@ class ReadTransfer(DatagramProtocol):
             log.failure("closing {name}", name=self.name)
         if self.transport is not None:
             self.transport.stopListening()
-        if self.twin is not None:
-            self.twin.stopListening()
-            self.twin = None
         if reason == COMPLETE:
             emit = log.info
         elif reason in (PEER_ERROR, ABORTED):
@@ -243,14 +225,14 @@ class ReadTransfer(DatagramProtocol):
 
     def _send(self, packet: bytes) -> None:
         try:
-            self._write(packet)
+            self._write(packet, self._peer)
         except OSError as e:
             # A full socket buffer is a lost packet; retransmission takes care of it.
             log.debug("tftp send to {peer} failed: {error}", peer=self._peer, error=e)
 
     def _send_many(self, packets: list[bytes] | deque[bytes]) -> None:
         write = self._write
-        peer = self._gso_peer
+        peer = self._peer
         n = self._gso_batch
         gso_send = self._gso_send
         if n and gso_send is not None and len(packets) > 1:
@@ -260,9 +242,9 @@ class ReadTransfer(DatagramProtocol):
                 chunk = packets[i : i + n]
                 try:
                     if len(chunk) > 1:
-                        gso_send([b"".join(chunk)], self._gso_control, 0, *peer)
+                        gso_send([b"".join(chunk)], self._gso_control, 0, peer)
                     else:
-                        write(chunk[0])
+                        write(chunk[0], peer)
                 except OSError as e:
                     if e.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                         # No GSO here (old kernel, or a device without checksum offload): singly.
@@ -273,7 +255,7 @@ class ReadTransfer(DatagramProtocol):
             return
         try:
             for packet in packets:
-                write(packet)
+                write(packet, peer)
         except OSError:
             pass  # lost; the window is resent at the next timeout
 
@@ -310,7 +292,7 @@ class ReadTransfer(DatagramProtocol):
         """Send the blocks just added to the window: one datagram, or a batch."""
         if len(fresh) == 1:
             try:
-                self._write(fresh[0])
+                self._write(fresh[0], self._peer)
             except OSError:
                 pass  # lost; the window is resent at the next timeout
         elif fresh:
@@ -472,66 +454,3 @@ class ReadTransfer(DatagramProtocol):
             self._send_many(self._window)
         self._last_progress = now
         self._timer = self._clock.callLater(self._interval, self._timed_out)
-
-
-def _connected(sock: Any) -> bool:
-    try:
-        sock.getpeername()
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-class StrangerAnswer(DatagramProtocol):
-    """The twin of a connected transfer socket: bound to the same port but not connected, it gets
-    what reaches that port from anyone but the client, and answers ERROR 5 (RFC 1350's unknown
-    TID); an ERROR is never answered."""
-
-    noisy = False
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if datagram[:2] != ERROR_PREFIX:
-            try:
-                self.transport.write(encode_error(ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
-            except OSError:
-                pass
-
-
-def listen_transfer(reactor: IReactorUDP, transfer: ReadTransfer, interface: str = "") -> IListeningPort:
-    """The transfer's own port (its TID), on a fresh ephemeral port of ``interface``.
-
-    Where the reactor adopts sockets, the socket is connected to the client, as tftpd-hpa does:
-    the kernel keeps its route (see :meth:`ReadTransfer.makeConnection`) and hands it the
-    client's datagrams alone.  A twin socket bound to the same port with ``SO_REUSEPORT``, not
-    connected, gets everyone else's, which :class:`StrangerAnswer` answers; both close with the
-    transfer.  Elsewhere (a reactor without ``adoptDatagramPort``, or a socket that cannot be
-    set up so) it is a plain ``listenUDP(0)`` port and the transfer checks the sender itself."""
-    if not IReactorSocket.providedBy(reactor) or not hasattr(socket, "SO_REUSEPORT"):
-        return reactor.listenUDP(0, transfer, interface=interface)
-    peer = transfer.peer
-    family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
-    opened: list[socket.socket] = []
-    try:
-        for _ in range(2):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            opened.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setblocking(False)
-        main, twin = opened
-        main.bind((interface or ("::" if family == socket.AF_INET6 else ""), 0))
-        twin.bind(main.getsockname())
-        main.connect(peer)
-        answer = reactor.adoptDatagramPort(twin.fileno(), family, StrangerAnswer())  # type: ignore[attr-defined]
-        try:
-            port = reactor.adoptDatagramPort(main.fileno(), family, transfer)  # type: ignore[attr-defined]
-        except BaseException:
-            answer.stopListening()
-            raise
-        transfer.twin = answer
-        return port  # type: ignore[no-any-return]
-    except OSError as e:
-        log.debug("tftp {name}: no connected socket ({error}); a plain one", name=transfer.name, error=e)
-        return reactor.listenUDP(0, transfer, interface=interface)
-    finally:
-        for sock in opened:
-            sock.close()  # the reactor adopted duplicates

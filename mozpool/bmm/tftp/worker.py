@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from .backend import FileReader
 from .server import local_transfer
-from .transfer import ReadTransfer, listen_transfer
+from .transfer import ReadTransfer
 from .workers import NoSocket, QuietAMP, Ready, StartTransfer, StopTransfer, TransferEnded, spec_from_arguments
 
 
@@ -48,7 +48,7 @@ class WorkerSide(QuietAMP):
         spec = spec_from_arguments(arguments)
         transfer = local_transfer(self._clock, spec, reader, lambda t, reason: self._ended(id, t, reason))
         try:
-            listen_transfer(self._udp, transfer, self.interface)
+            self._udp.listenUDP(0, transfer, interface=self.interface)
         except CannotListenError:
             reader.finish()
             raise NoSocket() from None
