@@ -10,6 +10,7 @@ built, so the filter cannot sit in front of that one).
 from __future__ import annotations
 
 import inspect
+import re
 from string import Formatter
 from typing import Any
 
@@ -88,7 +89,8 @@ class Hygiene:
         fields = self._fields.get(fmt)
         if fields is None:
             try:
-                fields = tuple(name.split(".", 1)[0].split("[", 1)[0] for _, name, _, _ in Formatter().parse(fmt) if name)
+                # "{a.b}", "{a[0]}" and twisted.logger's "{a()}" all use the field "a"
+                fields = tuple(re.split(r"[.\[(]", name, maxsplit=1)[0] for _, name, _, _ in Formatter().parse(fmt) if name)
             except ValueError:
                 return None
             if len(self._fields) > 1000:

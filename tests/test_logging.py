@@ -64,6 +64,10 @@ class HygieneTests(SynchronousTestCase):
             self.hygiene(event("{device}: {ports}", device="panda-1", ports=[1, 2]))
             self.hygiene(event("{device[0]}: {n:03d}", device="panda-2", n=7, when=1000 + i))
         self.assertEqual(len(self.out), 2 * REPEATS_PER_WINDOW)
+        n = REPEATS_PER_WINDOW + 2
+        for i in range(n):  # a called field is its value (here one a call), not a missing "who()"
+            self.hygiene(event("{who()} rebooted", who=lambda i=i: f"panda-{i}"))
+        self.assertEqual(self.texts()[-n:], [f"panda-{i} rebooted" for i in range(n)])
         self.hygiene.flush(2000.0)
         self.assertEqual(sorted(self.texts()[-2:]), [
             "(suppressed 2 more of: p: 007)",
