@@ -103,10 +103,9 @@ class Hygiene:
         if isinstance(message, tuple):  # (format, *values of its fields): formatted again
             fmt, *values = message
             message = formatEvent({"log_format": fmt, **dict(zip(self._field_names(fmt) or (), values))})
-        text = message
         self._forward({
             "log_namespace": namespace, "log_level": level, "log_time": now,
-            "log_format": "(suppressed {count} more of: {message})", "count": count, "message": text,
+            "log_format": "(suppressed {count} more of: {message})", "count": count, "message": message,
         })
 
     def flush(self, now: float) -> None:

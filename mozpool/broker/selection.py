@@ -307,7 +307,9 @@ def find_now(
     why = impossible(c, info)
     if why is not None:
         return info, FindOutcome(impossible=why)
-    return info, FindOutcome(queued_behind=ahead) if queued else FindOutcome(claimed=claimed)
+    if queued:
+        return info, FindOutcome(queued_behind=ahead)
+    return info, FindOutcome(claimed=claimed)
 
 
 def impossible(c: Cursor, info: RequestInfo) -> str | None:

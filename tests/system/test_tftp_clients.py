@@ -169,8 +169,7 @@ class ClientTests(TestCase):
             if len(payload) < 1024:
                 break
         ports["client"].write(P.encode_ack(block), tid)
-        done = transfer.done
-        self.assertEqual(await done, "complete")
+        self.assertEqual(await transfer.done, "complete")
         self.assertEqual(self.server.sessions, {})
 
     # -- tftp-hpa (lock-step, blksize 512, no options)
