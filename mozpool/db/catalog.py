@@ -158,8 +158,21 @@ def server_list(c: Cursor) -> list[dict[str, Any]]:
     return [{"fqdn": r[0], "last_seen": None if r[1] is None else str(r[1]), "devices": int(r[2])} for r in rows]
 
 
+#: The servers dead by a cutoff, as a subquery: one id per row, or (in a wider read that
+#: notes them, :func:`note_dead_servers`) joined with commas by GROUP_CONCAT.
+DEAD_SERVERS_SQL = "SELECT id FROM imaging_servers WHERE last_seen IS NOT NULL AND last_seen < ?"
+
+
 def dead_server_ids(c: Cursor, cutoff: str) -> list[int]:
     """Servers whose last heartbeat is older than ``cutoff``.  One that never sent one (a
-    server row made by a fixture, or by a daemon of an older version) is not judged."""
-    return [int(r[0]) for r in c.execute(
-        "SELECT id FROM imaging_servers WHERE last_seen IS NOT NULL AND last_seen < ?", (cutoff,)).fetchall()]
+    server row made by a fixture, or by a daemon of an older version) is not judged.  Read
+    once per interaction (the heartbeats it does not write stay as its snapshot has them)."""
+    key = ("dead_servers", cutoff)
+    if key not in c.known:
+        note_dead_servers(c, cutoff, [int(r[0]) for r in c.execute(DEAD_SERVERS_SQL, (cutoff,)).fetchall()])
+    return list(c.known[key])
+
+
+def note_dead_servers(c: Cursor, cutoff: str, ids: list[int]) -> None:
+    """What a wider read of the interaction found for :func:`dead_server_ids`."""
+    c.known[("dead_servers", cutoff)] = tuple(ids)

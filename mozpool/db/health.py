@@ -162,9 +162,21 @@ def devices_behind(
     return [(r[0], r[1], r[2], None if r[3] is None else int(r[3])) for r in rows]
 
 
+#: How many controllers are suspect, as a subquery (for a wider read: :func:`note_suspects`).
+SUSPECT_COUNT_SQL = f"SELECT COUNT(*) FROM relay_boards WHERE state = '{SUSPECT}'"
+
+
+def note_suspects(c: Cursor, count: int) -> None:
+    """A wider read of the interaction counted the suspect controllers: with none,
+    :func:`avoided_device_ids` has nothing to ask."""
+    c.known["suspect_boards"] = count
+
+
 def avoided_device_ids(c: Cursor) -> list[int]:
     """Ids of ``ready`` devices behind a suspect controller: request selection passes them by."""
     found: list[int] = []
+    if c.known.get("suspect_boards") == 0:
+        return found
     for b in boards(c, suspect_only=True):
         clause, params = _behind(b.fqdn)
         found += [int(r[0]) for r in c.execute(

@@ -202,6 +202,28 @@ class Selection(BrokerTest):
         self.assertFalse([s for s in statements if s.startswith("SELECT 1 FROM devices d WHERE")], statements)
         self.assertEqual(sum(s.startswith("SELECT device_id FROM device_requests WHERE request_id") for s in statements),
                          2, statements)  # one per transaction that records the request's history
+        # The look's context (claim, dead servers, suspect controllers, id range) is one SELECT.
+        for alone in ("SELECT id FROM imaging_servers WHERE last_seen", "SELECT b.id, b.name, b.fqdn",
+                      "SELECT MIN(id)", "SELECT MAX(id)"):
+            self.assertFalse([s for s in statements if s.startswith(alone)], (alone, statements))
+
+    async def test_the_look_passes_by_the_devices_of_a_dead_server(self) -> None:
+        """The dead servers come with the look's context read: their devices are never claimed,
+        and a server that has sent no heartbeat at all is not judged."""
+        await self.db.query("INSERT INTO imaging_servers (fqdn, last_seen) VALUES ('gone.example', '2025-01-01 00:00:00')")
+        await self.db.query("INSERT INTO imaging_servers (fqdn) VALUES ('quiet.example')")
+        await self.db.query("UPDATE devices SET imaging_server_id = (SELECT id FROM imaging_servers"
+                            " WHERE fqdn = 'gone.example') WHERE name IN ('panda-0001', 'panda-0002')")
+        await self.db.query("UPDATE devices SET imaging_server_id = (SELECT id FROM imaging_servers"
+                            " WHERE fqdn = 'quiet.example') WHERE name = 'panda-0003'")
+        info = await self.request()
+        claimed = set()
+        for k in range(24):
+            _, found = await self.db.runInteraction(selection.find_now, info.id, [k / 24], NOW, NOW)
+            assert found.claimed.device is not None
+            claimed.add(found.claimed.device.name)
+        self.assertEqual(claimed, {"panda-0003", "panda-0004"})
+        self.assertEqual(await self.claims(), [(info.id, found.claimed.device.name)])
 
     async def test_an_impossible_request_is_still_told_so(self) -> None:
         info = await self.request(environment="nowhere")

@@ -89,5 +89,25 @@ class BoardHealth(APITest):
             picked.add(claimed.device.name)
         self.assertEqual(picked, {"bpanda-0001", "bpanda-0002"})
 
+    async def test_a_look_for_a_device_passes_by_a_suspect_boards_devices(self) -> None:
+        """The same through the request's look (find_now), which counts the suspect controllers
+        in its context read and asks for their devices only when there are some."""
+        await self.db.query("UPDATE devices SET state = 'ready'")
+        request_id = await self.add_request(state="finding_device")
+        rng = random.Random(2)
+
+        async def looks() -> set[str]:
+            picked = set()
+            for _ in range(20):
+                _, found = await self.db.runInteraction(
+                    selection.find_now, request_id, [rng.random() for _ in range(3)], dbnow(self.clock))
+                assert found.claimed.device is not None
+                picked.add(found.claimed.device.name)
+            return picked
+
+        self.assertGreater(await looks(), {"bpanda-0001", "bpanda-0002"})  # before: every device
+        await self.suspect()
+        self.assertEqual(await looks(), {"bpanda-0001", "bpanda-0002"})
+
 
 BoardHealthSQLite, BoardHealthMariaDB = on_both_backends(BoardHealth)
