@@ -105,28 +105,58 @@ def request_info(c: Cursor, request_id: int) -> RequestInfo | None:
     return None if row is None else _info(row)
 
 
-def find_context(c: Cursor, request_id: int, dead_before: str | None) -> RequestInfo | None:
+#: Requests waiting ahead of the request ``r`` (:func:`find_context`): those of live servers
+#: waiting, unserved, with at least its priority, that could take the same devices -- a new
+#: request does not jump them.  ``{live}`` is empty, or drops the dead servers' requests.
+_WAITING_AHEAD = (
+    "SELECT COUNT(*) FROM requests w LEFT JOIN device_requests wd ON wd.request_id = w.id"
+    " WHERE w.state = 'finding_device' AND wd.request_id IS NULL AND w.id <> r.id AND w.priority >= r.priority"
+    " AND (w.requested_device = 'any' OR w.requested_device = r.requested_device)"
+    " AND (COALESCE(r.environment, 'any') = 'any' OR w.environment = 'any' OR w.environment = r.environment){live}"
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the look for a device reads first (:func:`find_context`)."""
+
+    info: RequestInfo
+    #: requests waiting ahead of this one for the same devices
+    ahead: int
+
+
+def find_context(c: Cursor, request_id: int, dead_before: str | None) -> Context | None:
     """:func:`request_info`, and in the same SELECT what the look for a device asks next, each
-    of which was a statement of its own: the request's claim, the dead servers, whether any
-    controller is suspect, and the range of device ids to sample.  They are noted in the
-    interaction's memo (``c.known``), where the helpers that need them look first."""
-    dead = f", (SELECT GROUP_CONCAT(id) FROM ({catalog.DEAD_SERVERS_SQL}) dead)" if dead_before is not None else ""
+    of which was a statement of its own: the requests waiting ahead of it, its claim, the dead
+    servers, whether any controller is suspect, the range of device ids to sample and whether
+    any device is pristine with its image.  All but the first are noted in the interaction's
+    memo (``c.known``), where the helpers that need them look first."""
+    columns = [
+        f"({_WAITING_AHEAD.format(live='' if dead_before is None else f' AND w.imaging_server_id NOT IN ({catalog.DEAD_SERVERS_SQL})')})",
+        "(SELECT dr.device_id FROM device_requests dr WHERE dr.request_id = r.id)",
+        f"({board_health.SUSPECT_COUNT_SQL})",
+        "(SELECT MIN(id) FROM devices)",
+        "(SELECT MAX(id) FROM devices)",
+        "(SELECT COUNT(*) FROM devices p WHERE p.pristine = 1 AND p.image_id = i.id)",
+    ]
+    params: list[Any] = [] if dead_before is None else [dead_before]
+    if dead_before is not None:
+        columns.append(f"(SELECT GROUP_CONCAT(id) FROM ({catalog.DEAD_SERVERS_SQL}) dead)")
+        params.append(dead_before)
     row = c.execute(
-        _REQUEST_INFO
-        + ", (SELECT dr.device_id FROM device_requests dr WHERE dr.request_id = r.id)"
-        + f", ({board_health.SUSPECT_COUNT_SQL}), (SELECT MIN(id) FROM devices), (SELECT MAX(id) FROM devices)"
-        + dead + _REQUEST_INFO_FROM,
-        (*(() if dead_before is None else (dead_before,)), request_id),
+        _REQUEST_INFO + "".join(", " + col for col in columns) + _REQUEST_INFO_FROM, [*params, request_id]
     ).fetchone()
     if row is None:
         return None
-    claimed, suspects, lo, hi = row[9:13]
+    info = _info(row)
+    ahead, claimed, suspects, lo, hi, pristine = row[9:15]
     note_claim(c, request_id, None if claimed is None else int(claimed))
     board_health.note_suspects(c, int(suspects or 0))
     c.known[_DEVICE_IDS] = (lo, hi)
+    c.known[(_PRISTINE, info.image_id)] = int(pristine or 0)
     if dead_before is not None:
-        catalog.note_dead_servers(c, dead_before, [int(i) for i in str(row[13]).split(",")] if row[13] else [])
-    return _info(row)
+        catalog.note_dead_servers(c, dead_before, [int(i) for i in str(row[15]).split(",")] if row[15] else [])
+    return Context(info, int(ahead or 0))
 
 
 _AVAILABLE = (
@@ -164,8 +194,10 @@ def _nth(c: Cursor, where: str, params: list[Any], n: int) -> Candidate | None:
 
 #: Random ids tried before counting; with most devices free the first one usually does.
 SAMPLE_TRIES = 8
-#: The interaction's memo of (MIN(id), MAX(id)) of devices (:func:`find_context` reads it).
+#: The interaction's memo of (MIN(id), MAX(id)) of devices, and of how many devices are
+#: pristine with an image (keyed with the image's id): :func:`find_context` reads them.
 _DEVICE_IDS = "device_ids"
+_PRISTINE = "pristine"
 
 
 def pick(
@@ -198,7 +230,7 @@ def pick(
             held = _count_held(c, request, where, params, rng.random())
         if held is not None:
             return held
-    else:
+    elif c.known.get((_PRISTINE, request.image_id)) != 0:
         # A pristine device (imaged ahead of demand, never handed out) needs no re-imaging.
         for row in c.execute(
             f"SELECT d.id, d.name, d.boot_config{where} AND d.pristine = 1 AND d.image_id = ? ORDER BY d.id",
@@ -314,8 +346,9 @@ def find_now(
     """The entry of ``finding_device``: drop any old claim, stop for a held, dead, failed or
     impossible request, and else claim a device at once -- unless requests are waiting ahead
     for the same devices, when this one joins the queue behind them."""
-    info = find_context(c, request_id, dead_before)
-    assert info is not None, "the request machine loaded this row"
+    context = find_context(c, request_id, dead_before)
+    assert context is not None, "the request machine loaded this row"
+    info = context.info
     clear_claim(c, info.id, now)
     if info.named:
         other = holder(c, info.requested_device, info.id)
@@ -330,7 +363,7 @@ def find_now(
             return info, FindOutcome(unreachable=(row[1], str(row[2])[:19]))
         if row is not None and str(row[3]).startswith("failed_"):
             return info, FindOutcome(broken=f"device {info.requested_device} is in state {row[3]}")
-    ahead = waiting_ahead(c, info, dead)
+    ahead = context.ahead
     queued = bool(ahead) and not free_for_all(c, info, dead, ahead)
     claimed = Claimed(None) if queued else pick_and_claim(c, info, draws, now, dead)
     if claimed.device is not None:
@@ -372,24 +405,6 @@ def free_for_all(c: Cursor, info: RequestInfo, dead_servers: Sequence[int], ahea
     where, params = _available(info, (), dead_servers)
     found = c.scalar(f"SELECT COUNT(*) FROM (SELECT 1{where} LIMIT ?) enough", [*params, ahead + 1])
     return int(found or 0) > ahead
-
-
-def waiting_ahead(c: Cursor, info: RequestInfo, dead_servers: Sequence[int] = ()) -> int:
-    """Requests of live servers waiting, unserved, with at least this one's priority, that could
-    take the same devices: a new request does not jump them."""
-    sql = (
-        "SELECT COUNT(*) FROM requests r LEFT JOIN device_requests dr ON dr.request_id = r.id"
-        " WHERE r.state = 'finding_device' AND dr.request_id IS NULL AND r.id <> ? AND r.priority >= ?"
-        " AND (r.requested_device = 'any' OR r.requested_device = ?)"
-    )
-    params: list[Any] = [info.id, info.priority, info.requested_device]
-    if info.environment != "any":
-        sql += " AND (r.environment = 'any' OR r.environment = ?)"
-        params.append(info.environment)
-    if dead_servers:
-        sql += f" AND r.imaging_server_id NOT IN ({', '.join('?' * len(dead_servers))})"
-        params.extend(dead_servers)
-    return int(c.scalar(sql, params) or 0)
 
 
 def pick_and_claim(

@@ -225,6 +225,34 @@ class Selection(BrokerTest):
         self.assertEqual(claimed, {"panda-0003", "panda-0004"})
         self.assertEqual(await self.claims(), [(info.id, found.claimed.device.name)])
 
+    async def test_a_new_request_waits_behind_earlier_ones_for_the_same_devices(self) -> None:
+        """The requests waiting ahead (read with the look's context): counted when they could take
+        the same devices, at no lower priority, on a live server; with no more devices free than
+        wait ahead, the new request joins the queue."""
+        await self.db.query("UPDATE devices SET state = 'held' WHERE name <> 'panda-0001'")  # prod, ready
+        waiting = await self.request(environment="staging")
+        await self.db.query("UPDATE requests SET state = 'finding_device' WHERE id = ?", (waiting.id,))
+
+        async def look() -> selection.FindOutcome:
+            info = await self.request(environment="prod")
+            _, found = await self.db.runInteraction(selection.find_now, info.id, [0.5], NOW, NOW)
+            await self.db.query("DELETE FROM device_requests WHERE request_id = ?", (info.id,))
+            return found
+
+        self.assertEqual((await look()).claimed.device, selection.Candidate(1, "panda-0001"), "other devices")
+        await self.db.query("UPDATE requests SET environment = 'any' WHERE id = ?", (waiting.id,))
+        self.assertEqual(await look(), selection.FindOutcome(queued_behind=1))
+        await self.db.query("UPDATE requests SET priority = 10 WHERE id = ?", (waiting.id,))
+        self.assertIsNotNone((await look()).claimed.device, "a lower priority waits behind")
+        await self.db.query("UPDATE requests SET priority = 50 WHERE id = ?", (waiting.id,))
+        await self.db.query("INSERT INTO imaging_servers (fqdn, last_seen) VALUES ('gone.example', '2025-01-01')")
+        await self.db.query("UPDATE requests SET imaging_server_id = (SELECT id FROM imaging_servers"
+                            " WHERE fqdn = 'gone.example') WHERE id = ?", (waiting.id,))
+        self.assertIsNotNone((await look()).claimed.device, "a dead server's requests do not count")
+        await self.db.query("UPDATE devices SET state = 'ready' WHERE name = 'panda-0003'")  # prod too
+        await self.db.query("UPDATE requests SET imaging_server_id = 1 WHERE id = ?", (waiting.id,))
+        self.assertIsNotNone((await look()).claimed.device, "more devices free than requests ahead")
+
     async def test_an_impossible_request_is_still_told_so(self) -> None:
         info = await self.request(environment="nowhere")
         found = await self.db.runInteraction(selection.find_now, info.id, [0.5], NOW)
