@@ -301,6 +301,9 @@ class RequestKind:
     rng: random.Random
     #: request id -> the request holding its named device, left by find_device for creation
     held: dict[int, int] = field(default_factory=dict)
+    #: request id -> the device its first look claimed ("": none), left by find_device for
+    #: creation, which answers with it instead of reading the request back
+    assigned: dict[int, str] = field(default_factory=dict)
     #: called when devices may be free for waiting requests (the queue's wake-up)
     wake_queue: Callable[[], None] = lambda: None
     #: the bound of a POST to LifeGuard, in seconds
@@ -437,6 +440,8 @@ class RequestKind:
         dead_before = liveness.dead_before(m.runner.clock, m.runner.time_scale)
         _, found = await m.incr_with("finding_device", selection.find_now, m.id, draws, m.runner.now(), dead_before)
         info, outcome = found
+        if m.cause == "find_device":
+            self.assigned[m.id] = "" if outcome.claimed.device is None else outcome.claimed.device.name
         if m.counter("pending"):
             await m.clear("pending")  # R1: a later visit to pending gets its full budget
         if outcome.holder is not None:

@@ -82,8 +82,15 @@ class Broker:
         )
         row = Row(request_id, str(request_id), "new")  # as insert_request wrote it
         self.runner.echo(row, created)
-        await self.runner.handle_event(row.key, "find_device", created=row)
-        public = await self._public(request_id)
+        try:
+            await self.runner.handle_event(row.key, "find_device", created=row)
+        finally:
+            assigned = self.kind.assigned.pop(request_id, None)
+        if assigned is None:  # the look did not run (or failed): read what there is
+            public = await self._public(request_id)
+        else:
+            public = request_rows.public_request(request_rows.new_request(
+                request_id, self.server_fqdn, device, spec, expires, assigned))
         holder = self.kind.held.pop(request_id, None)
         if holder is not None:
             raise DeviceHeld(f"device {device} is held by request {holder}", public)

@@ -91,6 +91,28 @@ def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
     }
 
 
+def new_request(
+    request_id: int, server_fqdn: str, device: str, spec: Any, expires: str, assigned: str
+) -> dict[str, Any]:
+    """What :func:`get_request` reads (all but ``state``) of a request just created from ``spec`` (a
+    :class:`mozpool.broker.interfaces.RequestSpec`) and holding ``assigned`` ("": nothing),
+    as the creation knows it, without reading it back."""
+    return {
+        "id": request_id,
+        "requested_device": device,
+        "assignee": spec.assignee,
+        "expires": apitime(expires),
+        "environment": spec.environment or "any",
+        "image": spec.image,
+        "boot_config": spec.boot_config or "{}",
+        "assigned_device": assigned,
+        "url": f"{base_url(server_fqdn)}/api/request/{request_id}/",
+        "imaging_server": server_fqdn,
+        "priority": int(spec.priority),
+        "queue_timeout": int(spec.queue_timeout),
+    }
+
+
 def public_request(request: dict[str, Any]) -> dict[str, Any]:
     """The request object exactly as the API shows it (3.4)."""
     keys = ("id", "requested_device", "assignee", "expires", "environment", "image", "boot_config",

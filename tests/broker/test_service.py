@@ -73,6 +73,34 @@ class Service(BrokerTest):
         self.assertEqual(row, (HERE, "tester@example.com", "2026-11-26 12:00:00"))
         self.assertIn("Request created by tester@example.com", (await self.messages(created["id"]))[0])
 
+    async def test_creation_answers_what_the_database_holds(self) -> None:
+        """Creation answers from what it wrote and what its look claimed, without reading the
+        request back: the answer is what a read gives, claimed or queued, any or named, with or
+        without an environment, priority and boot_config."""
+        spec = RequestSpec("a@example.com", 120, "reusable", "prod", '{"b2gbase": "http://b/"}', None, 70, 30)
+        answers = [
+            await self.create(),
+            await self.create("panda-0004", environment="staging"),
+            await self.broker.create_request("any", spec),
+        ]
+        await self.db.query("UPDATE devices SET state = 'self_test_running'")
+        answers.append(await self.create())  # nothing free: it waits in the queue
+        read: list[Any] = []
+
+        async def reading(request_id: int) -> dict[str, Any]:
+            read.append(request_id)
+            return await real_public(request_id)
+
+        real_public = self.broker._public
+        self.patch(self.broker, "_public", reading)
+        answers.append(await self.create(duration=30))
+        self.assertEqual(read, [], "no read back")
+        self.patch(self.broker, "_public", real_public)
+        self.assertEqual([a["assigned_device"] != "" for a in answers], [True, True, True, False, False])
+        for answer in answers:
+            self.assertEqual(answer, await self.broker._public(answer["id"]))
+        self.assertEqual(self.broker.kind.assigned, {})
+
     # --- renew and return (3.9, 3.10) and events (3.11) -------------------------------------
 
     async def test_renew_sets_expires_from_now_only(self) -> None:
