@@ -214,16 +214,8 @@ def pick(
     Boot configs are compared as parsed JSON."""
     rng = random.Random(draw)
     where, params = _available(request, exclude, dead_servers)
-    ids = None  # the id range to sample; one name is one indexed row either way
-    if not request.named and SAMPLE_TRIES and _DEVICE_IDS in c.known:
-        ids = c.known[_DEVICE_IDS]
-    elif not request.named and SAMPLE_TRIES:
-        # SQLite answers MIN or MAX alone from the index, but both in one SELECT by a scan of the
-        # table (0.8 ms at 10,000 devices, on every claim); MySQL answers both from the index.
-        if c.mysql:
-            ids = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone() or (None, None)
-        else:
-            ids = (c.scalar("SELECT MIN(id) FROM devices"), c.scalar("SELECT MAX(id) FROM devices"))
+    # the id range to sample; one name is one indexed row either way
+    ids = _device_ids(c) if not request.named and SAMPLE_TRIES else None
     if request.reusable:
         held = _sample(c, request, where, params, rng, ids, preferred=True)
         if held is None:
@@ -243,6 +235,18 @@ def pick(
         return found
     total = int(c.scalar(f"SELECT COUNT(*){where}", params) or 0)
     return _nth(c, where, params, int(rng.random() * total)) if total else None
+
+
+def _device_ids(c: Cursor) -> tuple[Any, Any]:
+    """(MIN(id), MAX(id)) of devices, read once per interaction (:func:`find_context` notes it
+    with the look's other reads).  SQLite answers MIN or MAX alone from the index, but both in
+    one SELECT by a scan of the table; MySQL answers both from the index."""
+    if _DEVICE_IDS not in c.known:
+        if c.mysql:
+            c.known[_DEVICE_IDS] = c.execute("SELECT MIN(id), MAX(id) FROM devices").fetchone() or (None, None)
+        else:
+            c.known[_DEVICE_IDS] = (c.scalar("SELECT MIN(id) FROM devices"), c.scalar("SELECT MAX(id) FROM devices"))
+    return c.known[_DEVICE_IDS]  # type: ignore[no-any-return]
 
 
 def _holds(request: RequestInfo, image_id: Any, boot_config: str | None) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from mozpool.serverurl import base_url
 from mozpool.db.pool import Cursor, Database
@@ -72,8 +72,12 @@ def get_request(c: Cursor, request_id: int) -> dict[str, Any] | None:
         " WHERE r.id = ?",
         (request_id,),
     ).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _request_object(row)
+
+
+def _request_object(row: Sequence[Any]) -> dict[str, Any]:
+    """:func:`get_request`'s object from (id, requested_device, assignee, expires, environment,
+    image, boot_config, assigned device, server, state, priority, queue_timeout)."""
     return {
         "id": int(row[0]),
         "requested_device": row[1],
@@ -97,20 +101,10 @@ def new_request(
     """What :func:`get_request` reads (all but ``state``) of a request just created from ``spec`` (a
     :class:`mozpool.broker.interfaces.RequestSpec`) and holding ``assigned`` ("": nothing),
     as the creation knows it, without reading it back."""
-    return {
-        "id": request_id,
-        "requested_device": device,
-        "assignee": spec.assignee,
-        "expires": apitime(expires),
-        "environment": spec.environment or "any",
-        "image": spec.image,
-        "boot_config": spec.boot_config or "{}",
-        "assigned_device": assigned,
-        "url": f"{base_url(server_fqdn)}/api/request/{request_id}/",
-        "imaging_server": server_fqdn,
-        "priority": int(spec.priority),
-        "queue_timeout": int(spec.queue_timeout),
-    }
+    found = _request_object((request_id, device, spec.assignee, expires, spec.environment or "any", spec.image,
+                             spec.boot_config, assigned, server_fqdn, None, spec.priority, spec.queue_timeout))
+    del found["state"]
+    return found
 
 
 def public_request(request: dict[str, Any]) -> dict[str, Any]:
