@@ -131,8 +131,9 @@ def find_context(c: Cursor, request_id: int, dead_before: str | None) -> Context
     servers, whether any controller is suspect, the range of device ids to sample and whether
     any device is pristine with its image.  All but the first are noted in the interaction's
     memo (``c.known``), where the helpers that need them look first."""
+    live = "" if dead_before is None else f" AND w.imaging_server_id NOT IN ({catalog.DEAD_SERVERS_SQL})"
     columns = [
-        f"({_WAITING_AHEAD.format(live='' if dead_before is None else f' AND w.imaging_server_id NOT IN ({catalog.DEAD_SERVERS_SQL})')})",
+        f"({_WAITING_AHEAD.format(live=live)})",
         "(SELECT dr.device_id FROM device_requests dr WHERE dr.request_id = r.id)",
         f"({board_health.SUSPECT_COUNT_SQL})",
         "(SELECT MIN(id) FROM devices)",

@@ -228,7 +228,8 @@ class Machine:
                 # The row says `state` but its entry action did not finish (the database went
                 # away, say).  Leave a deadline so the timeout path runs the entry again rather
                 # than leaving a transient state with no timer stuck for ever.
-                log.failure("entry action of {state} for {key} failed; will retry", state=state, key=self.key)
+                _log_failure(Failure(), "entry action of {state} for {key} failed; will retry",
+                             state=state, key=self.key)
                 retry = self.runner.retry_delay()
                 self.row.timeout = self.runner.deadline_in(retry)
                 lines, old, transition = self._unwritten or ([], None, None)  # type: ignore[assignment]

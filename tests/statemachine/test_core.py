@@ -7,9 +7,11 @@ from typing import Any, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mozpool.db import fixtures, logs
+from mozpool.db.errors import DatabaseUnavailable
 from mozpool.statemachine import core
 from mozpool.statemachine.core import Machine, MachineRunner, TimeoutDriver, each_bounded
 from tests.support.dbtest import DatabaseTest, on_both_backends
@@ -207,6 +209,22 @@ class Core(DatabaseTest):
         self.assertEqual(calls, ["failed", "failed"])
         self.assertEqual(await self.row(), ("failed", None, "{}"))
         self.assertIn("retrying the entry of state failed", await self.messages())
+
+    async def test_an_entry_action_failed_by_an_unavailable_database_is_a_warning(self) -> None:
+        """The pool reports an outage once: an entry action it failed is one warning line, not a
+        logged error with a traceback (a bug is still logged as one, as above)."""
+        async def unavailable_enter(m: Machine, state: str) -> None:
+            raise DatabaseUnavailable("no answer from the database within 10 s")
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.toy.enter = unavailable_enter  # type: ignore[method-assign]
+        await self.runner.state_change("panda-0001", "idle", "failed")
+        self.assertEqual((await self.row())[:2], ("failed", "2026-11-26 12:00:05"), "a retry deadline")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        retries = [e for e in events if "will retry" in e.get("log_format", "")]
+        self.assertEqual([(e["log_level"], "log_failure" in e) for e in retries], [(LogLevel.warn, False)])
 
     async def test_ignored_event_logged_and_nothing_changes(self) -> None:
         await self.runner.handle_event("panda-0001", "done")
