@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from mozpool.db.pool import Cursor
+from mozpool.db.pool import Cursor, Pending
 from mozpool.timeutil import apitime
 
 #: The kinds of change, which are also the event types of /api/events.
@@ -43,10 +43,20 @@ def record(
     c: Cursor, kind: str, ts: str, *, device_id: int | None = None, request_id: int | None = None, **data: Any
 ) -> None:
     """Journal one change (inside the transaction that makes it)."""
-    c.insert_later(
-        "INSERT INTO changes (ts, kind, device_id, request_id, data) VALUES (?, ?, ?, ?, ?)",
-        (ts, kind, device_id, request_id, json.dumps(data, separators=(",", ":"))),
-    )
+    c.insert_later(_INSERT, (ts, kind, device_id, request_id, json.dumps(data, separators=(",", ":"))))
+
+
+def record_pending(
+    c: Cursor, kind: str, ts: str, data: Callable[[], Mapping[str, Any]], *,
+    device_id: int | None = None, request_id: int | None = None,
+) -> None:
+    """:func:`record` of a change whose data is known only when the held-back rows are written
+    (a log line's id): ``data()`` is called then, in the journal's order."""
+    c.insert_later(_INSERT, (ts, kind, device_id, request_id, Pending(
+        lambda: json.dumps(data(), separators=(",", ":")))))
+
+
+_INSERT = "INSERT INTO changes (ts, kind, device_id, request_id, data) VALUES (?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)

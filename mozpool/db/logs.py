@@ -24,9 +24,28 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
-def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> int:
+def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> None:
     """Append one line to the device or request log (and the change journal); leading
-    whitespace is trimmed.  Its id, which failure reasons cite as evidence."""
+    whitespace is trimmed.  Held back to the transaction's end with the other lines
+    (:meth:`Cursor.insert_later`): a burst's lines cost one multi-row INSERT, not one each;
+    the journal entry keeps its place and gets the line's id then."""
+    table, column = _TABLES[kind]
+    source, message = printable(source[:32]), printable(message.lstrip())
+    line: list[int] = []
+    c.insert_later(
+        f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message),
+        then=lambda c, line_id: line.append(line_id),
+    )
+    changes.record_pending(
+        c, _LOG_CHANGE[kind], ts, lambda: {"id": line[0], "timestamp": apitime(ts), "source": source, "message": message},
+        **{_OWNER_ARG[kind]: owner_id},
+    )
+
+
+def add_log_now(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> int:
+    """:func:`add_log` at once, after the lines held back before it: its id, which failure
+    reasons cite as evidence."""
+    c.flush_later()
     table, column = _TABLES[kind]
     source, message = printable(source[:32]), printable(message.lstrip())
     c.execute(f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message))

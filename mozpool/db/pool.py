@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import socket
 import sqlite3
 from collections import deque
@@ -51,6 +52,34 @@ from mozpool.db.errors import Conflict, DatabaseUnavailable
 log = Logger()
 
 T = TypeVar("T")
+
+#: A held-back INSERT (:meth:`Cursor.insert_later`): (sql, params, then).
+Later = tuple[str, tuple[Any, ...], "Callable[[Cursor, int], None] | None"]
+#: Rows per multi-row INSERT ... RETURNING.
+_RETURNING_CHUNK = 200
+#: SQLite has INSERT ... RETURNING from 3.35.
+_SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+class Pending:
+    """A held-back row's parameter known only once an earlier held-back row is written (its
+    id, say): ``make()`` gives it at the flush."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def _resolved(params: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(p.make() if isinstance(p, Pending) else p for p in params)
+
+
+def _returning(txn: Any, mysql: bool) -> bool:
+    """Whether the connection's server answers INSERT ... RETURNING (noted on it when opened)."""
+    if not mysql:
+        return _SQLITE_RETURNING
+    return bool(getattr(txn.connection, "mozpool_returning", False))
 
 #: PyMySQL client errors meaning "the connection went away" (1927: killed by the server):
 #: retry the interaction once.
@@ -111,7 +140,7 @@ def _plain(value: Any) -> Any:
 class Cursor:
     """The cursor handed to interaction functions: our SQL dialect on either back-end."""
 
-    def __init__(self, txn: Any, mysql: bool, later: list[tuple[str, tuple[Any, ...]]] | None = None) -> None:
+    def __init__(self, txn: Any, mysql: bool, later: list[Later] | None = None) -> None:
         self._txn = txn
         self._mysql = mysql
         #: INSERTs held back until the transaction's end (see :meth:`insert_later`)
@@ -127,26 +156,62 @@ class Cursor:
         """For the few statements worth writing differently per back-end."""
         return self._mysql
 
-    def insert_later(self, sql: str, params: Sequence[Any]) -> None:
+    def insert_later(
+        self, sql: str, params: Sequence[Any], then: Callable[["Cursor", int], None] | None = None
+    ) -> None:
         """An INSERT nothing reads back in this transaction (the change journal, the state
-        history): sent at the transaction's end with the others of its kind as one multi-row
-        INSERT, so a burst writes its journal in a few statements instead of one a change.
-        Other interactions of the same group commit see these rows only once it commits, as
-        if they had run before it."""
+        history, log lines): sent at the transaction's end with the others of its kind as one
+        multi-row INSERT, so a burst writes its journal in a few statements instead of one a
+        change.  ``then(cursor, id)`` is called with the new row's id once it is written (a log
+        line's journal entry needs it: a :class:`Pending` parameter of a later row can read
+        it).  Other interactions of the same group commit see these rows only once it commits,
+        as if they had run before it."""
         if self._later is None:
-            self.execute(sql, params)
+            self.execute(sql, _resolved(params))
+            if then is not None:
+                then(self, self.lastrowid)
         else:
-            self._later.append((sql, tuple(params)))
+            self._later.append((sql, tuple(params), then))
 
     def flush_later(self) -> None:
-        """Send the held-back INSERTs: one multi-row INSERT per statement, rows in their order."""
-        by_statement: dict[str, list[tuple[Any, ...]]] = {}
-        for sql, params in self._later or ():
-            by_statement.setdefault(sql, []).append(params)
-        for sql, rows in by_statement.items():
-            self.executemany(sql, rows)
-        if self._later:
+        """Send the held-back INSERTs: one multi-row INSERT per statement, rows in their order,
+        those whose ids are wanted first.  Also called before a write whose order matters
+        against them (a line whose id is needed at once, a delete)."""
+        while self._later:
+            pending = list(self._later)
             self._later.clear()
+            by_statement: dict[tuple[bool, str], list[tuple[tuple[Any, ...], Any]]] = {}
+            for sql, params, then in pending:
+                by_statement.setdefault((then is None, sql), []).append((params, then))
+            for (plain, sql), rows in sorted(by_statement.items(), key=lambda item: item[0][0]):
+                if plain:
+                    self.executemany(sql, [_resolved(params) for params, _ in rows])
+                    continue
+                for (_, then), row_id in zip(rows, self._insert_ids(sql, [params for params, _ in rows])):
+                    then(self, row_id)
+
+    def _insert_ids(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert ``rows`` (``sql`` is an ``INSERT ... VALUES (?, ...)`` of one row) and return
+        their ids in the rows' order: one ``RETURNING`` statement per chunk where the server has
+        it (MariaDB, SQLite >= 3.35; ids grow in insertion order, so sorted they match the
+        rows), one statement a row elsewhere."""
+        if not _returning(self._txn, self._mysql):
+            ids = []
+            for params in rows:
+                self.execute(sql, params)
+                ids.append(self.lastrowid)
+            return ids
+        head, _, values = sql.rpartition(" VALUES ")
+        ids = []
+        for start in range(0, len(rows), _RETURNING_CHUNK):
+            chunk = rows[start:start + _RETURNING_CHUNK]
+            found = self.execute(
+                f"{head} VALUES {', '.join([values] * len(chunk))} RETURNING id", [v for r in chunk for v in r]
+            ).fetchall()
+            if len(found) != len(chunk):
+                raise RuntimeError(f"{len(chunk)} rows inserted, {len(found)} ids returned")
+            ids.extend(sorted(int(r[0]) for r in found))
+        return ids
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
         if self._mysql:
@@ -198,6 +263,10 @@ def _sqlite_open(conn: sqlite3.Connection) -> None:
 
 
 def _mysql_open(conn: Any) -> None:
+    # MariaDB has INSERT ... RETURNING from 10.5 (its version may follow a "5.5.5-" prefix
+    # kept for old clients); MySQL has none.
+    mariadb = re.search(r"(\d+)\.(\d+)\.\d+-MariaDB", conn.get_server_info())
+    conn.mozpool_returning = mariadb is not None and (int(mariadb[1]), int(mariadb[2])) >= (10, 5)
     sock = getattr(conn, "_sock", None)
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -274,7 +343,7 @@ class _Work:
 
     attempt: _Attempt
     #: run(txn, later): the interaction, its held-back INSERTs appended to ``later``
-    run: Callable[[Any, list[tuple[str, tuple[Any, ...]]]], Any]
+    run: Callable[[Any, list[Later]], Any]
     began: Callable[[], None]
     deliver: Callable[[Any], None]
     #: runs in a transaction of its own (schema changes: DDL commits implicitly on MySQL)
@@ -420,7 +489,7 @@ class Database:
             if attempt.deferred is not None and not attempt.deferred.called:
                 timers.append(self._reactor.callLater(self.timeout, expire))
 
-        def interaction(txn: Any, later: list[tuple[str, tuple[Any, ...]]]) -> T:
+        def interaction(txn: Any, later: list[Later]) -> T:
             return fn(Cursor(txn, self.mysql, later), *args, **kw)
 
         def cancelled(d: defer.Deferred[Any]) -> None:
@@ -492,7 +561,7 @@ class Database:
         for w in live:
             w.attempt.began = True
         self._reactor.callFromThread(self._began, live)  # type: ignore[attr-defined]
-        later: list[tuple[str, tuple[Any, ...]]] = []
+        later: list[Later] = []
         results: list[Any] = []
         for i, w in enumerate(batch):
             if not w.attempt.began:

@@ -60,6 +60,7 @@ async def purge(db: Database, now: str, log_retention_days: float = 14, request_
         c.execute(f"DELETE FROM device_requests WHERE request_id IN ({m})", ids)
         for request_id in held:  # a claim going is journalled, as everywhere (the pool view follows it)
             changes.record(c, changes.REQUEST_DEVICE, now, request_id=int(request_id), device_id=None)
+        c.flush_later()  # lines held back so far go before the logs do
         gone_logs = c.execute(f"DELETE FROM request_logs WHERE request_id IN ({m})", ids).rowcount
         c.execute(f"DELETE FROM requests WHERE id IN ({m})", ids)
         return len(ids), gone_logs

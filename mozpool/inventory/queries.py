@@ -108,6 +108,7 @@ def delete_device(c: Cursor, change: Change, now: str) -> None:
         changes.record(c, changes.REQUEST_DEVICE, now, request_id=int(request_id), device_id=None)
         logs.add_log(c, "request", int(request_id), SOURCE,
                      f"device {name} was deleted by inventory sync; this request no longer holds it", now)
+    c.flush_later()  # this device's lines held back so far go before its log does
     message = f"deleted by inventory sync (inventory id {change.values.get('inventory_id')} is not in the inventory)"
     c.execute("INSERT INTO device_logs (device_id, ts, source, message) VALUES (?, ?, ?, ?)",
               (device_id, now, SOURCE, message))

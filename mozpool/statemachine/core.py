@@ -419,7 +419,7 @@ class MachineRunner:
 
         def write(c: Cursor) -> int:
             logs.add_lines(c, self.kind.log_kind, row.id, held)
-            return logs.add_log(c, self.kind.log_kind, row.id, source, message, self.now())
+            return logs.add_log_now(c, self.kind.log_kind, row.id, source, message, self.now())
 
         try:
             return int(await self.db.runInteraction(write))

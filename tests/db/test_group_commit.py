@@ -50,6 +50,89 @@ class Burst(DatabaseTest):
 BurstSQLite, BurstMariaDB = on_both_backends(Burst)
 
 
+class HeldBackLines(DatabaseTest):
+    """Log lines go at the transaction's end as one multi-row INSERT (Cursor.insert_later), with
+    their ids given to their journal entries, which keep their places."""
+
+    async def burst(self) -> tuple[list[tuple], list[tuple]]:
+        from mozpool.db import changes, logs
+
+        ids = {f"d{i}": 100 + i for i in range(4)}  # log tables have no foreign keys
+
+        def member(c: Cursor, i: int) -> int | None:
+            device = ids[f"d{i % 4}"]
+            logs.add_log(c, "device", device, "test", f"{i} first", "2026-11-30 12:00:00")
+            changes.record(c, changes.DEVICE_ROW, "2026-11-30 12:00:00", device_id=device, n=i)
+            logs.add_log(c, "device", device, "test", f"{i} second", "2026-11-30 12:00:00")
+            if i % 5 == 2:
+                return logs.add_log_now(c, "device", device, "test", f"{i} now", "2026-11-30 12:00:00")
+            return None
+
+        results = await defer.gatherResults([self.db.runInteraction(member, i) for i in range(20)])
+        lines = await self.db.query("SELECT id, device_id, message FROM device_logs ORDER BY id")
+        journal = await self.db.query("SELECT id, kind, device_id, data FROM changes ORDER BY id")
+        now_ids = {r[0] for r in lines if r[2].endswith(" now")}
+        self.assertEqual({r for r in results if r is not None}, now_ids)
+        return lines, journal
+
+    def check(self, lines: list[tuple], journal: list[tuple]) -> None:
+        import json
+
+        self.assertEqual(len(lines), 20 * 2 + 4)
+        # Each member's lines in the order it logged them (ids follow the order logged).
+        for i in range(20):
+            mine = [r[2] for r in lines if r[2].split()[0] == str(i)]
+            self.assertEqual(mine, [f"{i} first", f"{i} second"] + ([f"{i} now"] if i % 5 == 2 else []))
+        # Every line's journal entry carries its id and text, and keeps its place among the
+        # member's other entries (line, row change, line).
+        by_id = {r[0]: r for r in lines}
+        entries = [(kind, json.loads(data)) for _, kind, _, data in journal if kind in ("device_log", "device_row")]
+        self.assertEqual(len([e for e in entries if e[0] == "device_log"]), len(lines))
+        for kind, data in entries:
+            if kind == "device_log":
+                self.assertEqual(by_id[data["id"]][2], data["message"])
+        for i in range(20):
+            order = [("row" if k == "device_row" else d["message"]) for k, d in entries
+                     if (k == "device_row" and d["n"] == i) or (k == "device_log" and d["message"].split()[0] == str(i))]
+            self.assertEqual(order[:3], [f"{i} first", "row", f"{i} second"])
+
+    async def test_lines_held_back_keep_their_order_and_their_journal_ids(self) -> None:
+        self.check(*await self.burst())
+
+    async def test_the_same_without_insert_returning(self) -> None:
+        from mozpool.db import pool
+
+        self.patch(pool, "_returning", lambda txn, mysql: False)
+        self.check(*await self.burst())
+
+    async def test_a_transactions_lines_are_one_statement(self) -> None:
+        from mozpool.db import logs, pool
+
+        sent: list[str] = []
+        execute = Cursor.execute
+
+        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
+            sent.append(sql)
+            return execute(c, sql, params)
+
+        self.patch(Cursor, "execute", counting)
+        await self.db.runInteraction(lambda c: c.execute("INSERT INTO imaging_servers (fqdn) VALUES ('a')"))
+
+        def five(c: Cursor) -> None:
+            for i in range(5):
+                logs.add_log(c, "request", 7, "test", f"line {i}", "2026-11-30 12:00:00")
+
+        del sent[:]
+        await self.db.runInteraction(five)
+        inserts = [sql for sql in sent if "request_logs" in sql]
+        self.assertEqual(len(inserts), 1 if pool._returning(None, False) or self.backend == "mysql" else 5)
+        rows = await self.db.query("SELECT message FROM request_logs ORDER BY id")
+        self.assertEqual([r[0] for r in rows], [f"line {i}" for i in range(5)])
+
+
+HeldBackLinesSQLite, HeldBackLinesMariaDB = on_both_backends(HeldBackLines)
+
+
 class RecordingTxn(FakeTxn):
     def __init__(self) -> None:
         super().__init__({"SELECT 1": [(1,)], "SELECT @@wsrep_on": [(0,)]})

@@ -101,7 +101,7 @@ class Recording(DatabaseTest):
         def bmm_line(c: Any) -> int:
             from mozpool.db import logs
 
-            return logs.add_log(c, "device", self.device_id, "bmm", "power cycle failed: relay hung", "2026-11-26 12:00:00")
+            return logs.add_log_now(c, "device", self.device_id, "bmm", "power cycle failed: relay hung", "2026-11-26 12:00:00")
 
         hardware_line = await self.db.runInteraction(bmm_line)
         await self.runner.handle_event("panda-0001", "go")
