@@ -79,6 +79,7 @@ def describe(cause: str, old: str | None, reason: dict[str, Any]) -> str:
 
 
 def _hardware_lines(c: Cursor, device_id: int) -> list[int]:
+    c.flush_later()  # lines held back in this transaction (an earlier member's BMM line) count too
     marks = ", ".join("?" * len(EVIDENCE_SOURCES))
     rows = c.execute(
         f"SELECT id FROM device_logs WHERE device_id = ? AND source IN ({marks})"

@@ -88,6 +88,20 @@ class Tables(DatabaseTest):
                           cause="please_self_test")
         self.assertEqual(await self.db.query("SELECT failure FROM devices WHERE name = 'panda-0001'"), [(None,)])
 
+    async def test_a_hardware_line_held_back_in_the_same_transaction_is_evidence(self) -> None:
+        from mozpool.db import logs
+
+        def line_then_failure(c: Any) -> dict[str, Any] | None:
+            logs.add_log(c, "device", self.ids["panda-0001"], "bmm", "power cycle failed", "2026-11-26 12:00:00")
+            return history.record(c, history.Entry(
+                history.DEVICE, self.ids["panda-0001"], "2026-11-26 12:00:00.125", "pxe_booting",
+                "failed_pxe_booting", "timeout", FQDN, {}))
+
+        failure = await self.db.runInteraction(line_then_failure)
+        (line,) = await self.db.query("SELECT id FROM device_logs WHERE message = 'power cycle failed'")
+        assert failure is not None
+        self.assertEqual(failure["evidence"], [int(line[0])])
+
     async def test_boots_record_the_first_time_of_each_milestone(self) -> None:
         device = self.ids["panda-0001"]
         await self.db.query("UPDATE devices SET next_image_id = (SELECT id FROM images WHERE name = 'android')"

@@ -42,7 +42,7 @@ class FailingAlone(LifeGuardTest):
 
     async def bmm_line(self, message: str) -> int:
         """What the BMM facade writes about a hardware operation (FakeHardware writes nothing)."""
-        return int(await self.db.runInteraction(logs.add_log, "device", self.device_id, "bmm", message,
+        return int(await self.db.runInteraction(logs.add_log_now, "device", self.device_id, "bmm", message,
                                                 self.lg.runner.now()))
 
     async def fail_pxe_boots(self) -> tuple[int, list[int]]:
