@@ -279,6 +279,39 @@ pending.upon(I.imaging_overdue).to(finding_device)(
 
 RequestMachine = builder.build()
 
+
+class _Recorder:
+    """A core's machine that only keeps what a behaviour logs (:func:`planned`)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    async def log(self, message: str, level: str = "info") -> None:
+        self.lines.append((message, level))
+
+
+def planned(state: str, input_name: str, *args: Any) -> tuple[str, list[tuple[str, str]]]:
+    """Where the table goes from ``state`` on ``input_name``, and the (message, level) lines its
+    behaviour logs, without a machine or a database: for work done in bulk (the intake's
+    claims, :mod:`mozpool.broker.intake`), which writes them itself.  Only for rows whose
+    behaviour does nothing but log."""
+    recorder = _Recorder()
+    machine = RequestMachine(RequestCore(recorder, None), STATES[state])  # type: ignore[arg-type]
+    step = getattr(machine, input_name)(*args)
+    try:
+        step.send(None)
+    except StopIteration:
+        pass
+    else:
+        step.close()
+        raise RuntimeError(f"the behaviour of {state} on {input_name} does more than log")
+    return machine.state(), recorder.lines
+
+
+def lost_line(device: str) -> str:
+    """Logged for each device a look lost to another request before it claimed one."""
+    return f"device {device} was claimed by another request; trying another"
+
 #: The rows that re-enter their own state (its entry action runs again, its timer restarts);
 #: every other same-state row (``.loop()``) stays without re-entering.
 REENTERING = {("finding_device", "timeout"), ("contacting_lifeguard", "timeout"), ("pending", "timeout")}
@@ -434,9 +467,13 @@ class RequestKind:
 
     # --- entry actions ------------------------------------------------------------------------
 
+    def draws(self) -> list[float]:
+        """The random draws of one look for a device, one per claim it may try."""
+        return [self.rng.random() for _ in range(CLAIM_TRIES)]
+
     async def find(self, m: Machine) -> None:
         """Look for a device now (2.4); with none, the request waits in the queue."""
-        draws = [self.rng.random() for _ in range(CLAIM_TRIES)]
+        draws = self.draws()
         dead_before = liveness.dead_before(m.runner.clock, m.runner.time_scale)
         _, found = await m.incr_with("finding_device", selection.find_now, m.id, draws, m.runner.now(), dead_before)
         info, outcome = found
@@ -462,7 +499,7 @@ class RequestKind:
             await self.feed(m, self._input("impossible", outcome.impossible))
             return
         for name in outcome.claimed.lost:
-            await m.log(f"device {name} was claimed by another request; trying another")
+            await m.log(lost_line(name))
         if outcome.claimed.device is not None:
             await self.feed(m, self._input("device_claimed", outcome.claimed.device.name))
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -83,6 +84,8 @@ class Claimed:
 
     device: Candidate | None
     lost: tuple[str, ...] = ()
+    #: the ids of the devices lost
+    lost_ids: tuple[int, ...] = ()
 
 
 _REQUEST_INFO = (
@@ -304,14 +307,16 @@ def _count_held(c: Cursor, request: RequestInfo, where: str, params: list[Any], 
     return None
 
 
-def claim(c: Cursor, request_id: int, device_id: int, now: str) -> None:
-    """Claim the device for the request; :class:`mozpool.db.errors.Conflict` if it is taken."""
+def claim(c: Cursor, request_id: int, device_id: int, now: str, stamp: bool = True) -> None:
+    """Claim the device for the request; :class:`mozpool.db.errors.Conflict` if it is taken.
+    ``stamp`` False: the caller writes the request's ``assigned_at`` with its state."""
     c.execute(
         "INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES (?, ?, NULL)",
         (request_id, device_id),
     )
     note_claim(c, request_id, device_id)
-    c.execute("UPDATE requests SET assigned_at = ? WHERE id = ?", (now, request_id))
+    if stamp:
+        c.execute("UPDATE requests SET assigned_at = ? WHERE id = ?", (now, request_id))
     changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device_id)
 
 
@@ -326,6 +331,152 @@ def claim_offered(c: Cursor, request_id: int, device_id: int, now: str) -> bool:
     except Conflict:
         return False
     return True
+
+
+# --- first looks in bulk (mozpool.broker.intake) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A request just inserted in this transaction, as its first look in bulk sees it."""
+
+    info: RequestInfo
+    #: the look's random draws (:data:`CLAIM_TRIES` floats in [0, 1))
+    draws: tuple[float, ...]
+
+
+#: Random ids sampled per request by a look in bulk.
+BULK_SAMPLES = 3
+
+
+def claim_fresh(c: Cursor, fresh: Sequence[Fresh], now: str, dead_before: str | None) -> dict[int, Claimed]:
+    """The first looks of requests just inserted, in a few statements for all of them: what
+    they share read once, random ids sampled for all in one SELECT, and the claims made in one
+    guarded INSERT (a device another transaction took first fails it: then each is claimed
+    alone, and one lost is named as lost).  The requests it claimed a device for; each of the
+    others needs its own look (:func:`find_now`): one waiting behind others, one with a
+    reusable image whose samples hold another, a pristine device to prefer, or no sample left.
+    ``assigned_at`` is the caller's to write (see :func:`claim`)."""
+    todo = [f for f in fresh if not f.info.named]
+    if not todo:
+        return {}
+    keys = sorted({(f.info.priority, f.info.environment) for f in todo})
+    images = sorted({f.info.image_id for f in todo})
+    live = "" if dead_before is None else f" AND w.imaging_server_id NOT IN ({catalog.DEAD_SERVERS_SQL})"
+    columns = [f"({board_health.SUSPECT_COUNT_SQL})", "(SELECT MIN(id) FROM devices)", "(SELECT MAX(id) FROM devices)"]
+    params: list[Any] = []
+    for priority, environment in keys:
+        columns.append(
+            "(SELECT COUNT(*) FROM requests w LEFT JOIN device_requests wd ON wd.request_id = w.id"
+            " WHERE w.state = 'finding_device' AND wd.request_id IS NULL AND w.priority >= ?"
+            " AND w.requested_device = 'any'"
+            + ("" if environment == "any" else " AND (w.environment = 'any' OR w.environment = ?)") + live + ")")
+        params += [priority] + ([] if environment == "any" else [environment]) + ([] if dead_before is None else [dead_before])
+    for image_id in images:
+        columns.append("(SELECT COUNT(*) FROM devices p WHERE p.pristine = 1 AND p.image_id = ?)")
+        params.append(image_id)
+    if dead_before is not None:
+        columns.append(f"(SELECT GROUP_CONCAT(id) FROM ({catalog.DEAD_SERVERS_SQL}) dead)")
+        params.append(dead_before)
+    row = c.execute("SELECT " + ", ".join(columns), params).fetchone()
+    assert row is not None
+    suspects, lo, hi = int(row[0] or 0), row[1], row[2]
+    ahead = dict(zip(keys, (int(n or 0) for n in row[3:3 + len(keys)])))
+    pristine = dict(zip(images, (int(n or 0) for n in row[3 + len(keys):3 + len(keys) + len(images)])))
+    dead = [int(i) for i in str(row[-1]).split(",")] if dead_before is not None and row[-1] else []
+    if dead_before is not None:
+        catalog.note_dead_servers(c, dead_before, dead)
+    board_health.note_suspects(c, suspects)
+    c.known[_DEVICE_IDS] = (lo, hi)
+    todo = [f for f in todo if not ahead[(f.info.priority, f.info.environment)] and not pristine[f.info.image_id]]
+    if not todo or lo is None:
+        return {}
+    # Each request's own random ids, in order: a sample is uniform over the devices it may take.
+    wanted = {f.info.id: [random.Random(f.draws[0]).randint(int(lo), int(hi)) for _ in range(BULK_SAMPLES)]
+              for f in todo}
+    ids = sorted({i for sampled in wanted.values() for i in sampled})
+    where = _AVAILABLE + f" AND d.id IN ({', '.join('?' * len(ids))})"
+    if dead:
+        where += f" AND d.imaging_server_id NOT IN ({', '.join('?' * len(dead))})"
+    rows = c.execute(f"SELECT d.id, d.name, d.image_id, d.boot_config, d.environment, d.hardware_type_id{where}",
+                     [*ids, *dead]).fetchall()
+    free = {int(r[0]): r for r in rows}
+    for device_id in board_health.avoided_device_ids(c):
+        free.pop(device_id, None)
+    chosen: list[tuple[int, Candidate]] = []
+    for f in todo:
+        for device_id in wanted[f.info.id]:
+            r = free.get(device_id)
+            if r is None or not _fits(f.info, r):
+                continue
+            chosen.append((f.info.id, Candidate(device_id, r[1])))
+            del free[device_id]
+            break
+    return claim_many(c, chosen, now)
+
+
+def _fits(info: RequestInfo, row: Sequence[Any]) -> bool:
+    """Whether a free device (id, name, image, boot_config, environment, hardware type) suits an
+    ``any`` request; a reusable image takes only a device holding it with its boot_config."""
+    if info.environment != "any" and row[4] != info.environment:
+        return False
+    if info.hardware and int(row[5]) not in info.hardware:
+        return False
+    return not info.reusable or _holds(info, row[2], row[3])
+
+
+def insert_claims(c: Cursor, pairs: Sequence[tuple[int, int]]) -> None:
+    """(request, device) claims in one INSERT: Conflict, and none made, if any is taken."""
+    c.execute("INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES "
+              + ", ".join(["(?, ?, NULL)"] * len(pairs)), [v for pair in pairs for v in pair])
+
+
+def claim_many(c: Cursor, chosen: Sequence[tuple[int, Candidate]], now: str) -> dict[int, Claimed]:
+    """Claim each (request, device) in one guarded INSERT.  A device another transaction took
+    meanwhile fails it (Conflict): MySQL names the device, which is lost to its request, and
+    the rest are claimed again together; a conflict that names none makes each claim alone.
+    ``assigned_at`` is the caller's to write."""
+    out: dict[int, Claimed] = {}
+    chosen = list(chosen)
+    while chosen:
+        try:
+            insert_claims(c, [(request_id, device.id) for request_id, device in chosen])
+        except Conflict as e:
+            taken = _taken_device(e)
+            if taken is None or taken not in {device.id for _, device in chosen}:
+                return {**out, **_claim_each(c, chosen, now)}
+            out.update({request_id: Claimed(None, (device.name,), (device.id,))
+                        for request_id, device in chosen if device.id == taken})
+            chosen = [(request_id, device) for request_id, device in chosen if device.id != taken]
+            continue
+        for request_id, device in chosen:
+            note_claim(c, request_id, device.id)
+            changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device.id)
+            out[request_id] = Claimed(device)
+        break
+    return out
+
+
+#: MySQL's duplicate key error on a claimed device ("Duplicate entry '12' for key
+#: 'device_requests_device'"); SQLite names no value (and, one writer at a time, meets none).
+_DUPLICATE_DEVICE = re.compile(r"Duplicate entry '(\d+)' for key '(?:[^']*\.)?device_requests_device'")
+
+
+def _taken_device(conflict: Conflict) -> int | None:
+    found = _DUPLICATE_DEVICE.search(str(conflict))
+    return None if found is None else int(found[1])
+
+
+def _claim_each(c: Cursor, chosen: Sequence[tuple[int, Candidate]], now: str) -> dict[int, Claimed]:
+    out: dict[int, Claimed] = {}
+    for request_id, device in chosen:
+        try:
+            claim(c, request_id, device.id, now, stamp=False)
+        except Conflict:
+            out[request_id] = Claimed(None, (device.name,), (device.id,))
+        else:
+            out[request_id] = Claimed(device)
+    return out
 
 
 @dataclass(frozen=True)
@@ -346,11 +497,13 @@ class FindOutcome:
 
 
 def find_now(
-    c: Cursor, request_id: int, draws: Sequence[float], now: str, dead_before: str | None = None
+    c: Cursor, request_id: int, draws: Sequence[float], now: str, dead_before: str | None = None, stamp: bool = True,
+    lost: Sequence[int] = (),
 ) -> tuple[RequestInfo, FindOutcome]:
     """The entry of ``finding_device``: drop any old claim, stop for a held, dead, failed or
     impossible request, and else claim a device at once -- unless requests are waiting ahead
-    for the same devices, when this one joins the queue behind them."""
+    for the same devices, when this one joins the queue behind them.  ``stamp``: as for
+    :func:`claim`; ``lost``: devices the request already lost in this transaction."""
     context = find_context(c, request_id, dead_before)
     assert context is not None, "the request machine loaded this row"
     info = context.info
@@ -370,7 +523,7 @@ def find_now(
             return info, FindOutcome(broken=f"device {info.requested_device} is in state {row[3]}")
     ahead = context.ahead
     queued = bool(ahead) and not free_for_all(c, info, dead, ahead)
-    claimed = Claimed(None) if queued else pick_and_claim(c, info, draws, now, dead)
+    claimed = Claimed(None) if queued else pick_and_claim(c, info, draws, now, dead, stamp, lost)
     if claimed.device is not None:
         return info, FindOutcome(claimed=claimed)
     # Nothing claimed: asked only now, since a claim proves the request possible.
@@ -413,7 +566,8 @@ def free_for_all(c: Cursor, info: RequestInfo, dead_servers: Sequence[int], ahea
 
 
 def pick_and_claim(
-    c: Cursor, request: RequestInfo, draws: Sequence[float], now: str, dead_servers: Sequence[int] = ()
+    c: Cursor, request: RequestInfo, draws: Sequence[float], now: str, dead_servers: Sequence[int] = (),
+    stamp: bool = True, lost_before: Sequence[int] = (),
 ) -> Claimed:
     """Drop the request's old claim, then pick and claim a device, one ``draw`` per try.
 
@@ -424,11 +578,11 @@ def pick_and_claim(
     avoided = board_health.avoided_device_ids(c)
     lost: list[Candidate] = []
     for draw in draws:
-        device = pick(c, request, draw, [*avoided, *(d.id for d in lost)], dead_servers)
+        device = pick(c, request, draw, [*avoided, *lost_before, *(d.id for d in lost)], dead_servers)
         if device is None:
             break
         try:
-            claim(c, request.id, device.id, now)
+            claim(c, request.id, device.id, now, stamp)
         except Conflict:
             lost.append(device)
             continue

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from mozpool import liveness
 from mozpool.broker import lifeguard, queries, queue, selection
+from mozpool.broker.intake import Intake
 from mozpool.broker.machine import CONTACT_BOUND, INTERNAL_EVENTS, RequestKind
 from mozpool.db import requests as request_rows
 from mozpool.db.pool import Database
@@ -57,6 +58,7 @@ class Broker:
         self.http = http_client
         self.kind = RequestKind(contact=self._start_contact, rng=rng or random.Random(), contact_bound=CONTACT_BOUND)
         self.runner = MachineRunner(db, clock, self.kind, server_fqdn, time_scale)
+        self.intake = Intake(db, self.runner, server_fqdn)
         self.matcher = queue.Matcher(
             db, clock, server_fqdn, self._offer, lambda: liveness.dead_before(clock, time_scale), time_scale
         )
@@ -76,16 +78,22 @@ class Broker:
             f"Request created by {spec.assignee} for {device} with image {spec.image} in environment "
             f"{spec.environment or 'any'}, for {spec.duration} s (until {expires}; created {now})"
         )
-        request_id = await self.db.runInteraction(
-            queries.insert_request, self.server_fqdn, device, spec, expires, now, created,
-            deadline_text(self.clock.seconds()),  # to the millisecond: the queue's order and deadline
-        )
-        row = Row(request_id, str(request_id), "new")  # as insert_request wrote it
-        self.runner.echo(row, created)
-        try:
-            await self.runner.handle_event(row.key, "find_device", created=row)
-        finally:
-            assigned = self.kind.assigned.pop(request_id, None)
+        stamp = deadline_text(self.clock.seconds())  # to the millisecond: the queue's order and deadline
+        if device == "any":
+            # In bulk with the others arriving meanwhile: inserted, and a device claimed when one is free.
+            made = await self.intake.create(spec, expires, created, stamp, self.kind.draws())
+            row, assigned = made.row, made.device
+        else:
+            inserted = await self.db.runInteraction(
+                queries.insert_request, self.server_fqdn, device, spec, expires, now, created, stamp)
+            row, assigned = Row(inserted, str(inserted), "new"), None  # as insert_request wrote it
+            self.runner.echo(row, created)
+        request_id = row.id
+        if assigned is None:  # not claimed in bulk: the machine's first look decides
+            try:
+                await self.runner.handle_event(row.key, "find_device", created=row)
+            finally:
+                assigned = self.kind.assigned.pop(request_id, None)
         if assigned is None:  # the look did not run (or failed): read what there is
             public = await self._public(request_id)
         else:

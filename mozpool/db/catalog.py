@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from mozpool.db.errors import Conflict
 from mozpool.db.jsontext import loads_list
@@ -59,6 +59,15 @@ def list_images(db: Database) -> "Any":
 def get_image(c: Cursor, name: str) -> dict[str, Any] | None:
     row = c.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE name = ?", (name,)).fetchone()
     return None if row is None else _image(row)
+
+
+def get_images(c: Cursor, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The images of exactly these names (a case-insensitive collation's other matches left
+    out), by name."""
+    rows = c.execute(
+        f"SELECT {_IMAGE_COLUMNS} FROM images WHERE name IN ({', '.join('?' * len(names))})", list(names)
+    ).fetchall() if names else []
+    return {image["name"]: image for image in map(_image, rows) if image["name"] in names}
 
 
 def list_environments(db: Database) -> "Any":

@@ -187,10 +187,10 @@ class Cursor:
                 if plain:
                     self.executemany(sql, [_resolved(params) for params, _ in rows])
                     continue
-                for (_, then), row_id in zip(rows, self._insert_ids(sql, [params for params, _ in rows])):
+                for (_, then), row_id in zip(rows, self.insert_rows(sql, [params for params, _ in rows])):
                     then(self, row_id)
 
-    def _insert_ids(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+    def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
         """Insert ``rows`` (``sql`` is an ``INSERT ... VALUES (?, ...)`` of one row) and return
         their ids in the rows' order: one ``RETURNING`` statement per chunk where the server has
         it (MariaDB, SQLite >= 3.35; ids grow in insertion order, so sorted they match the
@@ -198,7 +198,7 @@ class Cursor:
         if not _returning(self._txn, self._mysql):
             ids = []
             for params in rows:
-                self.execute(sql, params)
+                self.execute(sql, _resolved(params))
                 ids.append(self.lastrowid)
             return ids
         head, _, values = sql.rpartition(" VALUES ")

@@ -30,16 +30,25 @@ def write_state(
     now: str, log_lines: Sequence[str] = (), old_state: str | None = None,
     transition: history.Entry | None = None, observers: Sequence[Observer] = (), held: Sequence[logs.Line] = (),
 ) -> None:
-    """Write state, deadline and counters, and ``log_lines`` to the machine's log; a change from
-    ``old_state`` goes to the change journal too.  A ``transition`` goes to the state history
-    (with the device's failure summary, which the journal carries too), and is shown to each of
-    ``observers`` (boot telemetry), all in this one transaction.  ``held`` lines, logged earlier
-    in the operation, come first in the log."""
-    logs.add_lines(c, log_kind, row_id, held)
+    """Write state, deadline and counters, and :func:`record_state` the change, all in this one
+    transaction."""
     c.execute(
         f"UPDATE {table} SET state = ?, state_timeout = ?, state_counters = ? WHERE id = ?",
         (state, timeout, counters, row_id),
     )
+    record_state(c, log_kind, row_id, state, now, log_lines, old_state, transition, observers, held)
+
+
+def record_state(
+    c: Cursor, log_kind: str, row_id: int, state: str, now: str, log_lines: Sequence[str] = (),
+    old_state: str | None = None, transition: history.Entry | None = None, observers: Sequence[Observer] = (),
+    held: Sequence[logs.Line] = (),
+) -> None:
+    """What goes with a state's write: ``held`` lines (logged earlier in the operation) then
+    ``log_lines`` to the machine's log; a change from ``old_state`` to the change journal; a
+    ``transition`` to the state history (with the device's failure summary, which the journal
+    carries too), shown to each of ``observers`` (boot telemetry)."""
+    logs.add_lines(c, log_kind, row_id, held)
     failure = history.record(c, transition) if transition is not None else None
     if old_state is not None and old_state != state:
         extra = {"failure": failure} if failure is not None else {}

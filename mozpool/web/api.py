@@ -29,6 +29,7 @@ from mozpool.db import catalog, devices, history, logs, requests, summary, token
 from mozpool.db import health as board_health
 from mozpool.db.errors import Conflict as DatabaseConflict
 from mozpool.db.errors import DatabaseUnavailable
+from mozpool.db.gathered import Gathered
 from mozpool.db.pool import RETRY_AFTER, Database
 from mozpool.errors import UnknownObject
 from mozpool.timeutil import apitime, dbnow
@@ -55,6 +56,8 @@ log = Logger()
 JSON_TYPE = b"application/json; charset=utf-8"
 #: The longest window ``/api/pool/boots/`` summarises (boots are purged with the logs anyway).
 MAX_BOOT_HOURS = 24 * 31
+#: Image look-ups of request creations served by one SELECT at most.
+IMAGES_AT_ONCE = 200
 
 
 class Raw:
@@ -208,6 +211,9 @@ class MozpoolAPI:
         self.authority = authority or auth.Authority(db, clock, auth.OPEN)
         self.owners = OwnerCheck(db, fqdn)
         self.snapshot = StateSnapshot(db, clock)
+        #: the image of each request creation, looked up with the others of a burst
+        self.images: Gathered[str, dict[str, Any] | None] = Gathered(
+            db, lambda names: lambda c: queries.images_named(c, names), IMAGES_AT_ONCE)
         self.http_metrics = metrics.HTTPMetrics()
         self._state_tally = self.http_metrics.tally("GET", _STATE_TEMPLATE, 200)
         self._cache_headers: tuple[Any, bytes, bytes] = (None, b"", b"")
@@ -411,7 +417,7 @@ class MozpoolAPI:
         await self.owners.check_origin(request)
         body = self.body(request)
         spec = validate.request_creation(body)
-        image = await self.db.runInteraction(queries.image, spec.image)
+        image = await self.images.submit(spec.image)
         if image is None:
             raise NotFound(f"unknown image {spec.image}")
         boot_config = validate.boot_config_from(body, image["boot_config_keys"])

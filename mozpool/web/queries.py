@@ -6,7 +6,7 @@ treat ``"panda-0001 "`` as equal to ``"panda-0001"`` and an API name must match 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from mozpool.db import catalog, changes, logs
 from mozpool.db import health
@@ -127,6 +127,12 @@ def set_environment(c: Cursor, device: int, environment: str, now: str) -> None:
 def image(c: Cursor, name: str) -> dict[str, Any] | None:
     found = catalog.get_image(c, name)
     return found if found is not None and found["name"] == name else None
+
+
+def images_named(c: Cursor, names: Sequence[str]) -> list[dict[str, Any] | None]:
+    """:func:`image` of each of ``names`` (repeats welcome), in one SELECT."""
+    found = catalog.get_images(c, sorted(set(names)))
+    return [found.get(name) for name in names]
 
 
 def pxe_config(c: Cursor, name: str) -> dict[str, Any] | None:

@@ -39,13 +39,17 @@ class Table(BrokerTest):
         real_claim = selection.claim
         lost: list[int] = []
 
-        def racing_claim(c, request_id: int, device_id: int, now: str) -> None:
+        def racing_claim(c, request_id: int, device_id: int, now: str, stamp: bool = True) -> None:
             if not lost:
                 lost.append(device_id)
                 raise Conflict("someone else got it first")
-            real_claim(c, request_id, device_id, now)
+            real_claim(c, request_id, device_id, now, stamp)
+
+        def taken(c, pairs) -> None:  # a claim in bulk loses too: its claims are made one by one
+            raise Conflict("someone else got one first")
 
         self.patch(selection, "claim", racing_claim)
+        self.patch(selection, "insert_claims", taken)
         created = await self.create()
         rid = created["id"]
         self.assertEqual(await self.state(rid), "contact_lifeguard", "no wait for the next attempt")

@@ -1,0 +1,207 @@
+"""Request creation in bulk (issue 17): the creations of ``any`` requests that arrive while a
+batch is in the database wait, and go together in the next one -- one transaction for all of
+them instead of three or four each.
+
+A batch inserts each request and gives it its first look for a device (the entry of
+``finding_device``, :func:`mozpool.broker.selection.find_now`), each claim still one guarded
+INSERT; for those that claimed a device it then writes what the request machine would have
+written for ``new`` --find_device--> ``finding_device`` --device_claimed--> the table's next
+state, in one UPDATE for the whole batch, with each request's log lines, history entries and
+journal entries.  The targets and the behaviour's log line come from the machine's table
+(:func:`mozpool.broker.machine.planned`), never from here.
+
+A request that claimed nothing is left in ``new``, untouched, and its machine takes it from
+there as for a named request (it looks again, then waits in the queue, or fails): the bulk
+path is only the common case of a burst, and any other outcome keeps the machine's one way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from mozpool import liveness
+from mozpool.broker import machine, queries, selection
+from mozpool.broker.interfaces import RequestSpec
+from mozpool.db import catalog, history
+from mozpool.db.gathered import Gathered
+from mozpool.db.pool import Cursor, Database
+from mozpool.db.requests import note_claim
+from mozpool.statemachine import queries as machine_rows
+from mozpool.statemachine.core import MachineRunner, Row
+
+#: Creations in one transaction at most (its row locks are held until it commits).
+BATCH = 48
+#: Batches in the database at once.
+LANES = 3
+
+#: The creation's first operation, and the outcome of the look done in bulk, as the request
+#: machine's table names them.
+CREATED, FIND, CLAIMED = "new", "find_device", "device_claimed"
+
+
+@dataclass(frozen=True)
+class _Creation:
+    spec: RequestSpec
+    expires: str
+    text: str
+    created: str
+    draws: list[float]
+
+
+@dataclass(frozen=True)
+class Created:
+    """One creation's outcome: the new request, and the device it claimed (None: nothing was
+    claimed in bulk; its machine goes on from ``new``)."""
+
+    row: Row
+    device: str | None
+    #: the lines written to its log, for the daemon's log
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the table says the first operation of a request that claims a device writes."""
+
+    looking: str
+    claimed: str
+    counters: str
+    now: str
+    precise: str
+    timeout: str | None
+    dead_before: str | None
+
+
+class Intake:
+    """Creates ``any`` requests in batches for one server's request runner."""
+
+    def __init__(self, db: Database, runner: MachineRunner, server_fqdn: str) -> None:
+        self.runner = runner
+        self.server_fqdn = server_fqdn
+        self.batches: Gathered[_Creation, Created] = Gathered(db, self._serve, BATCH, LANES)
+
+    async def create(self, spec: RequestSpec, expires: str, text: str, created: str,
+                     draws: Sequence[float]) -> Created:
+        """Insert a request for ``any`` device logged with ``text``, once its batch has
+        committed; its deadline is set and its lines echoed to the daemon's log."""
+        made = await self.batches.submit(_Creation(spec, expires, text, created, list(draws)))
+        for line in made.lines:
+            self.runner.echo(made.row, line)
+        if made.device is not None:
+            self.runner.arm(made.row.key, self.runner.delay(made.row.state))
+        return made
+
+    def _serve(self, batch: Sequence[_Creation]) -> Callable[[Cursor], Sequence[Created | Exception]]:
+        plan, observers = self._plan(), tuple(self.runner.observers)
+        return lambda c: create_batch(c, self.server_fqdn, batch, plan, observers)
+
+    def _plan(self) -> _Plan:
+        looking, _ = machine.planned(CREATED, FIND)
+        claimed, _ = machine.planned(looking, CLAIMED, "")
+        runner = self.runner
+        return _Plan(
+            looking, claimed, json.dumps({looking: 1}), runner.now(), runner.now_precise(),
+            runner.deadline_in(runner.delay(claimed)), liveness.dead_before(runner.clock, runner.time_scale),
+        )
+
+
+def create_batch(
+    c: Cursor, server: str, batch: Sequence[_Creation], plan: _Plan, observers: Sequence[Any]
+) -> list[Created | Exception]:
+    """The batch's requests inserted in one statement and given their first looks in bulk
+    (:func:`mozpool.broker.selection.claim_fresh`; a request it leaves gets its own look,
+    :func:`mozpool.broker.selection.find_now`), then the state of those that claimed a device,
+    all in one UPDATE, and what each of their transitions records."""
+    images, server_id = _images(c, server, {item.spec.image for item in batch})
+    failed: list[Exception] = []
+    new: list[queries.NewRequest] = []
+    for item in batch:
+        image = images.get(item.spec.image)
+        if image is None:  # the image went after the API looked it up
+            failed.append(ValueError(f"unknown image {item.spec.image}"))
+            continue
+        new.append(queries.NewRequest("any", item.spec, image[0], item.expires, item.text, item.created))
+    ids = iter(queries.insert_requests(c, server, server_id, new, plan.now))
+    fresh: list[selection.Fresh] = []
+    for item in batch:
+        if item.spec.image not in images:
+            continue
+        image_id, reusable, hardware = images[item.spec.image]
+        info = selection.RequestInfo(
+            next(ids), "any", item.spec.environment or "any", item.spec.image, image_id, item.spec.boot_config or "{}",
+            reusable, hardware, item.spec.priority)
+        fresh.append(selection.Fresh(info, tuple(item.draws)))
+    looks = selection.claim_fresh(c, fresh, plan.now, plan.dead_before)
+    claims: list[int] = []
+    made: dict[int, Created] = {}
+    for item, f in zip([i for i in batch if i.spec.image in images], fresh):
+        request_id = f.info.id
+        claimed = looks.get(request_id, selection.Claimed(None))
+        if claimed.device is None:  # its own look, after any device it lost
+            _, found = selection.find_now(c, request_id, f.draws, plan.now, plan.dead_before, False, claimed.lost_ids)
+            claimed = selection.Claimed(found.claimed.device, claimed.lost + found.claimed.lost)
+        if claimed.device is None:
+            made[request_id] = Created(Row(request_id, str(request_id), CREATED), None, (item.text,))
+            continue
+        claims.append(request_id)
+        lines = _record(c, server, request_id, claimed, plan, observers)
+        row = Row(request_id, str(request_id), plan.claimed, {plan.looking: 1}, plan.timeout)
+        made[request_id] = Created(row, claimed.device.name, (item.text, *lines))
+    if claims:
+        c.execute(
+            f"UPDATE requests SET state = ?, state_timeout = ?, state_counters = ?, assigned_at = ?"
+            f" WHERE id IN ({', '.join('?' * len(claims))})",
+            [plan.claimed, plan.timeout, plan.counters, plan.now, *claims],
+        )
+    return _in_order(batch, images, failed, list(made.values()))
+
+
+def _in_order(batch: Sequence[_Creation], images: dict[str, Any], failed: list[Exception],
+              made: list[Created]) -> list[Created | Exception]:
+    """The outcomes in the batch's order."""
+    failures, created = iter(failed), iter(made)
+    return [next(created) if item.spec.image in images else next(failures) for item in batch]
+
+
+def _images(c: Cursor, server: str, names: set[str]) -> tuple[dict[str, tuple[int, bool, tuple[int, ...]]], int]:
+    """name -> (id, reusable, hardware types with a PXE config) of the images named, and this
+    server's id, in one SELECT."""
+    rows = c.execute(
+        "SELECT i.name, i.id, i.can_reuse, (SELECT GROUP_CONCAT(p.hardware_type_id) FROM image_pxe_configs p"
+        " WHERE p.image_id = i.id), (SELECT id FROM imaging_servers WHERE fqdn = ?) FROM images i"
+        f" WHERE i.name IN ({', '.join('?' * len(names))})", [server, *sorted(names)]).fetchall()
+    found = {r[0]: (int(r[1]), bool(r[2]), tuple(sorted(int(h) for h in str(r[3]).split(","))) if r[3] else ())
+             for r in rows}
+    server_id = rows[0][4] if rows else None
+    return found, int(server_id) if server_id is not None else catalog.server_id(c, server)
+
+
+def _record(
+    c: Cursor, server: str, request_id: int, claimed: selection.Claimed, plan: _Plan, observers: Sequence[Any]
+) -> tuple[str, ...]:
+    """The log lines, history entries and journal entries of the two transitions, as
+    :meth:`mozpool.statemachine.core.Machine.goto` records them (the second is fed by
+    ``finding_device``'s entry action, after its counter went to 1); the lines, for the
+    daemon's log.  tests/broker/test_intake.py holds the two ways to the same rows."""
+    device = claimed.device
+    assert device is not None
+    _, said = machine.planned(plan.looking, CLAIMED, device.name)
+    if any(level in ("warn", "error") for _, level in said):
+        raise RuntimeError("a claim's behaviour logs a warning: it needs the machine's own path")
+    held = [machine.lost_line(name) for name in claimed.lost] + [message for message, _ in said]
+    looking, entered = f"entering state {plan.looking}", f"entering state {plan.claimed}"
+    note_claim(c, request_id, None)  # the first transition is the moment before the claim
+    machine_rows.record_state(
+        c, "request", request_id, plan.looking, plan.now, [looking], CREATED,
+        history.Entry(history.REQUEST, request_id, plan.precise, CREATED, plan.looking, FIND, server), observers,
+    )
+    note_claim(c, request_id, device.id)
+    machine_rows.record_state(
+        c, "request", request_id, plan.claimed, plan.now, [entered], plan.looking,
+        history.Entry(history.REQUEST, request_id, plan.precise, plan.looking, plan.claimed, CLAIMED, server,
+                      {"counter": plan.looking, "count": 1}),
+        observers, held=[("statemachine", line, plan.now) for line in held],
+    )
+    return (looking, *held, entered)
