@@ -25,6 +25,7 @@ from mozpool import liveness
 from mozpool.broker import machine, queries, selection
 from mozpool.broker.interfaces import RequestSpec
 from mozpool.db import catalog, history
+from mozpool.db.errors import Conflict
 from mozpool.db.gathered import Gathered
 from mozpool.db.pool import Cursor, Database
 from mozpool.db.requests import note_claim
@@ -32,7 +33,7 @@ from mozpool.statemachine import queries as machine_rows
 from mozpool.statemachine.core import MachineRunner, Row
 
 #: Creations in one transaction at most (its row locks are held until it commits).
-BATCH = 48
+BATCH = 64
 #: Batches in the database at once.
 LANES = 3
 
@@ -86,7 +87,16 @@ class Intake:
                      draws: Sequence[float]) -> Created:
         """Insert a request for ``any`` device logged with ``text``, once its batch has
         committed; its deadline is set and its lines echoed to the daemon's log."""
-        made = await self.batches.submit(_Creation(spec, expires, text, created, list(draws)))
+        item = _Creation(spec, expires, text, created, list(draws))
+        try:
+            made = await self.batches.submit(item)
+        except Conflict:
+            # The batch lost to concurrent work each time it ran, and was rolled back whole:
+            # this creation goes again, alone.
+            alone = (await self.batches.db.runInteraction(self._serve([item])))[0]
+            if isinstance(alone, Exception):
+                raise alone
+            made = alone
         for line in made.lines:
             self.runner.echo(made.row, line)
         if made.device is not None:
@@ -150,9 +160,10 @@ def create_batch(
         row = Row(request_id, str(request_id), plan.claimed, {plan.looking: 1}, plan.timeout)
         made[request_id] = Created(row, claimed.device.name, (item.text, *lines))
     if claims:
+        # By the primary key only: a scan would lock the rows of a concurrent batch (a deadlock).
         c.execute(
-            f"UPDATE requests SET state = ?, state_timeout = ?, state_counters = ?, assigned_at = ?"
-            f" WHERE id IN ({', '.join('?' * len(claims))})",
+            f"UPDATE requests{' FORCE INDEX (PRIMARY)' if c.mysql else ''} SET state = ?, state_timeout = ?,"
+            f" state_counters = ?, assigned_at = ? WHERE id IN ({', '.join('?' * len(claims))})",
             [plan.claimed, plan.timeout, plan.counters, plan.now, *claims],
         )
     return _in_order(batch, images, failed, list(made.values()))

@@ -506,11 +506,17 @@ class Matcher(Passes):
 def wakes_queue(event_type: str, data: Mapping[str, Any]) -> bool:
     """Events after which a waiting request may find a device."""
     if event_type == "device_state":
-        return data.get("state") == "ready"
+        return _says(data, "state", "ready")
     if event_type == "request_device":
         return data.get("device") is None
-    return event_type in ("device_environment", "request_state") and (
-        event_type == "device_environment" or data.get("state") == "finding_device"
-    )
+    return event_type == "device_environment" or (
+        event_type == "request_state" and _says(data, "state", "finding_device"))
+
+
+def _says(data: Mapping[str, Any], key: str, value: str) -> bool:
+    """``data[key] == value``, asked of a journal's change without parsing it when it cannot be
+    (:meth:`mozpool.db.changes.ChangeData.says`)."""
+    says = getattr(data, "says", None)
+    return bool(says(key, value)) if says is not None else data.get(key) == value
 
 

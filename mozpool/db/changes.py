@@ -102,6 +102,13 @@ class ChangeData(Mapping[str, Any]):
             self._made = data
         return self._made
 
+    def says(self, key: str, value: str) -> bool:
+        """Whether the stored ``key`` is ``value``; the object is made only when its text could
+        say so (the queue asks this of every change, and most say something else)."""
+        if self._made is None and json.dumps(value) not in str(self._row[6]):
+            return False
+        return bool(self._data().get(key) == value)
+
     def __getitem__(self, key: str) -> Any:
         return self._data()[key]
 

@@ -209,3 +209,30 @@ class ClaimMany(BrokerTest):
 
 
 ClaimManySQLite, ClaimManyMariaDB = on_both_backends(ClaimMany)
+
+
+class LostBatch(BrokerTest):
+    devices = 6
+
+    async def test_a_batch_lost_to_concurrent_work_is_made_again_one_by_one(self) -> None:
+        """A batch that keeps losing (deadlocks, Galera certification) is rolled back whole and
+        the pool gives up with Conflict: each of its creations is made again alone, none lost."""
+        real = intake.create_batch
+        sizes: list[int] = []
+
+        def losing_big_batches(c: Any, server: str, batch: Any, *rest: Any) -> Any:
+            sizes.append(len(batch))
+            if len(batch) > 1:
+                raise Conflict("transaction lost 5 times to concurrent work")
+            return real(c, server, batch, *rest)
+
+        self.patch(intake, "create_batch", losing_big_batches)
+        spec = RequestSpec("tester@example.com", 3600, "android", "any", "{}")
+        made = await defer.gatherResults([
+            defer.ensureDeferred(self.broker.create_request("any", spec)) for _ in range(6)])
+        self.assertEqual(len({m["assigned_device"] for m in made}), 6)
+        self.assertIn(6 - intake.LANES, sizes, "the batch that lost")
+        self.assertEqual(len(await self.claims()), 6)
+
+
+LostBatchSQLite, LostBatchMariaDB = on_both_backends(LostBatch)

@@ -3,7 +3,9 @@ matcher on a real database with two brokers sharing it."""
 
 from __future__ import annotations
 
+import json
 import random
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -218,3 +220,36 @@ class Matcher(BrokerTest):
 
 MatcherSQLite, MatcherMariaDB = on_both_backends(Matcher)
 del Matcher
+
+
+class Wakes(SynchronousTestCase):
+    """Which journal changes wake the queue: asked of every change, parsed only when it may."""
+
+    def change(self, kind: str, data: str, device: str | None = "panda-0001") -> Any:
+        from mozpool.db.changes import ChangeData
+
+        return ChangeData((1, kind, "2026-11-30 12:00:00", device, "a.example.com", 7, data, 3))
+
+    def test_the_changes_that_may_free_a_device(self) -> None:
+        from mozpool.broker.queue import wakes_queue
+
+        cases = [
+            ("device_state", '{"state":"ready","old_state":"pending"}', True),
+            ("device_state", '{"state":"pxe_booting","old_state":"ready"}', False),
+            ("request_state", '{"state":"finding_device","old_state":"new"}', True),
+            ("request_state", '{"state":"contact_lifeguard","old_state":"finding_device"}', False),
+            ("device_environment", '{"environment":"prod"}', True),
+            ("request_log", '{"id":1,"message":"state finding_device"}', False),
+        ]
+        for kind, data, wakes in cases:
+            self.assertEqual(wakes_queue(kind, self.change(kind, data)), wakes, (kind, data))
+            self.assertEqual(wakes_queue(kind, json.loads(data)), wakes, (kind, data))
+        self.assertTrue(wakes_queue("request_device", self.change("request_device", "{}", device=None)))
+        self.assertFalse(wakes_queue("request_device", self.change("request_device", "{}")))
+
+    def test_a_change_whose_text_cannot_say_so_is_not_parsed(self) -> None:
+        change = self.change("request_state", '{"state":"contact_lifeguard","old_state":"finding_device"}')
+        self.assertFalse(change.says("state", "pending"))
+        self.assertIsNone(change._made)
+        self.assertFalse(change.says("state", "finding_device"), "in the text, but as the old state")
+        self.assertTrue(change.says("old_state", "finding_device"))
