@@ -13,11 +13,10 @@ from twisted.internet import defer
 from mozpool.broker import intake, queries, selection
 from mozpool.broker.interfaces import RequestSpec
 from mozpool.db.errors import Conflict
-from mozpool.db.pool import Cursor
 from mozpool.statemachine.core import Row
 from mozpool.timeutil import dbnow, deadline_text
 from tests.broker.support import HERE, BrokerTest
-from tests.support.dbtest import on_both_backends
+from tests.support.dbtest import on_both_backends, statements_sent
 
 
 class Bulk(BrokerTest):
@@ -171,14 +170,7 @@ class ClaimMany(BrokerTest):
         chosen = list(zip(rows, [selection.Candidate(ids[free[0]], free[0]),
                                  selection.Candidate(ids[taken], taken),
                                  selection.Candidate(ids[free[1]], free[1])]))
-        sent: list[str] = []
-        execute = Cursor.execute
-
-        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
-            sent.append(sql)
-            return execute(c, sql, params)
-
-        self.patch(Cursor, "execute", counting)
+        sent = statements_sent(self)
         out = await self.db.runInteraction(selection.claim_many, chosen, dbnow(self.clock))
         inserts = len([sql for sql in sent if sql.startswith("INSERT INTO device_requests")])
         # MySQL names the taken device: the rest go again together; SQLite's error names none.

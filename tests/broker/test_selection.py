@@ -8,7 +8,7 @@ from typing import Any
 from mozpool.broker import selection
 from mozpool.db.pool import Cursor
 from tests.broker.support import BrokerTest
-from tests.support.dbtest import on_both_backends
+from tests.support.dbtest import on_both_backends, statements_sent
 
 NOW = "2026-01-01 00:00:00"
 
@@ -155,13 +155,6 @@ class Selection(BrokerTest):
         """Within one interaction a request's claim is looked up once; what the interaction's own
         claim and clear wrote is known after them, and the history records it."""
         info = await self.request()
-        statements: list[str] = []
-        real_execute = Cursor.execute
-
-        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
-            statements.append(sql)
-            return real_execute(c, sql, params)
-
         def work(c: Cursor) -> list[int | None]:
             from mozpool.db import history
             from mozpool.db.requests import claim_of
@@ -174,7 +167,7 @@ class Selection(BrokerTest):
             seen.append(claim_of(c, info.id))
             return seen
 
-        self.patch(Cursor, "execute", counting)
+        statements = statements_sent(self)
         self.assertEqual(await self.db.runInteraction(work), [None, 2, None])
         self.assertEqual(sum(s.startswith("SELECT") and "device_requests" in s for s in statements), 1, statements)
         self.assertEqual(await self.claims(), [])
@@ -187,14 +180,7 @@ class Selection(BrokerTest):
         server come with the INSERT, the image's hardware with the request's row, the claim is
         never read, and whether the request is possible at all is asked only when nothing was
         claimed."""
-        statements: list[str] = []
-        real_execute = Cursor.execute
-
-        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
-            statements.append(sql)
-            return real_execute(c, sql, params)
-
-        self.patch(Cursor, "execute", counting)
+        statements = statements_sent(self)
         created = await self.create(environment="prod")
         self.assertIn(await self.claimed(created["id"]), ("panda-0001", "panda-0003"))
         self.assertFalse([s for s in statements if s.startswith("SELECT id FROM images")], statements)

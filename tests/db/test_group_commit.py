@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mozpool.db.errors import Conflict
 from mozpool.db.pool import Cursor, Database, alone
 from tests.db.test_pool_faults import FakeTxn, ManualPool, ThreadlessClock
-from tests.support.dbtest import DatabaseTest, on_both_backends
+from tests.support.dbtest import DatabaseTest, on_both_backends, statements_sent
 
 
 class Burst(DatabaseTest):
@@ -108,14 +108,7 @@ class HeldBackLines(DatabaseTest):
     async def test_a_transactions_lines_are_one_statement(self) -> None:
         from mozpool.db import logs, pool
 
-        sent: list[str] = []
-        execute = Cursor.execute
-
-        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
-            sent.append(sql)
-            return execute(c, sql, params)
-
-        self.patch(Cursor, "execute", counting)
+        sent = statements_sent(self)
         await self.db.runInteraction(lambda c: c.execute("INSERT INTO imaging_servers (fqdn) VALUES ('a')"))
 
         def five(c: Cursor) -> None:

@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from mozpool.db import schema
-from mozpool.db.pool import Database
+from mozpool.db.pool import Cursor, Database
 
 
 class DatabaseTest:
@@ -53,3 +53,17 @@ def on_both_backends(mixin: type) -> tuple[type, type]:
         cls.__module__ = mixin.__module__
         made.append(cls)
     return made[0], made[1]
+
+
+def statements_sent(test: Any) -> list[str]:
+    """Every statement the daemon's cursors send from now on, for the rest of ``test`` (a
+    trial TestCase, whose ``patch`` undoes this)."""
+    sent: list[str] = []
+    execute = Cursor.execute
+
+    def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
+        sent.append(sql)
+        return execute(c, sql, params)
+
+    test.patch(Cursor, "execute", counting)
+    return sent

@@ -3,8 +3,6 @@ collaborator call, the call itself (recording fakes), and 501 while a collaborat
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
@@ -94,22 +92,15 @@ class Actions(APITest):
     async def test_a_burst_of_creations_looks_its_images_up_together(self) -> None:
         """The image look-ups of creations arriving together go in one SELECT (after the first,
         which goes alone), each answered with exactly its own image's row."""
-        from mozpool.db.pool import Cursor
+        from tests.support.dbtest import statements_sent
 
-        looked: list[str] = []
-        execute = Cursor.execute
-
-        def counting(c: Cursor, sql: str, params: Any = ()) -> Cursor:
-            if "FROM images WHERE name" in sql:
-                looked.append(sql)
-            return execute(c, sql, params)
-
-        self.patch(Cursor, "execute", counting)
+        sent = statements_sent(self)
         names = ["android", "android", "nope", "b2g", "ANDROID", "android"]
         found = await defer.gatherResults([self.api.images.submit(name) for name in names])
         self.assertEqual([None if f is None else f["name"] for f in found],
                          ["android", "android", None, "b2g", None, "android"])
         self.assertEqual(found[3]["boot_config_keys"], ["b2gbase"])
+        looked = [sql for sql in sent if "FROM images WHERE name" in sql]
         self.assertEqual(len(looked), 2, looked)
 
     async def test_request_creation_bad_bodies(self) -> None:
