@@ -1,18 +1,22 @@
 """Request creation in bulk (issue 17): the creations of ``any`` requests that arrive while a
-batch is in the database wait, and go together in the next one -- one transaction for all of
-them instead of three or four each.
+batch is in the database wait, and go together in the next one -- one transaction and about ten
+statements for up to :data:`BATCH` of them, instead of three or four transactions and about
+fifteen statements each.
 
-A batch inserts each request and gives it its first look for a device (the entry of
-``finding_device``, :func:`mozpool.broker.selection.find_now`), each claim still one guarded
-INSERT; for those that claimed a device it then writes what the request machine would have
-written for ``new`` --find_device--> ``finding_device`` --device_claimed--> the table's next
-state, in one UPDATE for the whole batch, with each request's log lines, history entries and
-journal entries.  The targets and the behaviour's log line come from the machine's table
-(:func:`mozpool.broker.machine.planned`), never from here.
+A batch inserts its requests in one multi-row INSERT and gives them their first look for a
+device together (the entry of ``finding_device``, in bulk:
+:func:`mozpool.broker.selection.claim_fresh`; its claims are one guarded INSERT).  For those that
+claimed a device it then writes what the request machine would have written for ``new``
+--find_device--> ``finding_device`` --device_claimed--> the table's next state: their state in
+one UPDATE, and each request's log lines, history entries and journal entries.  The targets and
+the behaviour's log line come from the machine's table (:func:`mozpool.broker.machine.planned`),
+never from here; tests/broker/test_intake.py checks both ways write the same rows.
 
-A request that claimed nothing is left in ``new``, untouched, and its machine takes it from
-there as for a named request (it looks again, then waits in the queue, or fails): the bulk
-path is only the common case of a burst, and any other outcome keeps the machine's one way.
+A request the bulk look leaves (one waiting behind others, one preferring a pristine device or
+a holder of its reusable image, one with no sample left) gets its own look
+(:func:`mozpool.broker.selection.find_now`) in the same batch; one that still claims nothing is
+left in ``new``, untouched, and its machine takes it from there as for a named request.  The bulk
+path is only the common case of a burst: any other outcome keeps the machine's one way.
 """
 
 from __future__ import annotations
