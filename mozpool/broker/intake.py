@@ -187,8 +187,7 @@ def _images(c: Cursor, server: str, names: set[str]) -> tuple[dict[str, tuple[in
         "SELECT i.name, i.id, i.can_reuse, (SELECT GROUP_CONCAT(p.hardware_type_id) FROM image_pxe_configs p"
         " WHERE p.image_id = i.id), (SELECT id FROM imaging_servers WHERE fqdn = ?) FROM images i"
         f" WHERE i.name IN ({', '.join('?' * len(names))})", [server, *sorted(names)]).fetchall()
-    found = {r[0]: (int(r[1]), bool(r[2]), tuple(sorted(int(h) for h in str(r[3]).split(","))) if r[3] else ())
-             for r in rows}
+    found = {r[0]: (int(r[1]), bool(r[2]), tuple(sorted(selection.id_list(r[3])))) for r in rows}
     server_id = rows[0][4] if rows else None
     return found, int(server_id) if server_id is not None else catalog.server_id(c, server)
 

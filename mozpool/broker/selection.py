@@ -95,8 +95,13 @@ _REQUEST_INFO = (
 _REQUEST_INFO_FROM = " FROM requests r JOIN images i ON i.id = r.image_id WHERE r.id = ?"
 
 
+def id_list(text: Any) -> list[int]:
+    """The ids a GROUP_CONCAT gave (NULL: none)."""
+    return [int(i) for i in str(text).split(",")] if text else []
+
+
 def _info(row: tuple[Any, ...]) -> RequestInfo:
-    hardware = tuple(sorted(int(h) for h in str(row[8]).split(","))) if row[8] else ()
+    hardware = tuple(sorted(id_list(row[8])))
     return RequestInfo(
         int(row[0]), row[1], row[2] or "any", row[3], int(row[4]), row[5] or "{}", bool(row[6]), hardware,
         int(row[7] if row[7] is not None else 50),
@@ -159,7 +164,7 @@ def find_context(c: Cursor, request_id: int, dead_before: str | None) -> Context
     c.known[_DEVICE_IDS] = (lo, hi)
     c.known[(_PRISTINE, info.image_id)] = int(pristine or 0)
     if dead_before is not None:
-        catalog.note_dead_servers(c, dead_before, [int(i) for i in str(row[15]).split(",")] if row[15] else [])
+        catalog.note_dead_servers(c, dead_before, id_list(row[15]))
     return Context(info, int(ahead or 0))
 
 
@@ -365,7 +370,7 @@ def claim_fresh(c: Cursor, fresh: Sequence[Fresh], now: str, dead_before: str | 
     live = "" if dead_before is None else f" AND w.imaging_server_id NOT IN ({catalog.DEAD_SERVERS_SQL})"
     columns = [f"({board_health.SUSPECT_COUNT_SQL})", "(SELECT MIN(id) FROM devices)", "(SELECT MAX(id) FROM devices)"]
     params: list[Any] = []
-    for priority, environment in keys:
+    for priority, environment in keys:  # _WAITING_AHEAD for an `any` request of this key
         columns.append(
             "(SELECT COUNT(*) FROM requests w LEFT JOIN device_requests wd ON wd.request_id = w.id"
             " WHERE w.state = 'finding_device' AND wd.request_id IS NULL AND w.priority >= ?"
@@ -383,7 +388,7 @@ def claim_fresh(c: Cursor, fresh: Sequence[Fresh], now: str, dead_before: str | 
     suspects, lo, hi = int(row[0] or 0), row[1], row[2]
     ahead = dict(zip(keys, (int(n or 0) for n in row[3:3 + len(keys)])))
     pristine = dict(zip(images, (int(n or 0) for n in row[3 + len(keys):3 + len(keys) + len(images)])))
-    dead = [int(i) for i in str(row[-1]).split(",")] if dead_before is not None and row[-1] else []
+    dead = id_list(row[-1]) if dead_before is not None else []
     if dead_before is not None:
         catalog.note_dead_servers(c, dead_before, dead)
     board_health.note_suspects(c, suspects)

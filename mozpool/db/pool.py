@@ -206,7 +206,7 @@ class Cursor:
         for start in range(0, len(rows), _RETURNING_CHUNK):
             chunk = rows[start:start + _RETURNING_CHUNK]
             found = self.execute(
-                f"{head} VALUES {', '.join([values] * len(chunk))} RETURNING id", [v for r in chunk for v in r]
+                f"{head} VALUES {', '.join([values] * len(chunk))} RETURNING id", [v for r in chunk for v in _resolved(r)]
             ).fetchall()
             if len(found) != len(chunk):
                 raise RuntimeError(f"{len(chunk)} rows inserted, {len(found)} ids returned")
