@@ -180,14 +180,16 @@ class Broker:
         def accepted(_: int) -> None:
             self._track(self.runner.post(row.key, "lifeguard_contacted"))
 
-        def refused(f: Failure) -> "defer.Deferred[None]":
-            if self._stopping:
-                return defer.succeed(None)  # cancelled by stop(); the state's timeout resumes it
+        def refused(f: Failure) -> None:
+            if self._stopping and f.check(defer.CancelledError):
+                return None  # cancelled by stop(); the state's timeout resumes it
             reason = f.getErrorMessage() or f.type.__name__
             if not _expected(f):
                 log.failure("contacting LifeGuard for request {id}", f, id=row.key, level=LogLevel.warn)
             why = f"LifeGuard did not accept {event} for {device.name}: {reason}; will retry"
-            return self.runner.post(row.key, "lifeguard_refused", {"why": why})
+            # Tracked on its own, like an acceptance: stopping cuts off the POSTs still in
+            # flight, never the machine's handling of an answer that already came.
+            self._track(self.runner.post(row.key, "lifeguard_refused", {"why": why}))
 
         d.addCallbacks(accepted, refused)
         self._contacts.add(d)

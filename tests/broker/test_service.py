@@ -175,6 +175,24 @@ class Service(BrokerTest):
         self.assertEqual(await self.state(theirs), "contact_lifeguard", "not this server's request")
         self.assertEqual(await self.state(legacy), "closed", "the legacy state closes")
 
+    async def test_a_refusal_arriving_as_the_broker_stops_is_still_handled(self) -> None:
+        """Stopping cancels the POSTs to LifeGuard, not the machine's handling of a refusal that
+        came back just before: it waits for the machine's lock and is handled, no error logged."""
+        from twisted.internet import error
+
+        rid = (await self.create())["id"]
+        answer: defer.Deferred[Any] = defer.Deferred()
+        self.http.answers.append(answer)
+        await self.driver.tick()  # contact_lifeguard -> contacting_lifeguard: the POST is in flight
+        self.assertEqual(await self.state(rid), "contacting_lifeguard")
+        lock = self.broker.runner._locks.setdefault(str(rid), defer.DeferredLock())
+        await lock.acquire()  # the machine is busy: the refusal's event has to wait
+        answer.errback(error.ConnectionRefusedError())
+        stopped = self.broker.stop()
+        lock.release()
+        await stopped
+        self.assertTrue(any("LifeGuard did not accept" in line for line in await self.messages(rid)))
+
     # --- restart (R-1) ----------------------------------------------------------------------
 
     async def fresh(self) -> None:
