@@ -129,40 +129,36 @@ def create_batch(
     :func:`mozpool.broker.selection.find_now`), then the state of those that claimed a device,
     all in one UPDATE, and what each of their transitions records."""
     images, server_id = _images(c, server, {item.spec.image for item in batch})
-    failed: list[Exception] = []
-    new: list[queries.NewRequest] = []
-    for item in batch:
-        image = images.get(item.spec.image)
-        if image is None:  # the image went after the API looked it up
-            failed.append(ValueError(f"unknown image {item.spec.image}"))
-            continue
-        new.append(queries.NewRequest("any", item.spec, image[0], item.expires, item.text, item.created))
-    ids = iter(queries.insert_requests(c, server, server_id, new, plan.now))
+    # The outcome of each creation, in the batch's order; an image gone since the API looked it
+    # up fails its creation alone.
+    out: list[Created | Exception] = [
+        ValueError(f"unknown image {item.spec.image}") for item in batch]
+    known = [(i, item) for i, item in enumerate(batch) if item.spec.image in images]
+    ids = queries.insert_requests(c, server, server_id, [
+        queries.NewRequest("any", item.spec, images[item.spec.image][0], item.expires, item.text, item.created)
+        for _, item in known], plan.now)
     fresh: list[selection.Fresh] = []
-    for item in batch:
-        if item.spec.image not in images:
-            continue
+    for request_id, (_, item) in zip(ids, known):
         image_id, reusable, hardware = images[item.spec.image]
         info = selection.RequestInfo(
-            next(ids), "any", item.spec.environment or "any", item.spec.image, image_id, item.spec.boot_config or "{}",
-            reusable, hardware, item.spec.priority)
+            request_id, "any", item.spec.environment or "any", item.spec.image, image_id,
+            item.spec.boot_config or "{}", reusable, hardware, item.spec.priority)
         fresh.append(selection.Fresh(info, tuple(item.draws)))
     looks = selection.claim_fresh(c, fresh, plan.now, plan.dead_before)
     claims: list[int] = []
-    made: dict[int, Created] = {}
-    for item, f in zip([i for i in batch if i.spec.image in images], fresh):
+    for (i, item), f in zip(known, fresh):
         request_id = f.info.id
         claimed = looks.get(request_id, selection.Claimed(None))
         if claimed.device is None:  # its own look, after any device it lost
             _, found = selection.find_now(c, request_id, f.draws, plan.now, plan.dead_before, False, claimed.lost_ids)
             claimed = selection.Claimed(found.claimed.device, claimed.lost + found.claimed.lost)
         if claimed.device is None:
-            made[request_id] = Created(Row(request_id, str(request_id), CREATED), None, (item.text,))
+            out[i] = Created(Row(request_id, str(request_id), CREATED), None, (item.text,))
             continue
         claims.append(request_id)
         lines = _record(c, server, request_id, claimed, plan, observers)
         row = Row(request_id, str(request_id), plan.claimed, {plan.looking: 1}, plan.timeout)
-        made[request_id] = Created(row, claimed.device.name, (item.text, *lines))
+        out[i] = Created(row, claimed.device.name, (item.text, *lines))
     if claims:
         # By the primary key only: a scan would lock the rows of a concurrent batch (a deadlock).
         c.execute(
@@ -170,14 +166,7 @@ def create_batch(
             f" state_counters = ?, assigned_at = ? WHERE id IN ({', '.join('?' * len(claims))})",
             [plan.claimed, plan.timeout, plan.counters, plan.now, *claims],
         )
-    return _in_order(batch, images, failed, list(made.values()))
-
-
-def _in_order(batch: Sequence[_Creation], images: dict[str, Any], failed: list[Exception],
-              made: list[Created]) -> list[Created | Exception]:
-    """The outcomes in the batch's order."""
-    failures, created = iter(failed), iter(made)
-    return [next(created) if item.spec.image in images else next(failures) for item in batch]
+    return out
 
 
 def _images(c: Cursor, server: str, names: set[str]) -> tuple[dict[str, tuple[int, bool, tuple[int, ...]]], int]:

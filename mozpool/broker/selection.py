@@ -319,9 +319,14 @@ def claim(c: Cursor, request_id: int, device_id: int, now: str, stamp: bool = Tr
         "INSERT INTO device_requests (request_id, device_id, imaging_result) VALUES (?, ?, NULL)",
         (request_id, device_id),
     )
-    note_claim(c, request_id, device_id)
     if stamp:
         c.execute("UPDATE requests SET assigned_at = ? WHERE id = ?", (now, request_id))
+    _claimed(c, request_id, device_id, now)
+
+
+def _claimed(c: Cursor, request_id: int, device_id: int, now: str) -> None:
+    """What follows a claim's INSERT: the interaction's memo, and the journal."""
+    note_claim(c, request_id, device_id)
     changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device_id)
 
 
@@ -455,8 +460,7 @@ def claim_many(c: Cursor, chosen: Sequence[tuple[int, Candidate]], now: str) -> 
             chosen = [(request_id, device) for request_id, device in chosen if device.id != taken]
             continue
         for request_id, device in chosen:
-            note_claim(c, request_id, device.id)
-            changes.record(c, changes.REQUEST_DEVICE, now, request_id=request_id, device_id=device.id)
+            _claimed(c, request_id, device.id, now)
             out[request_id] = Claimed(device)
         break
     return out

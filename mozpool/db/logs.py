@@ -29,32 +29,29 @@ def add_log(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: 
     whitespace is trimmed.  Held back to the transaction's end with the other lines
     (:meth:`Cursor.insert_later`): a burst's lines cost one multi-row INSERT, not one each;
     the journal entry keeps its place and gets the line's id then."""
-    table, column = _TABLES[kind]
-    source, message = printable(source[:32]), printable(message.lstrip())
+    sql, params, journal = _line(kind, owner_id, source, message, ts)
     line: list[int] = []
-    c.insert_later(
-        f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message),
-        then=lambda c, line_id: line.append(line_id),
-    )
-    changes.record_pending(
-        c, _LOG_CHANGE[kind], ts, lambda: {"id": line[0], "timestamp": apitime(ts), "source": source, "message": message},
-        **{_OWNER_ARG[kind]: owner_id},
-    )
+    c.insert_later(sql, params, then=lambda c, line_id: line.append(line_id))
+    changes.record_pending(c, _LOG_CHANGE[kind], ts, lambda: journal(line[0]), **{_OWNER_ARG[kind]: owner_id})
 
 
 def add_log_now(c: Cursor, kind: str, owner_id: int, source: str, message: str, ts: str) -> int:
     """:func:`add_log` at once, after the lines held back before it: its id, which failure
     reasons cite as evidence."""
     c.flush_later()
+    sql, params, journal = _line(kind, owner_id, source, message, ts)
+    line_id = c.execute(sql, params).lastrowid
+    changes.record(c, _LOG_CHANGE[kind], ts, **{_OWNER_ARG[kind]: owner_id}, **journal(line_id))
+    return line_id
+
+
+def _line(kind: str, owner_id: int, source: str, message: str, ts: str) -> tuple[str, tuple[Any, ...], Any]:
+    """A log line's INSERT, and its journal entry's data given the line's id."""
     table, column = _TABLES[kind]
     source, message = printable(source[:32]), printable(message.lstrip())
-    c.execute(f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)", (owner_id, ts, source, message))
-    line_id = c.lastrowid
-    changes.record(
-        c, _LOG_CHANGE[kind], ts, **{_OWNER_ARG[kind]: owner_id},
-        id=line_id, timestamp=apitime(ts), source=source, message=message,
-    )
-    return line_id
+    sql = f"INSERT INTO {table} ({column}, ts, source, message) VALUES (?, ?, ?, ?)"
+    return sql, (owner_id, ts, source, message), lambda line_id: {
+        "id": line_id, "timestamp": apitime(ts), "source": source, "message": message}
 
 
 #: A line logged earlier, written later: (source, message, ts).
