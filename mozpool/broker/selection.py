@@ -355,8 +355,8 @@ class Fresh:
     draws: tuple[float, ...]
 
 
-#: Random ids sampled per request by a look in bulk.
-BULK_SAMPLES = 3
+#: Random ids sampled per request by a look in bulk: as many as :func:`pick` tries.
+BULK_SAMPLES = SAMPLE_TRIES
 
 
 def claim_fresh(c: Cursor, fresh: Sequence[Fresh], now: str, dead_before: str | None) -> dict[int, Claimed]:
@@ -401,9 +401,9 @@ def claim_fresh(c: Cursor, fresh: Sequence[Fresh], now: str, dead_before: str | 
     todo = [f for f in todo if not ahead[(f.info.priority, f.info.environment)] and not pristine[f.info.image_id]]
     if not todo or lo is None:
         return {}
-    # Each request's own random ids, in order: a sample is uniform over the devices it may take.
-    wanted = {f.info.id: [random.Random(f.draws[0]).randint(int(lo), int(hi)) for _ in range(BULK_SAMPLES)]
-              for f in todo}
+    # Each request's own random ids, in order -- the first that :func:`pick` would try with the
+    # same draw: a sample is uniform over the devices it may take.
+    wanted = {f.info.id: _sampled_ids(f.draws[0], int(lo), int(hi)) for f in todo}
     ids = sorted({i for sampled in wanted.values() for i in sampled})
     where = _AVAILABLE + f" AND d.id IN ({', '.join('?' * len(ids))})"
     if dead:
@@ -423,6 +423,11 @@ def claim_fresh(c: Cursor, fresh: Sequence[Fresh], now: str, dead_before: str | 
             del free[device_id]
             break
     return claim_many(c, chosen, now)
+
+
+def _sampled_ids(draw: float, lo: int, hi: int) -> list[int]:
+    rng = random.Random(draw)
+    return [rng.randint(lo, hi) for _ in range(BULK_SAMPLES)]
 
 
 def _fits(info: RequestInfo, row: Sequence[Any]) -> bool:

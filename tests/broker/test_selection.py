@@ -3,6 +3,7 @@ uniform draw, the reuse preference, and a claim lost to another request."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from mozpool.broker import selection
@@ -198,6 +199,26 @@ class Selection(BrokerTest):
         for alone in ("SELECT id FROM imaging_servers WHERE last_seen", "SELECT b.id, b.name, b.fqdn",
                       "SELECT MIN(id)", "SELECT MAX(id)"):
             self.assertFalse([s for s in statements if s.startswith(alone)], (alone, statements))
+
+    async def test_a_look_in_bulk_samples_the_ids_pick_would_try(self) -> None:
+        """The bulk look's random ids for a request are the first :func:`selection.pick` tries
+        with the same draw, in order: with the first taken, it claims the next free one, as
+        pick does, instead of leaving the request to a look of its own."""
+        lo, hi = (await self.db.query("SELECT MIN(id), MAX(id) FROM devices"))[0]
+
+        def tried(draw: float) -> tuple[int, int]:  # pick's first two random ids
+            rng = random.Random(draw)
+            return rng.randint(lo, hi), rng.randint(lo, hi)
+
+        draw = next(k / 64 for k in range(64) if len(set(tried(k / 64))) == 2)
+        first, second = tried(draw)
+        await self.db.query("UPDATE devices SET state = 'in_use' WHERE id = ?", (first,))
+        info = await self.request()
+        self.assertEqual((await self.db.runInteraction(selection.pick, info, draw)).id, second)
+        looks = await self.db.runInteraction(selection.claim_fresh, [selection.Fresh(info, (draw,))], NOW, None)
+        claimed = looks.get(info.id)
+        self.assertIsNotNone(claimed and claimed.device, "claimed in bulk")
+        self.assertEqual(claimed.device.id, second)  # type: ignore[union-attr]
 
     async def test_the_look_passes_by_the_devices_of_a_dead_server(self) -> None:
         """The dead servers come with the look's context read: their devices are never claimed,
