@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from mozpool.db import catalog
-from mozpool.db.pool import Database
+from mozpool.db.pool import Cursor, Database
 from mozpool.logconfig import Logger
 from mozpool.timeutil import deadline_text
 
@@ -46,15 +46,20 @@ class Heartbeat(TimerService):
                  heartbeat_file: str | None = None) -> None:
         super().__init__(HEARTBEAT_INTERVAL * time_scale, lambda: defer.Deferred.fromCoroutine(self.beat()))
         self.clock = clock
+        self.time_scale = time_scale
         self.db = db
         self.fqdn = fqdn
         self.heartbeat_file = heartbeat_file
         self.beats = 0
+        #: servers alive at the last heartbeat, this one included: they share the pool's
+        #: claims (:meth:`mozpool.broker.intake.Intake.create` sizes its batches by it)
+        self.servers_alive = 1
         self._failing = False
 
     async def beat(self) -> None:
         try:
-            await self.db.runInteraction(catalog.heartbeat, self.fqdn, deadline_text(self.clock.seconds()))
+            alive = await self.db.runInteraction(
+                self._beat, deadline_text(self.clock.seconds()), dead_before(self.clock, self.time_scale))
         except Exception as e:
             if not self._failing:
                 log.warn("heartbeat not recorded ({error}); other servers will count this one dead", error=e)
@@ -62,7 +67,12 @@ class Heartbeat(TimerService):
             return
         self._failing = False
         self.beats += 1
+        self.servers_alive = max(1, alive)
         self.touch_file()
+
+    def _beat(self, c: Cursor, now: str, cutoff: str) -> int:
+        catalog.heartbeat(c, self.fqdn, now)
+        return catalog.servers_alive(c, cutoff)
 
     def touch_file(self) -> None:
         """Touch ``heartbeat_file`` (created if missing), if there is one."""

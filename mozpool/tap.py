@@ -586,6 +586,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
     heartbeat = Heartbeat(db, fqdn, reactor, config.time_scale,
                           config.extra.get("server", "heartbeat_file", fallback="") or None)
     heartbeat.setServiceParent(top)
+    broker.intake.servers_alive = lambda: heartbeat.servers_alive
     if heartbeat.heartbeat_file:
         # The seed's watchdog file: touched on every timeout pass of either layer, too.
         lifeguard.driver.on_pass = brokers.driver.on_pass = heartbeat.touch_file

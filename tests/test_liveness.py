@@ -39,6 +39,19 @@ class Liveness(APITest):
         self.assertGreater(heart.beats, before)
         self.assertGreater(os.path.getmtime(path), first - 100, "touched again")
 
+    async def test_the_heartbeat_counts_the_servers_alive(self) -> None:
+        """Itself and every server heard from within the dead interval (the intake shares its
+        batches among them)."""
+        heart = liveness.Heartbeat(self.db, A, self.clock)
+        await heart.beat()
+        self.assertEqual(heart.servers_alive, 1)
+        await self.beat(B, self.clock.seconds() - 5)
+        await heart.beat()
+        self.assertEqual(heart.servers_alive, 2)
+        await self.beat(B, self.clock.seconds() - liveness.DEAD_AFTER * liveness.HEARTBEAT_INTERVAL - 1)
+        await heart.beat()
+        self.assertEqual(heart.servers_alive, 1)
+
     async def test_server_list_and_unreachable_devices(self) -> None:
         self.api.time_scale = 1.0
         await self.beat(A, EPOCH)

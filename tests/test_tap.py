@@ -205,6 +205,13 @@ class Wiring(SynchronousTestCase):
             self.assertEqual(driver.on_pass, heartbeat.touch_file, layer)
         self.assertIsNone(self.build("--tftp-port", "0").getServiceNamed("broker").driver.on_pass)
 
+    def test_the_intake_shares_its_batches_among_the_servers_the_heartbeat_counts(self) -> None:
+        top = self.build("--tftp-port", "0")
+        heartbeat, intake = top.getServiceNamed("heartbeat"), top.getServiceNamed("broker").broker.intake
+        self.assertEqual(intake.servers_alive(), 1)
+        heartbeat.servers_alive = 3
+        self.assertEqual(intake.servers_alive(), 3)
+
     def test_auth_mode_defaults_by_listener(self) -> None:
         self.assertEqual(self.build("--listen-host", "127.0.0.1", "--tftp-port", "0").authority.mode, "open")
         self.assertEqual(self.build("--listen-host", "::1", "--tftp-port", "0").authority.mode, "open")

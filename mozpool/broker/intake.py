@@ -36,10 +36,23 @@ from mozpool.db.requests import note_claim
 from mozpool.statemachine import queries as machine_rows
 from mozpool.statemachine.core import MachineRunner, Row
 
-#: Creations in one transaction at most (its row locks are held until it commits).
-BATCH = 64
+#: Creations in one transaction at most, for a server claiming alone (its row locks are held
+#: until it commits).
+BATCH = 48
+#: ... and at least, however many servers share the pool.
+LEAST = 8
 #: Batches in the database at once.
-LANES = 3
+LANES = 6
+
+
+def batch_size(servers: int) -> int:
+    """The most creations a batch takes while ``servers`` are alive.  Servers creating at once
+    claim from one pool, and two batches collide in proportion to the product of their sizes: a
+    collision makes one wait for the other to commit (one database server), or lose
+    certification and run again whole (Galera).  Each server takes its share of the batch.
+    Measured with bench/scale.py and bench/pool.py (README, "Where the layers meet")."""
+    return max(LEAST, BATCH // max(1, servers))
+
 
 #: The creation's first operation, and the outcome of the look done in bulk, as the request
 #: machine's table names them.
@@ -86,12 +99,15 @@ class Intake:
         self.runner = runner
         self.server_fqdn = server_fqdn
         self.batches: Gathered[_Creation, Created] = Gathered(db, self._serve, BATCH, LANES)
+        #: how many servers are alive (the tap hands the heartbeat's count)
+        self.servers_alive: Callable[[], int] = lambda: 1
 
     async def create(self, spec: RequestSpec, expires: str, text: str, created: str,
                      draws: Sequence[float]) -> Created:
         """Insert a request for ``any`` device logged with ``text``, once its batch has
         committed; its deadline is set and its lines echoed to the daemon's log."""
         item = _Creation(spec, expires, text, created, list(draws))
+        self.batches.most = batch_size(self.servers_alive())
         try:
             made = await self.batches.submit(item)
         except Conflict:

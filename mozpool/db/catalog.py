@@ -158,6 +158,11 @@ def heartbeat(c: Cursor, fqdn: str, now: str) -> None:
     c.execute("UPDATE imaging_servers SET last_seen = ? WHERE fqdn = ?", (now, fqdn))
 
 
+def servers_alive(c: Cursor, cutoff: str) -> int:
+    """How many servers have sent a heartbeat since ``cutoff``."""
+    return int(c.scalar("SELECT COUNT(*) FROM imaging_servers WHERE last_seen >= ?", (cutoff,)) or 0)
+
+
 def server_list(c: Cursor) -> list[dict[str, Any]]:
     """Every imaging server with its last heartbeat and how many devices it owns."""
     rows = c.execute(

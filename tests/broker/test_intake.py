@@ -90,15 +90,20 @@ class Bulk(BrokerTest):
             "Assigning device DEV", "entering state contact_lifeguard"])
         self.assertTrue(in_bulk["line_ids"])
 
-    async def test_a_burst_goes_in_few_transactions_and_claims_distinct_devices(self) -> None:
-        batches: list[int] = []
+    def batch_sizes(self) -> list[int]:
+        """The size of each batch created from now on, in order."""
+        sizes: list[int] = []
         real = intake.create_batch
 
         def counting(c: Any, server: str, batch: Any, *rest: Any) -> Any:
-            batches.append(len(batch))
+            sizes.append(len(batch))
             return real(c, server, batch, *rest)
 
         self.patch(intake, "create_batch", counting)
+        return sizes
+
+    async def test_a_burst_goes_in_few_transactions_and_claims_distinct_devices(self) -> None:
+        batches = self.batch_sizes()
         made = await defer.gatherResults([
             defer.ensureDeferred(self.broker.create_request("any", self.spec())) for _ in range(10)])
         self.assertEqual(sum(batches), 10)
@@ -109,6 +114,19 @@ class Bulk(BrokerTest):
         self.assertEqual(sorted(devices), sorted(name for _, name in await self.claims()))
         for m in made:
             self.assertEqual(await self.state(m["id"]), "contact_lifeguard")
+
+    async def test_servers_alive_share_the_batch(self) -> None:
+        """With four servers alive, a server's batches take a quarter of the creations a server
+        alone would (never fewer than the least)."""
+        batches = self.batch_sizes()
+        self.patch(intake, "BATCH", 8)
+        self.patch(intake, "LEAST", 2)
+        self.broker.intake.batches.lanes = 1
+        self.broker.intake.servers_alive = lambda: 4
+        await defer.gatherResults([
+            defer.ensureDeferred(self.broker.create_request("any", self.spec())) for _ in range(9)])
+        self.assertEqual(batches, [1, 2, 2, 2, 2])
+        self.assertEqual([intake.batch_size(n) for n in (1, 2, 3, 4, 5, 100)], [8, 4, 2, 2, 2, 2])
 
     async def test_what_claims_nothing_goes_on_through_its_machine(self) -> None:
         """More requests than devices: those left over wait in the queue, as their machine's own
@@ -219,11 +237,12 @@ class LostBatch(BrokerTest):
             return real(c, server, batch, *rest)
 
         self.patch(intake, "create_batch", losing_big_batches)
+        self.broker.intake.batches.lanes = 2
         spec = RequestSpec("tester@example.com", 3600, "android", "any", "{}")
         made = await defer.gatherResults([
             defer.ensureDeferred(self.broker.create_request("any", spec)) for _ in range(6)])
         self.assertEqual(len({m["assigned_device"] for m in made}), 6)
-        self.assertIn(6 - intake.LANES, sizes, "the batch that lost")
+        self.assertIn(4, sizes, "the batch that lost (two went alone, one in each lane)")
         self.assertEqual(len(await self.claims()), 6)
 
 
