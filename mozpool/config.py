@@ -34,6 +34,8 @@ class Config:
     tftp_max_transfers_per_client: int = 8
     #: TFTP worker processes that send large files (0: all in the daemon's process); default one per CPU
     tftp_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: microseconds a TFTP worker polls for the next datagram before it sleeps (0: never)
+    tftp_busy_poll_us: int = 200
     #: also write each device's PXE config under <tftp root>/pxelinux.cfg/ (TFTP serves them from memory)
     tftp_pxe_files: bool = True
     time_scale: float = 1.0
@@ -99,6 +101,7 @@ _KEYS = {
     ("tftp", "max_transfers"): "tftp_max_transfers",
     ("tftp", "max_transfers_per_client"): "tftp_max_transfers_per_client",
     ("tftp", "workers"): "tftp_workers",
+    ("tftp", "busy_poll_us"): "tftp_busy_poll_us",
     ("tftp", "pxe_files"): "tftp_pxe_files",
     ("paths", "tftp_root"): "tftp_root",
     ("testing", "time_scale"): "time_scale",

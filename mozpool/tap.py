@@ -559,7 +559,7 @@ def makeService(options: Options | dict, reactor: Any = None) -> MozpoolService:
             config.tftp_root, config.tftp_port, config.listen_host, reactor,
             max_transfers=config.tftp_max_transfers, max_transfers_per_client=config.tftp_max_transfers_per_client,
             backend=PXEConfigBackend(pxe_configs, FilesystemBackend(config.tftp_root)),
-            workers=config.tftp_workers, on_read=telemetry.tftp_read,
+            workers=config.tftp_workers, busy_poll=config.tftp_busy_poll_us / 1e6, on_read=telemetry.tftp_read,
         )
         tftp.setName("tftp")
         tftp.setServiceParent(top)

@@ -194,6 +194,13 @@ class Wiring(SynchronousTestCase):
         self.assertFalse(self.build("--tftp-port", "6999", config="[tftp]\npxe_files = false\n").hardware.pxe_configs.files)
         self.assertTrue(self.build("--tftp-port", "0", config="[tftp]\npxe_files = false\n").hardware.pxe_configs.files)
 
+    def test_tftp_busy_poll_reaches_the_workers(self) -> None:
+        workers = self.build("--tftp-port", "6999", "--tftp-workers", "1").getServiceNamed("tftp").workers
+        self.assertEqual(workers.busy_poll, 200e-6)
+        workers = self.build("--tftp-port", "6999", "--tftp-workers", "1",
+                             config="[tftp]\nbusy_poll_us = 0\n").getServiceNamed("tftp").workers
+        self.assertEqual(workers.busy_poll, 0)
+
     def test_heartbeat_file_touched_on_every_timeout_pass(self) -> None:
         """[server] heartbeat_file: both layers' timeout drivers touch it after each pass (and
         the heartbeat after each beat); without it they call nothing."""

@@ -11,12 +11,15 @@ import os
 import signal
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
+from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from mozpool.bmm.tftp import TFTPServer, make_tftp_service
 from mozpool.bmm.tftp import workers as W
+from mozpool.bmm.tftp.worker import BusyPoll
 from mozpool.fakes.tftpclient import TFTPTimeout, fetch
 from tests.support.polling import until
 
@@ -116,6 +119,126 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual([s.name for s in service], ["tftp-workers", None])  # type: ignore[attr-defined]
 
 
+class FakePoll:
+    """epoll's poll on a fake clock: each poll(0) takes `step` seconds and finds the next of
+    `ready` (a list of results, [] for nothing); a sleeping poll takes `sleep` seconds."""
+
+    def __init__(self, ready: list[list[tuple[int, int]]], sleep: float, step: float = 20e-6) -> None:
+        self.now = 100.0
+        self.ready = list(ready)
+        self.sleep = sleep
+        self.step = step
+        self.calls: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+        self.calls.append(timeout)
+        if timeout == 0:
+            self.now += self.step
+            return self.ready.pop(0) if self.ready else []
+        self.now += self.sleep if timeout < 0 else min(self.sleep, timeout)
+        return [(7, 1)] if timeout < 0 or self.sleep <= timeout else []
+
+
+class BusyPollTests(SynchronousTestCase):
+    """The worker's wait: it polls without sleeping only while ACKs come back within the spin."""
+
+    SPIN = 200e-6
+
+    def wait(self, fake: FakePoll, spin: float | None = None) -> BusyPoll:
+        return BusyPoll(fake.poll, self.SPIN if spin is None else spin, fake.clock)
+
+    def test_a_cold_worker_sleeps_at_once(self) -> None:
+        fake = FakePoll([], sleep=0.5)
+        wait = self.wait(fake)
+        self.assertEqual(wait(None, 4), [(7, 1)])
+        self.assertEqual(fake.calls, [-1])
+        self.assertFalse(wait.hot)  # half a second between events: nothing to gain by polling
+
+    def test_events_faster_than_the_spin_are_polled_for(self) -> None:
+        fake = FakePoll([[], [], [(5, 1)]], sleep=50e-6)
+        wait = self.wait(fake)
+        wait(None, 4)  # slept 50 us: hot
+        self.assertTrue(wait.hot)
+        fake.calls.clear()
+        self.assertEqual(wait(None, 4), [(5, 1)])
+        self.assertEqual(fake.calls, [0, 0, 0])  # found by polling, no sleep
+        self.assertTrue(wait.hot)
+
+    def test_the_spin_is_bounded_and_a_slow_client_cools_it(self) -> None:
+        fake = FakePoll([], sleep=50e-6)
+        wait = self.wait(fake)
+        wait(None, 4)
+        fake.sleep = 0.3  # the client went quiet
+        fake.calls.clear()
+        self.assertEqual(wait(None, 4), [(7, 1)])
+        self.assertEqual(fake.calls, [0] * 10 + [-1])  # 10 polls of 20 us, then asleep
+        self.assertFalse(wait.hot)
+        fake.calls.clear()
+        wait(None, 4)
+        self.assertEqual(fake.calls, [-1])
+
+    def test_never_past_the_reactors_timeout(self) -> None:
+        fake = FakePoll([], sleep=50e-6)
+        wait = self.wait(fake)
+        wait(None, 4)
+        fake.calls.clear()
+        started = fake.now
+        self.assertEqual(wait(60e-6, 4), [])  # a timer is due in 60 us
+        self.assertEqual(fake.calls[:3], [0, 0, 0])
+        self.assertEqual(fake.calls[3:], [0])  # what remains of the timeout
+        self.assertAlmostEqual(fake.now - started, 80e-6)
+        self.assertFalse(wait.hot)  # woken by the timer, not a datagram
+        wait(None, 4)
+        self.assertTrue(wait.hot)
+        fake.calls.clear()
+        wait(0, 4)  # due now: one look, no spin
+        self.assertEqual(fake.calls, [0])
+
+    def test_zero_never_spins(self) -> None:
+        fake = FakePoll([], sleep=10e-6)
+        wait = self.wait(fake, spin=0)
+        for _ in range(3):
+            wait(None, 4)
+        self.assertEqual(fake.calls, [-1, -1, -1])
+        self.assertFalse(wait.hot)
+
+
+@implementer(IReactorProcess, IReactorSocket)
+class SpawnRecorder:
+    """Just enough reactor for WorkerPool.launch: records the worker's command line."""
+
+    def __init__(self) -> None:
+        self.args: list[str] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
+        self.args = list(args)
+        return object()
+
+    def adoptStreamConnection(self, fd: int, family: Any, factory: Any) -> None:
+        pass
+
+    def seconds(self) -> float:
+        return 0.0
+
+
+class LaunchTests(SynchronousTestCase):
+    def test_the_busy_poll_reaches_the_worker(self) -> None:
+        reactor_ = SpawnRecorder()
+        W.WorkerPool(reactor_, 1, busy_poll=50e-6).launch(W.Slot(0))
+        self.assertEqual(reactor_.args[reactor_.args.index("--busy-poll-us") + 1], "50")
+        W.WorkerPool(reactor_, 1).launch(W.Slot(0))
+        self.assertNotIn("--busy-poll-us", reactor_.args)  # the worker's default
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -165,6 +288,16 @@ class RealWorkerTests(TestCase):
         self.assertEqual(data, self.content)
         # The worker reports the end once the final ACK is in: the table empties.
         await self.wait_for(lambda: not self.server.sessions, 20, "the transfer's end reported")
+
+    async def test_an_idle_worker_sleeps(self) -> None:
+        """It busy-polls only while ACKs come fast: once the transfer is over, its CPU stays still."""
+        await self.start(workers=1)
+        self.assertEqual(await self.get(blksize=1428), self.content)
+        await self.wait_for(lambda: not self.server.sessions, 20, "the transfer's end reported")
+        [pid] = self.pool.pids
+        before = _cpu_seconds(pid)
+        await task.deferLater(reactor, 1.0)
+        self.assertLess(_cpu_seconds(pid) - before, 0.2)
 
     async def test_killed_worker_is_replaced_and_no_transfer_hangs(self) -> None:
         await self.start()

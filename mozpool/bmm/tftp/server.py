@@ -503,19 +503,21 @@ def make_tftp_service(
     reactor: Any,
     *,
     workers: int = 0,
+    busy_poll: float | None = None,
     **options: Any,
 ) -> IService:
     """The service the tap adds for `--tftp-port`/`--tftp-root`; options are TFTPServer's keywords.
 
     With ``workers`` > 0 it is a MultiService of the main socket and a
     :class:`~mozpool.bmm.tftp.workers.WorkerPool` the server hands its large transfers to; either
-    way ``tftp_server`` is the server (and ``workers`` the pool, or None).
+    way ``tftp_server`` is the server (and ``workers`` the pool, or None). ``busy_poll`` is the
+    workers' (:class:`~mozpool.bmm.tftp.worker.BusyPoll`; None: their default).
     """
     pool = None
     if workers > 0:
         from .workers import WorkerPool
 
-        pool = WorkerPool(reactor, workers, interface=interface)
+        pool = WorkerPool(reactor, workers, interface=interface, busy_poll=busy_poll)
         options.setdefault("handover", pool)
     server = TFTPServer(root, reactor, interface=interface or None, **options)
     udp = internet.UDPServer(port, server, interface=interface, reactor=reactor)

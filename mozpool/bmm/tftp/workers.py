@@ -295,7 +295,7 @@ class WorkerPool(Service):
     name = "tftp-workers"
 
     def __init__(self, reactor: Any, count_: int, *, interface: str = "", python: str | None = None,
-                 stop_timeout: float = 5.0) -> None:
+                 stop_timeout: float = 5.0, busy_poll: float | None = None) -> None:
         super().__init__()
         if count_ < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -304,6 +304,8 @@ class WorkerPool(Service):
         self.interface = interface
         self.python = python or sys.executable
         self.stop_timeout = stop_timeout
+        #: seconds each worker polls for the next datagram before sleeping (None: the worker's default)
+        self.busy_poll = busy_poll
         self.slots = [Slot(i) for i in range(count_)]
         self._ids = count(1)
         #: workers started over the pool's life, replacements included
@@ -362,6 +364,8 @@ class WorkerPool(Service):
             args = [self.python, "-m", "mozpool.bmm.tftp.worker", "--fd", "3", "--slot", str(slot.number)]
             if self.interface:
                 args += ["--interface", self.interface]
+            if self.busy_poll is not None:
+                args += ["--busy-poll-us", str(round(self.busy_poll * 1e6))]
             process = IReactorProcess(self._reactor).spawnProcess(
                 _WorkerProcess(self, slot), self.python, args, env=env,
                 childFDs={0: "w", 1: "r", 2: "r", 3: child.fileno()},
