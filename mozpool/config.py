@@ -34,7 +34,8 @@ class Config:
     tftp_max_transfers_per_client: int = 8
     #: TFTP worker processes that send large files (0: all in the daemon's process); default one per CPU
     tftp_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    #: microseconds a TFTP worker polls for the next datagram before it sleeps (0: never)
+    #: microseconds a TFTP worker polls for the next datagram before it sleeps (0: never); the
+    #: default is mozpool.bmm.tftp.worker's DEFAULT_BUSY_POLL
     tftp_busy_poll_us: int = 200
     #: also write each device's PXE config under <tftp root>/pxelinux.cfg/ (TFTP serves them from memory)
     tftp_pxe_files: bool = True
