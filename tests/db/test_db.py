@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pymysql
 from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
 
 from mozpool.db import catalog, devices, fixtures, logs, requests, schema, summary
 from mozpool.db.errors import Conflict, DatabaseUnavailable, SchemaError
-from mozpool.db.pool import Cursor, Database
+from mozpool.db.pool import Cursor, Database, _mysql_open
 from mozpool.db.purge import purge
 from tests.support.dbtest import DatabaseTest, on_both_backends
 
@@ -179,6 +181,28 @@ class UnreachableDatabase(DatabaseTest):
 
 
 UnreachableDatabaseSQLite, UnreachableDatabaseMariaDB = on_both_backends(UnreachableDatabase)
+
+
+class MySQLSession(DatabaseTest, TestCase):
+    """What every MySQL connection sets when it opens."""
+
+    backend = "mysql"
+
+    def setUp(self) -> None:
+        pass
+
+    def test_utc_and_whole_id_lists(self) -> None:
+        """Times in UTC; GROUP_CONCAT (dead servers, an image's hardware types) not cut at
+        MySQL's default of 1,024 bytes."""
+        db = self.makeDatabase()
+        conn = pymysql.connect(**db.pool.connkw)
+        self.addCleanup(conn.close)
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION group_concat_max_len = 1024, time_zone = '+02:00'")
+        _mysql_open(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@SESSION.group_concat_max_len, @@SESSION.time_zone")
+            self.assertEqual(cur.fetchone(), (1 << 20, "+00:00"))
 
 
 class SchemaNotReady(DatabaseTest):
