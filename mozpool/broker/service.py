@@ -181,9 +181,11 @@ class Broker:
             self._track(self.runner.post(row.key, "lifeguard_contacted"))
 
         def refused(f: Failure) -> None:
-            if self._stopping and f.check(defer.CancelledError):
-                return None  # cancelled by stop(); the state's timeout resumes it
-            reason = f.getErrorMessage() or f.type.__name__
+            if self._stopping:
+                # Cut off by stop(), whatever the HTTP client made of the cancel (treq's agent:
+                # ResponseNeverReceived); the state's timeout resumes the request.
+                return None
+            reason = _reason(f)
             if not _expected(f):
                 log.failure("contacting LifeGuard for request {id}", f, id=row.key, level=LogLevel.warn)
             why = f"LifeGuard did not accept {event} for {device.name}: {reason}; will retry"
@@ -217,6 +219,15 @@ class Broker:
             await self.idle()
 
         return defer.Deferred.fromCoroutine(both())
+
+
+def _reason(f: Failure) -> str:
+    """One line for a failed POST; twisted.web's wrappers (ResponseNeverReceived, ...) carry
+    the transport's failures in ``reasons``, and a list of Failures is no message."""
+    reasons = getattr(f.value, "reasons", None)
+    if reasons:
+        return f"{f.type.__name__} ({'; '.join(r.getErrorMessage() or r.type.__name__ for r in reasons)})"
+    return f.getErrorMessage() or f.type.__name__
 
 
 def _expected(f: Failure) -> bool:

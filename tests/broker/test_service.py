@@ -9,6 +9,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface.verify import verifyObject
@@ -192,6 +193,34 @@ class Service(BrokerTest):
         lock.release()
         await stopped
         self.assertTrue(any("LifeGuard did not accept" in line for line in await self.messages(rid)))
+
+    async def test_a_transport_failure_reads_as_its_reasons(self) -> None:
+        from twisted.internet import error
+        from twisted.web._newclient import ResponseNeverReceived
+
+        self.http.answers = [ResponseNeverReceived([Failure(error.ConnectionDone("closed by peer"))])]
+        rid = (await self.create())["id"]
+        await self.driver.tick()
+        await self.broker.idle()
+        [line] = [m for m in await self.messages(rid) if "LifeGuard did not accept" in m]
+        self.assertIn("ResponseNeverReceived (Connection was closed cleanly: closed by peer.)", line)
+
+    async def test_posts_cut_off_by_stop_are_not_refusals_however_the_cancel_reads(self) -> None:
+        """treq's agent reports a cancelled POST as ResponseNeverReceived([CancelledError]): that
+        is stop's own doing, not LifeGuard's answer. Nothing is handled; the state's timeout
+        resumes the request after a restart."""
+        from twisted.web._newclient import ResponseNeverReceived
+
+        def cancel(d: defer.Deferred[Any]) -> None:
+            d.errback(ResponseNeverReceived([Failure(defer.CancelledError())]))
+
+        self.http.answers = [defer.Deferred(cancel)]
+        rid = (await self.create())["id"]
+        await self.driver.tick()
+        self.assertEqual(await self.state(rid), "contacting_lifeguard")
+        await self.broker.stop()
+        self.assertEqual(await self.state(rid), "contacting_lifeguard")
+        self.assertFalse(any("LifeGuard did not accept" in line for line in await self.messages(rid)))
 
     # --- restart (R-1) ----------------------------------------------------------------------
 
