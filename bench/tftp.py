@@ -79,18 +79,15 @@ def serve(root: str, port: int, profile: str | None, workers: int, busy_poll_us:
     udp = service if not workers else [s for s in service if s.name != "tftp-workers"][0]
     print(udp._port.getHost().port, flush=True)
 
-    def stop() -> None:
-        from twisted.internet import defer
-
-        defer.maybeDeferred(service.stopService).addBoth(lambda _: reactor.stop())
-
-    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))
+    # SIGTERM stops the reactor, which stops the service first; the reactor's own signal handling
+    # also reaps the workers (SIGCHLD), without which stopService would wait for them forever.
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if profile:
         import cProfile
 
-        cProfile.runctx("reactor.run(installSignalHandlers=False)", globals(), locals(), profile)
+        cProfile.runctx("reactor.run()", globals(), locals(), profile)
     else:
-        reactor.run(installSignalHandlers=False)
+        reactor.run()
 
 
 # -- helpers ---------------------------------------------------------------------------------------
