@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -103,8 +104,44 @@ class InMemoryPoolTests(TFTPTestMixin, SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(self.pool.spawned, 2)  # nothing respawned after the stop
 
+    def test_stop_gives_up_on_a_worker_that_outlives_sigkill(self) -> None:
+        """Stuck in the kernel (a hung NFS root, say), a worker outlives even SIGKILL: stop kills
+        it after stop_timeout and fires KILL_GRACE later anyway, saying so."""
+        assert self.pool is not None
+        stuck = [StuckProcess(4000 + slot.number) for slot in self.pool.slots]
+        for slot, process in zip(self.pool.slots, stuck):
+            slot.process = process
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        d = self.pool.stopService()
+        self.reactor.advance(self.pool.stop_timeout - 0.1)
+        self.assertNoResult(d)
+        self.reactor.advance(0.1)
+        self.assertEqual([p.signals for p in stuck], [[signal.SIGKILL], [signal.SIGKILL]])
+        self.reactor.advance(W.KILL_GRACE - 0.1)
+        self.assertNoResult(d)
+        self.reactor.advance(0.1)
+        self.successResultOf(d)
+        [error] = [e for e in logged if e.get("log_level") == LogLevel.error]
+        self.assertEqual(error["pids"], [4000, 4001])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        for slot in self.pool.slots:
+            slot.process = None  # the cleanup's stop has nothing left to wait for
+
     def test_pool_needs_a_worker(self) -> None:
         self.assertRaises(ValueError, W.WorkerPool, FakeUDPReactor(), 0)
+
+
+class StuckProcess:
+    """A worker process that no signal ends."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+
+    def signalProcess(self, number: int) -> None:
+        self.signals.append(number)
 
 
 class ServiceTests(SynchronousTestCase):

@@ -22,7 +22,9 @@ it keeps dying); its transfers leave the table at once, and their clients, no lo
 retry or time out within their own bounds. While no worker is ready, everything is sent by the
 daemon itself. A worker exits when its connection to the daemon closes, so even a daemon killed
 with SIGKILL leaves none behind; :meth:`WorkerPool.stopService` closes the connections, waits
-for every worker to exit (SIGKILL after ``stop_timeout``) and only then fires.
+for every worker to exit (SIGKILL after ``stop_timeout``) and only then fires -- or, if a killed
+worker still has not exited ``KILL_GRACE`` later (stuck in the kernel, say on a hung NFS root), fires
+anyway and says so: a daemon's stop must not hang on it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ RESPAWN_FIRST_DELAY = 0.5
 RESPAWN_MAX_DELAY = 30.0
 #: How long a worker whose channel closed may take to exit before it is killed.
 CHANNEL_GRACE = 2.0
+#: How long stop waits for a worker it killed before it gives up on it (and logs so).
+KILL_GRACE = 2.0
 #: Why a handed-over transfer ended when its worker went away.
 WORKER_LOST = "worker lost"
 
@@ -429,7 +433,8 @@ class WorkerPool(Service):
             pass
 
     def stopService(self) -> defer.Deferred[None]:
-        """Close every channel (a worker exits on that), and fire when every worker has exited."""
+        """Close every channel (a worker exits on that), and fire when every worker has exited,
+        or ``KILL_GRACE`` after killing one that will not (see the module docstring)."""
         super().stopService()
         waits = []
         for slot in self.slots:
@@ -444,20 +449,32 @@ class WorkerPool(Service):
         if not waits:
             return defer.succeed(None)
 
+        done: defer.Deferred[None] = defer.Deferred()
+        timers: list[IDelayedCall] = []
+
         def kill() -> None:
             for slot in self.slots:
                 if slot.process is not None:
                     log.warn("tftp worker {slot} did not stop in {s:g} s: killed", slot=slot.number,
                              s=self.stop_timeout)
                     self._signal(slot, signal.SIGKILL)
+            timers.append(self._clock.callLater(KILL_GRACE, give_up))
 
-        deadline = self._clock.callLater(self.stop_timeout, kill)
-        done = defer.gatherResults(waits)
+        def give_up() -> None:
+            stuck = [slot.process.pid for slot in self.slots if slot.process is not None]
+            log.error("tftp workers {pids} did not exit {s:g} s after SIGKILL: stopping without them",
+                      pids=stuck, s=KILL_GRACE)
+            if not done.called:
+                done.callback(None)
 
         def finished(_: Any) -> None:
-            if deadline.active():
-                deadline.cancel()
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            if not done.called:
+                done.callback(None)
 
-        done.addCallback(finished)
+        timers.append(self._clock.callLater(self.stop_timeout, kill))
+        defer.gatherResults(waits).addCallback(finished)
         return done
 
