@@ -464,8 +464,7 @@ class WorkerPool(Service):
             stuck = [slot.process.pid for slot in self.slots if slot.process is not None]
             log.error("tftp workers {pids} did not exit {s:g} s after SIGKILL: stopping without them",
                       pids=stuck, s=KILL_GRACE)
-            if not done.called:
-                done.callback(None)
+            finished(None)
 
         def finished(_: Any) -> None:
             for timer in timers:
